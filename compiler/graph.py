@@ -1,0 +1,796 @@
+"""Syntax tree -> Model: the computation graph with shapes, parameters and loop nests.
+
+`build_model(program)` walks the statements once, in order. Expressions evaluate to
+tensor names or lazy `Elem`s (ops.py); every stored tensor becomes a node of a
+`networkx.DiGraph` (edges carry operand positions) and is computed by Comprehensions,
+the forward program, in order. Names from the source survive everywhere: layer
+parameters are named after their statement's target (`h = dense(x, 4)` makes `h.W`).
+"""
+import difflib
+import zlib
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import sympy
+
+from . import ops
+from . import syntax as S
+from .errors import SymnetError
+from .index_ir import Comprehension, TensorInfo, access_symbol, index_symbols, verify
+from .ops import Elem, format_shape
+
+
+@dataclass
+class CustomVJP:
+    """A registered gradient rule for the loop nests of one group (ops.custom_vjp)."""
+    output: str
+    rule: object
+    inputs: list
+    always: bool        # True: the generic derivation cannot do this one (e.g. reshape)
+
+
+@dataclass
+class Model:
+    """A checked model: graph, tensors, forward loop nests, initial values."""
+    name: str
+    filename: str
+    graph: nx.DiGraph
+    tensors: dict                  # name -> TensorInfo, internal temporaries included
+    forward: list                  # Comprehensions in execution order
+    params: dict                   # name -> initial ndarray (float64)
+    consts: dict                   # name -> ndarray
+    inputs: dict                   # name -> TensorInfo, in declaration order
+    outputs: list                  # output tensor names
+    loss: str | None
+    train: dict                    # the `train` statement: {"optimizer": ..., key: value}
+    custom_vjps: dict = field(default_factory=dict)   # group output -> CustomVJP
+    size_symbols: tuple = ()       # symbolic dims (N, ...) in first-use order
+    locations: dict = field(default_factory=dict)     # tensor name -> Loc of its statement
+    source: str = ""
+
+    def summary(self):
+        from .printing import summary_table
+        return summary_table(self)
+
+    def param_count(self):
+        return int(sum(v.size for v in self.params.values()))
+
+
+class Builder:
+    """The context ops build through: names, tensors, parameters, loop nests."""
+
+    def __init__(self, program, seed=0, source=""):
+        self.program = program
+        self.seed = seed
+        self.source = source
+        self.graph = nx.DiGraph()
+        self.tensors = {}
+        self.forward = []
+        self.params, self.consts, self.inputs = {}, {}, {}
+        self.outputs, self.loss, self.train = [], None, {}
+        self.env = {}                  # source name -> tensor name
+        self.defined_at = {}           # any defined name -> Loc
+        self.functions, self.user_ops = {}, {}
+        self.custom_vjps = {}
+        self.sizes = {}                # size name -> sympy Symbol
+        self.locations = {}
+        self.name = None
+        self.target = None             # the statement's target name (for layer params)
+        self.layer_count = 0
+        self.loc = None
+        self.current_op = "value"
+        self.layer_base = None
+
+    # ---- errors and names -----------------------------------------------------------
+    def error(self, message, loc=None):
+        raise SymnetError(message, loc or self.loc)
+
+    def hint(self):
+        return self.target
+
+    def unique(self, name):
+        base, k = name, 1
+        while name in self.tensors:
+            k += 1
+            name = f"{base}_{k}"
+        return name
+
+    def define(self, name, loc):
+        if name in self.defined_at:
+            prev = self.defined_at[name]
+            self.error(f"'{name}' is already defined at line {prev.line}", loc)
+        if name in ops.BUILTINS and name not in ("max", "min", "sum", "mean"):
+            self.error(f"'{name}' is a builtin function and cannot be redefined", loc)
+        self.defined_at[name] = loc
+
+    # ---- tensors --------------------------------------------------------------------
+    def new_tensor(self, hint, shape, dtype="f32", kind="value"):
+        shape = tuple(int(d) if sympy.sympify(d).is_Integer else d for d in shape)
+        name = self.unique(hint)
+        self.tensors[name] = TensorInfo(name, tuple(shape), dtype, kind)
+        self.graph.add_node(name, kind=kind, op=kind, shape=tuple(shape), dtype=dtype,
+                            loc=self.loc)
+        self.locations[name] = self.loc
+        return name
+
+    def tensor(self, name):
+        return self.tensors[name]
+
+    def shape(self, name):
+        return self.tensors[name].shape
+
+    def emit(self, comp, loc=None, label=None):
+        comp.group = comp.group or comp.out
+        self.forward.append(comp)
+        node = self.graph.nodes[comp.out]
+        node["op"] = label or node.get("op_label") or self._op_name()
+        for pos, acc in enumerate(comp.accesses.values()):
+            if acc.tensor != comp.out:
+                self.graph.add_edge(acc.tensor, comp.out, pos=pos)
+        if comp.argmax:
+            self.graph.add_edge(comp.out, comp.argmax, pos=0)
+
+    def _op_name(self):
+        return self.current_op
+
+    def custom_vjp(self, output, rule, inputs, always=False):
+        self.custom_vjps[output] = CustomVJP(output, rule, list(inputs), always)
+
+    def as_elem(self, value):
+        if isinstance(value, Elem):
+            return value
+        if isinstance(value, str):
+            return Elem.of(value, self.shape(value))
+        return Elem.const(value)
+
+    def materialize(self, value, name=None, label=None):
+        """Store a value as a tensor; a plain read of a whole tensor is that tensor."""
+        if isinstance(value, str):
+            return value
+        e = self.as_elem(value)
+        if len(e.reads) == 1 and e.expr in e.reads and name is None:
+            tensor, dims = e.reads[e.expr]
+            if dims == tuple(range(len(e.shape))) and self.shape(tensor) == e.shape:
+                return tensor
+        out = self.new_tensor(name or (self.target + "." + e.label), e.shape)
+        variables = index_symbols(_index_names(len(e.shape)))
+        accesses = {s: ops.Access(t, tuple(0 if d is None else variables[d] for d in dims))
+                    for s, (t, dims) in e.reads.items()}
+        self.emit(Comprehension(out, variables, e.expr, accesses), label=label or e.label)
+        return out
+
+    def sigmoid_argument(self, value):
+        """If value is sigmoid(z) (as an Elem), z as an Elem; else None."""
+        from .functions import sigmoid
+        if isinstance(value, Elem) and isinstance(value.expr, sigmoid):
+            inner = value.expr.args[0]
+            reads = {s: r for s, r in value.reads.items() if s in inner.free_symbols}
+            return Elem(value.shape, inner, reads, "logits")
+        return None
+
+    # ---- parameters -----------------------------------------------------------------
+    def new_param(self, suffix, shape, init, loc):
+        """A layer's own parameter, named after the statement: `h = dense(x, 4)` -> h.W."""
+        name = self.unique(f"{self.layer_base}.{suffix}")
+        self.tensors[name] = TensorInfo(name, tuple(shape), "f32", "param")
+        self.graph.add_node(name, kind="param", op="param", shape=tuple(shape), dtype="f32", loc=loc)
+        self.locations[name] = loc
+        self.params[name] = initial_values(name, shape, init, self.seed, loc)
+        return name
+
+    # ---- sizes ----------------------------------------------------------------------
+    def dim(self, d):
+        if isinstance(d.value, int):
+            if d.value < 1:
+                self.error(f"dimension must be positive, got {d.value}", d.loc)
+            return d.value
+        if d.value not in self.sizes:
+            self.sizes[d.value] = sympy.Symbol(d.value, integer=True, positive=True)
+        return self.sizes[d.value]
+
+    def concrete_dims(self, dims, what, loc):
+        shape = tuple(self.dim(d) for d in dims)
+        for d in shape:
+            if not isinstance(d, int):
+                self.error(f"{what} needs fixed dimensions, got {format_shape(shape)}", loc)
+        return shape
+
+
+def _index_names(rank):
+    return ["n", "i", "j", "k", "l", "m"][:rank] if rank <= 6 else [f"i{k}" for k in range(rank)]
+
+
+# ---- initial values ------------------------------------------------------------------
+def initial_values(name, shape, init, seed, loc):
+    """Initial parameter values, reproducible per (seed, parameter name)."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    shape = tuple(shape)
+    fan_in, fan_out = _fans(shape)
+    kind, args = (init, ()) if isinstance(init, str) else init
+    if kind == "zeros":
+        return np.zeros(shape)
+    if kind == "ones":
+        return np.ones(shape)
+    if kind == "normal":
+        return rng.normal(args[0], args[1], shape)
+    if kind == "uniform":
+        return rng.uniform(args[0], args[1], shape)
+    if kind == "glorot":
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, shape)
+    if kind == "he":
+        return rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+    raise SymnetError(f"unknown initializer '{kind}'", loc)
+
+
+def _fans(shape):
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    if len(shape) == 4:            # conv kernel [Cout, Cin, kh, kw]
+        field_size = shape[2] * shape[3]
+        return shape[1] * field_size, shape[0] * field_size
+    return shape[0], int(np.prod(shape[1:]))
+
+
+# ---- statements ----------------------------------------------------------------------
+def build_model(program, seed=0, source=""):
+    b = Builder(program, seed, source)
+    for stmt in program.statements:
+        b.loc = stmt.loc
+        b.layer_count = 0
+        _STATEMENTS[type(stmt)](b, stmt)
+    verify(b.forward, b.tensors)
+    sizes = tuple(b.sizes.values())
+    return Model(b.name or _stem(program.filename), program.filename, b.graph, b.tensors,
+                 b.forward, b.params, b.consts, b.inputs, b.outputs, b.loss, b.train,
+                 b.custom_vjps, sizes, b.locations, source)
+
+
+def _stem(filename):
+    import os
+    return os.path.splitext(os.path.basename(filename))[0] or "model"
+
+
+def _model_stmt(b, s):
+    if b.name is not None:
+        b.error("the model is already named", s.loc)
+    b.name = s.name
+
+
+def _input_stmt(b, s):
+    b.define(s.name, s.loc)
+    shape = tuple(b.dim(d) for d in s.dims)
+    b.new_tensor(s.name, shape, s.dtype, "input")
+    b.graph.nodes[s.name]["op"] = "input"
+    b.inputs[s.name] = b.tensors[s.name]
+    b.env[s.name] = s.name
+
+
+def _literal(b, expr, shape, what):
+    """A nested list / number literal as an ndarray of `shape` (a number broadcasts)."""
+    def value(e):
+        if isinstance(e, S.Num):
+            return e.value
+        if isinstance(e, S.Neg):
+            return -value(e.operand)
+        if isinstance(e, S.ListLit):
+            return [value(i) for i in e.items]
+        b.error(f"{what} values must be numbers or nested [...] lists", e.loc)
+    raw = value(expr)
+    try:
+        array = np.array(raw, dtype=np.float64)
+    except ValueError:
+        b.error(f"{what} literal is ragged: every row needs the same length", expr.loc)
+    if array.ndim == 0:
+        return np.full(shape, float(array))
+    if array.shape != tuple(shape):
+        b.error(f"{what} literal has shape {format_shape(array.shape)}, declared "
+                f"{format_shape(shape)}", expr.loc)
+    return array
+
+
+def _param_stmt(b, s):
+    b.define(s.name, s.loc)
+    shape = b.concrete_dims(s.dims or (), "param", s.loc)
+    if s.value is not None:
+        values = _literal(b, s.value, shape, "param")
+    else:
+        values = initial_values(s.name, shape, _init_spec(b, s.init), b.seed, s.loc)
+    b.tensors[s.name] = TensorInfo(s.name, shape, "f32", "param")
+    b.graph.add_node(s.name, kind="param", op="param", shape=shape, dtype="f32", loc=s.loc)
+    b.locations[s.name] = s.loc
+    b.params[s.name] = values
+    b.env[s.name] = s.name
+
+
+def _init_spec(b, e):
+    if isinstance(e, S.Name):
+        name, args = e.id, ()
+    elif isinstance(e, S.Call) and not e.kwargs:
+        name, args = e.func, tuple(_number(b, a) for a in e.args)
+    else:
+        b.error("expected an initializer: zeros, ones, glorot, he, normal(mean, std), "
+                "uniform(lo, hi)", e.loc)
+    if name not in ops.INITIALIZERS:
+        b.error(f"unknown initializer '{name}'" + _suggest(name, ops.INITIALIZERS), e.loc)
+    if len(args) != ops.INITIALIZERS[name]:
+        b.error(f"{name} takes {ops.INITIALIZERS[name]} arguments, got {len(args)}", e.loc)
+    return (name, args)
+
+
+def _number(b, e):
+    if isinstance(e, S.Num):
+        return e.value
+    if isinstance(e, S.Neg) and isinstance(e.operand, S.Num):
+        return -e.operand.value
+    b.error("expected a number", e.loc)
+
+
+def _const_stmt(b, s):
+    b.define(s.name, s.loc)
+    shape = b.concrete_dims(s.dims or (), "const", s.loc)
+    if s.dims is None and isinstance(s.value, S.ListLit):
+        shape = np.array(_literal(b, s.value, (), "const")).shape
+    b.tensors[s.name] = TensorInfo(s.name, tuple(shape), "f32", "const")
+    b.graph.add_node(s.name, kind="const", op="const", shape=tuple(shape), dtype="f32", loc=s.loc)
+    b.locations[s.name] = s.loc
+    b.consts[s.name] = _literal(b, s.value, shape, "const")
+    b.env[s.name] = s.name
+
+
+def _bind(b, name, expr, loc):
+    b.define(name, loc)
+    b.target = name
+    value = evaluate(b, expr)
+    if isinstance(value, str) and value in b.env.values() and value != name:
+        b.env[name] = value          # an alias of an existing tensor: no copy
+        return value
+    if isinstance(value, str):
+        tensor = value
+        if tensor != name and tensor.startswith(name) and name not in b.tensors:
+            _rename(b, tensor, name)
+            tensor = name
+    else:
+        tensor = b.materialize(value, name)
+    b.env[name] = tensor
+    return tensor
+
+
+def _rename(b, old, new):
+    """Give the statement's top tensor the statement's name."""
+    b.tensors[new] = b.tensors.pop(old)
+    b.tensors[new].name = new
+    nx.relabel_nodes(b.graph, {old: new}, copy=False)
+    b.locations[new] = b.locations.pop(old)
+    for c in b.forward:
+        if c.out == old:
+            c.out = new
+        if c.group == old:
+            c.group = new
+        for s, a in list(c.accesses.items()):
+            if a.tensor == old:
+                c.accesses[s] = ops.Access(new, a.index)
+    if old in b.custom_vjps:
+        b.custom_vjps[new] = b.custom_vjps.pop(old)
+        b.custom_vjps[new].output = new
+
+
+def _assign_stmt(b, s):
+    _bind(b, s.name, s.expr, s.loc)
+
+
+def _output_stmt(b, s):
+    if s.expr is None:
+        if s.name not in b.env:
+            b.error(f"unknown name '{s.name}'" + _suggest(s.name, b.env), s.loc)
+        tensor = b.env[s.name]
+    else:
+        tensor = _bind(b, s.name, s.expr, s.loc)
+    if tensor in b.outputs:
+        b.error(f"'{s.name}' is already an output", s.loc)
+    b.outputs.append(tensor)
+
+
+def _loss_stmt(b, s):
+    if b.loss is not None:
+        b.error("the model already has a loss", s.loc)
+    name = s.name or "loss"
+    if s.name is None and "loss" in b.defined_at:
+        name = "objective"
+    b.define(name, s.loc)
+    b.target = name
+    value = evaluate(b, s.expr)
+    elem = b.as_elem(value) if not isinstance(value, str) else None
+    shape = b.shape(value) if isinstance(value, str) else elem.shape
+    if shape != ():
+        tensor = b.materialize(value)
+        count = sympy.Mul(*[sympy.sympify(d) for d in shape])
+        value = ops.reduce_axes(b, tensor, range(len(shape)), "sum", name, 1 / count, s.loc)
+    tensor = value if isinstance(value, str) else b.materialize(value, name)
+    if tensor != name and name not in b.tensors:
+        _rename(b, tensor, name)
+        tensor = name
+    b.env[name] = tensor
+    b.loss = tensor
+
+
+def _fn_stmt(b, s):
+    b.define(s.name, s.loc)
+    if len(set(s.params)) != len(s.params):
+        b.error(f"fn {s.name} has a repeated parameter name", s.loc)
+    b.functions[s.name] = s
+    # Check the body once now, so mistakes are reported where they are written.
+    _scalar_expr(b, s.body, {p: sympy.Symbol(p, real=True) for p in s.params}, {}, None)
+
+
+def _op_stmt(b, s):
+    b.define(s.name, s.loc)
+    if len(set(s.indices)) != len(s.indices) or len(set(s.operands)) != len(s.operands):
+        b.error(f"op {s.name} repeats an operand or index name", s.loc)
+    b.user_ops[s.name] = s
+
+
+def _train_stmt(b, s):
+    from .defaults import OPTIMIZERS, TRAIN_KEYS
+    if s.optimizer not in OPTIMIZERS:
+        b.error(f"unknown optimizer '{s.optimizer}'; expected one of {', '.join(OPTIMIZERS)}", s.loc)
+    train = {"optimizer": s.optimizer}
+    for kw in s.kwargs:
+        if kw.name not in TRAIN_KEYS:
+            b.error(f"unknown training option '{kw.name}'" + _suggest(kw.name, TRAIN_KEYS), kw.loc)
+        if isinstance(kw.value, S.Name) and kw.value.id in b.sizes and kw.name == "batch":
+            train[kw.name] = "full"          # batch=N: full-batch gradient descent
+        else:
+            train[kw.name] = _number(b, kw.value)
+    b.train = train
+
+
+_STATEMENTS = {S.ModelStmt: _model_stmt, S.InputStmt: _input_stmt, S.ParamStmt: _param_stmt,
+               S.ConstStmt: _const_stmt, S.AssignStmt: _assign_stmt, S.OutputStmt: _output_stmt,
+               S.LossStmt: _loss_stmt, S.FnStmt: _fn_stmt, S.OpStmt: _op_stmt,
+               S.TrainStmt: _train_stmt}
+
+
+# ---- expressions ---------------------------------------------------------------------
+_ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+          "/": lambda a, b: a / b, "^": lambda a, b: a ** b}
+
+
+def evaluate(b, e):
+    """Evaluate an expression to a tensor name or an Elem."""
+    if isinstance(e, S.Num):
+        return Elem.const(_sympy_number(e))
+    if isinstance(e, S.Name):
+        if e.id in b.env:
+            return b.env[e.id]
+        if e.id in b.sizes:
+            return Elem.const(b.sizes[e.id])
+        b.error(f"unknown name '{e.id}'" + _suggest(e.id, list(b.env) + list(b.functions)), e.loc)
+    if isinstance(e, S.Neg):
+        return ops.elementwise(b, lambda a: -a, [evaluate(b, e.operand)], e.loc, "neg")
+    if isinstance(e, S.BinOp):
+        left, right = evaluate(b, e.left), evaluate(b, e.right)
+        b.loc = e.loc
+        if e.op == "@":
+            b.current_op = "matmul"
+            return ops.matmul(b, e.loc, left, right)
+        return ops.elementwise(b, _ARITH[e.op], [left, right], e.loc, _OP_LABEL[e.op])
+    if isinstance(e, S.Call):
+        return _call(b, e)
+    if isinstance(e, S.Str):
+        b.error("a string is only allowed as a keyword value, e.g. pad=\"same\"", e.loc)
+    if isinstance(e, S.Index):
+        b.error(f"indexing {e.base}[...] is only allowed inside an op definition", e.loc)
+    if isinstance(e, S.ListLit):
+        b.error("a list is only allowed as a literal value or reshape's dims", e.loc)
+    if isinstance(e, S.Reduce):
+        b.error(f"{e.kind}({e.index}: ...) is only allowed inside an op definition", e.loc)
+    b.error("unsupported expression", getattr(e, "loc", None))
+
+
+_OP_LABEL = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow"}
+
+
+def _sympy_number(e):
+    return sympy.Integer(int(e.value)) if e.is_int else sympy.Float(e.value)
+
+
+def _suggest(name, candidates):
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _call(b, e):
+    if e.func in b.functions:
+        fn = b.functions[e.func]
+        if e.kwargs or len(e.args) != len(fn.params):
+            b.error(f"{e.func} takes {len(fn.params)} arguments ({', '.join(fn.params)}), "
+                    f"got {len(e.args)}", e.loc)
+        values = [evaluate(b, a) for a in e.args]
+        params = [sympy.Symbol(p, real=True) for p in fn.params]
+        body = _scalar_expr(b, fn.body, dict(zip(fn.params, params)), {}, None)
+        return ops.elementwise(b, lambda *xs: body.xreplace(dict(zip(params, xs))), values,
+                               e.loc, e.func)
+    if e.func in b.user_ops:
+        return _user_op(b, b.user_ops[e.func], e)
+    if e.func not in ops.BUILTINS:
+        known = list(ops.BUILTINS) + list(b.functions) + list(b.user_ops)
+        b.error(f"unknown function '{e.func}'" + _suggest(e.func, known), e.loc)
+    op = ops.BUILTINS[e.func]
+    args = _bind_arguments(b, op, e)
+    b.loc = e.loc
+    previous, b.current_op = b.current_op, e.func
+    if op.name in LAYERS:
+        # The first layer of a statement takes the target's name, the next ones _2, _3...
+        b.layer_base = b.target if b.layer_count == 0 else f"{b.target}_{b.layer_count + 1}"
+        b.layer_count += 1
+    result = op.build(b, e.loc, **args)
+    b.current_op = previous
+    return result
+
+
+LAYERS = ("dense", "conv2d", "maxout")
+
+
+def _bind_arguments(b, op, call):
+    """Match a call's positional and keyword arguments to an op's parameters."""
+    names = [p[0] for p in op.params]
+    if len(call.args) > len(names):
+        b.error(f"{op.name} takes at most {len(names)} arguments, got {len(call.args)}", call.loc)
+    given = dict(zip(names, call.args))
+    locs = {}
+    for kw in call.kwargs:
+        if kw.name not in names:
+            b.error(f"{op.name} has no argument '{kw.name}'" + _suggest(kw.name, names), kw.loc)
+        if kw.name in given:
+            b.error(f"{op.name} got argument '{kw.name}' twice", kw.loc)
+        given[kw.name] = kw.value
+        locs[kw.name] = kw.loc
+    bound = {}
+    for name, kind, default in op.params:
+        if name not in given:
+            if default is ops.REQUIRED:
+                b.error(f"{op.name} needs argument '{name}'", call.loc)
+            if default is not None or kind == "tensor":
+                bound[name] = default
+            else:
+                bound[name] = None
+            continue
+        bound[name] = _argument(b, op.name, name, kind, given[name])
+    return bound
+
+
+def _argument(b, opname, name, kind, e):
+    where = f"{opname} argument '{name}'"
+    if kind == "tensor":
+        if opname == "conv2d" and name == "kernel" and isinstance(e, S.Num):
+            b.error("conv2d's second argument is a kernel tensor; use filters=C, size=K "
+                    "to create a learned kernel", e.loc)
+        return evaluate(b, e)
+    if kind == "int":
+        v = _number(b, e) if isinstance(e, (S.Num, S.Neg)) else None
+        if v is None or float(v) != int(v):
+            b.error(f"{where} must be an integer", e.loc)
+        return int(v)
+    if kind == "float":
+        if not isinstance(e, (S.Num, S.Neg)):
+            b.error(f"{where} must be a number", e.loc)
+        return float(_number(b, e))
+    if kind == "bool":
+        if not (isinstance(e, S.Name) and e.id in ("true", "false")):
+            b.error(f"{where} must be true or false", e.loc)
+        return e.id == "true"
+    if kind == "pad":
+        if isinstance(e, S.Str):
+            return e.value
+        return _argument(b, opname, name, "int", e)
+    if kind == "init":
+        return _init_spec(b, e)
+    if kind == "dims":
+        if not isinstance(e, S.ListLit):
+            b.error(f"{where} must be a list of dimensions like [N, 784]", e.loc)
+        dims = []
+        for item in e.items:
+            if isinstance(item, S.Name):
+                if item.id not in b.sizes:
+                    b.error(f"unknown size '{item.id}'", item.loc)
+                dims.append(b.sizes[item.id])
+            else:
+                dims.append(int(_number(b, item)))
+        return dims
+    b.error(f"{where}: unsupported", e.loc)
+
+
+# ---- user-defined elementwise functions and index-notation ops ----------------------
+def _scalar_expr(b, e, names, reads, ctx):
+    """Evaluate a scalar expression (fn body or op body) to sympy.
+
+    names: source name -> sympy expr (fn parameters, op index variables);
+    reads: accumulates access symbol -> Access for `A[i, j]` reads (op bodies);
+    ctx: the op being built (operands, index ranges) or None in fn bodies."""
+    if isinstance(e, S.Num):
+        return _sympy_number(e)
+    if isinstance(e, S.Name):
+        if e.id in names:
+            return names[e.id]
+        if e.id in b.sizes:
+            return b.sizes[e.id]
+        if ctx is not None and e.id in ctx["operands"]:
+            t = ctx["operands"][e.id]
+            if b.shape(t) != ():
+                b.error(f"operand '{e.id}' has shape {format_shape(b.shape(t))}; index it "
+                        f"like {e.id}[...]", e.loc)
+            s = access_symbol(t)
+            reads[s] = ops.Access(t, ())
+            return s
+        b.error(f"unknown name '{e.id}'" + _suggest(e.id, list(names)), e.loc)
+    if isinstance(e, S.Neg):
+        return -_scalar_expr(b, e.operand, names, reads, ctx)
+    if isinstance(e, S.BinOp):
+        if e.op == "@":
+            b.error("'@' is not allowed in a scalar body; write the sum with sum(k: ...)", e.loc)
+        return _ARITH[e.op](_scalar_expr(b, e.left, names, reads, ctx),
+                            _scalar_expr(b, e.right, names, reads, ctx))
+    if isinstance(e, S.Call):
+        if e.func in b.functions:
+            fn = b.functions[e.func]
+            if e.kwargs or len(e.args) != len(fn.params):
+                b.error(f"{e.func} takes {len(fn.params)} arguments, got {len(e.args)}", e.loc)
+            args = [_scalar_expr(b, a, names, reads, ctx) for a in e.args]
+            params = {p: sympy.Symbol(p, real=True) for p in fn.params}
+            body = _scalar_expr(b, fn.body, params, {}, None)
+            return body.xreplace({params[p]: a for p, a in zip(fn.params, args)})
+        if e.func not in ops.ELEMENTWISE:
+            b.error(f"unknown function '{e.func}' (only elementwise functions are allowed here)"
+                    + _suggest(e.func, list(ops.ELEMENTWISE) + list(b.functions)), e.loc)
+        fn, params = ops.ELEMENTWISE[e.func]
+        op = ops.BUILTINS[e.func]
+        positional = [p for p in op.params if p[1] == "tensor"]
+        if len(e.args) != len(positional):
+            b.error(f"{e.func} takes {len(positional)} argument(s), got {len(e.args)}", e.loc)
+        kwargs = {}
+        for kw in e.kwargs:
+            if kw.name not in [p[0] for p in op.params if p[1] == "float"]:
+                b.error(f"{e.func} has no argument '{kw.name}'", kw.loc)
+            kwargs[kw.name] = float(_number(b, kw.value))
+        return fn(*[_scalar_expr(b, a, names, reads, ctx) for a in e.args], **kwargs)
+    if isinstance(e, S.Index):
+        if ctx is None:
+            b.error(f"indexing {e.base}[...] is only allowed inside an op definition", e.loc)
+        if e.base not in ctx["operands"]:
+            b.error(f"'{e.base}' is not an operand of op {ctx['name']}", e.loc)
+        t = ctx["operands"][e.base]
+        if len(e.indices) != len(b.shape(t)):
+            b.error(f"{e.base} has shape {format_shape(b.shape(t))} ({len(b.shape(t))} indices), "
+                    f"indexed with {len(e.indices)}", e.loc)
+        index = tuple(_index_expr(b, i, ctx) for i in e.indices)
+        s = access_symbol(t)
+        reads[s] = ops.Access(t, index)
+        return s
+    if isinstance(e, S.Reduce):
+        if ctx is None:
+            b.error(f"{e.kind}({e.index}: ...) is only allowed inside an op definition", e.loc)
+        return _nested_reduction(b, e, names, reads, ctx)
+    if isinstance(e, S.Str):
+        b.error("a string is not a number", e.loc)
+    b.error("unsupported expression here", getattr(e, "loc", None))
+
+
+def _index_expr(b, e, ctx):
+    """An integer affine index: index variables, integers, sizes, + - and * by integers."""
+    if isinstance(e, S.Num) and e.is_int:
+        return sympy.Integer(int(e.value))
+    if isinstance(e, S.Name):
+        if e.id in ctx["indices"]:
+            return ctx["indices"][e.id]
+        if e.id in b.sizes:
+            return b.sizes[e.id]
+        b.error(f"unknown index '{e.id}'", e.loc)
+    if isinstance(e, S.Neg):
+        return -_index_expr(b, e.operand, ctx)
+    if isinstance(e, S.BinOp) and e.op in "+-*":
+        left, right = _index_expr(b, e.left, ctx), _index_expr(b, e.right, ctx)
+        if e.op == "*" and not (left.is_Integer or right.is_Integer):
+            b.error("an index may only be multiplied by an integer", e.loc)
+        return _ARITH[e.op](left, right)
+    b.error("an index must be an integer expression of index variables (i, 2*y + k - 1)",
+            getattr(e, "loc", None))
+
+
+def _infer_ranges(b, op, operands, loc):
+    """Each index variable's range from the plain accesses `A[..., i, ...]` in the body."""
+    ranges, seen = {}, {}
+
+    def walk(e):
+        if isinstance(e, S.Index) and e.base in operands:
+            shape = b.shape(operands[e.base])
+            for d, i in enumerate(e.indices):
+                if isinstance(i, S.Name) and d < len(shape):
+                    if i.id in ranges and ranges[i.id] != shape[d]:
+                        prev = seen[i.id]
+                        b.error(f"index '{i.id}' ranges over {ranges[i.id]} in {prev} but over "
+                                f"{shape[d]} in {e.base} {format_shape(shape)}", i.loc)
+                    ranges.setdefault(i.id, shape[d])
+                    seen.setdefault(i.id, f"{e.base} {format_shape(shape)}")
+        for child in _children(e):
+            walk(child)
+    walk(op.body)
+    return ranges
+
+
+def _children(e):
+    if isinstance(e, (S.BinOp,)):
+        return [e.left, e.right]
+    if isinstance(e, S.Neg):
+        return [e.operand]
+    if isinstance(e, S.Call):
+        return list(e.args) + [k.value for k in e.kwargs]
+    if isinstance(e, S.Index):
+        return list(e.indices)
+    if isinstance(e, S.Reduce):
+        return [e.body]
+    return []
+
+
+def _user_op(b, op, call):
+    if call.kwargs or len(call.args) != len(op.operands):
+        b.error(f"op {op.name} takes {len(op.operands)} operands ({', '.join(op.operands)}), "
+                f"got {len(call.args)}", call.loc)
+    operands = {name: b.materialize(evaluate(b, a)) for name, a in zip(op.operands, call.args)}
+    ranges = _infer_ranges(b, op, operands, op.loc)
+    bound = set(op.indices) | _reduce_indices(op.body)
+    for name in bound:
+        if name not in ranges:
+            b.error(f"cannot infer the range of index '{name}': use it alone in some access "
+                    f"like A[{name}]", op.loc)
+    symbols = {name: sympy.Symbol(name, integer=True) for name in bound}
+    ctx = {"name": op.name, "operands": operands, "indices": symbols, "ranges": ranges}
+    previous, b.current_op = b.current_op, op.name
+    out_index = tuple(symbols[i] for i in op.indices)
+    shape = tuple(ranges[i] for i in op.indices)
+    b.loc = call.loc
+    if isinstance(op.body, S.Reduce):
+        reads = {}
+        kind, rvar = op.body.kind, symbols[op.body.index]
+        body = _scalar_expr(b, op.body.body, symbols, reads, ctx)
+        out = b.new_tensor(b.target + "." + op.name if b.target else op.name, shape)
+        argmax = b.new_tensor(out + ".argmax", shape, "i32", "aux") if kind == "max" else None
+        b.emit(Comprehension(out, out_index, body, reads, kind, (rvar,),
+                             (ranges[op.body.index],), argmax=argmax), label=op.name)
+    else:
+        reads = {}
+        body = _scalar_expr(b, op.body, symbols, reads, ctx)
+        out = b.new_tensor(b.target + "." + op.name if b.target else op.name, shape)
+        b.emit(Comprehension(out, out_index, body, reads), label=op.name)
+    b.current_op = previous
+    return out
+
+
+def _reduce_indices(e):
+    found = set()
+    if isinstance(e, S.Reduce):
+        found.add(e.index)
+    for child in _children(e):
+        found |= _reduce_indices(child)
+    return found
+
+
+def _nested_reduction(b, e, names, reads, ctx):
+    """A reduction inside a larger body becomes its own tensor over its free indices."""
+    inner_reads = {}
+    body = _scalar_expr(b, e.body, names, inner_reads, ctx)
+    rvar = ctx["indices"][e.index]
+    used = set().union(*[set().union(*[sympy.sympify(i).free_symbols for i in a.index]) or set()
+                         for a in inner_reads.values()] or [set()]) | body.free_symbols
+    free = [s for name, s in ctx["indices"].items() if s in used and s != rvar]
+    shape = tuple(ctx["ranges"][str(s)] for s in free)
+    out = b.new_tensor(f"{b.target}.{e.kind}", shape)
+    argmax = b.new_tensor(out + ".argmax", shape, "i32", "aux") if e.kind == "max" else None
+    b.emit(Comprehension(out, tuple(free), body, inner_reads, e.kind, (rvar,),
+                         (ctx["ranges"][e.index],), argmax=argmax), label=e.kind)
+    s = access_symbol(out)
+    reads[s] = ops.Access(out, tuple(free))
+    return s

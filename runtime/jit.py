@@ -1,0 +1,301 @@
+"""JIT layer of symnet: LLVM IR text -> native code via llvmlite (MCJIT).
+
+Why this shape:
+  * Codegen (compiler/) produces IR *text*; everything target-specific
+    (host triple/CPU/features, optimization, machine-code emission) lives here
+    so the rest of the compiler stays pure Python and never touches LLVM.
+  * Optimization uses LLVM's new pass manager (the only one llvmlite 0.50
+    supports) with a target machine built for the exact host CPU so the
+    vectorizers see the real vector width.
+  * Compiling a large model is slow, so finished object code is cached on
+    disk through MCJIT's ObjectCache hooks: a later process with the same key
+    only parses the IR (no passes, no codegen) and links the cached object.
+  * This module must not import sympy: it is the runtime half that deployed
+    models load.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import llvmlite
+import llvmlite.binding as llvm
+
+COMPILER_VERSION = "symnet-jit-1"
+_MAGIC = b"SYMNOBJ1"              # 8-byte magic, followed by sha256(payload)
+_HDR = len(_MAGIC) + 32
+_SUFFIX = ".symobj"
+_DEFAULT = object()               # sentinel: "use the default cache dir"
+_init_lock = threading.Lock()
+_initialized = False
+
+
+def _init() -> None:
+    """Initialize the native target once (llvm.initialize() is refused in 0.50).
+
+    libm is loaded permanently so MCJIT can resolve calls such as ``tanhf``
+    even in an embedding process that did not link libm itself."""
+    global _initialized
+    with _init_lock:
+        if _initialized:
+            return
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        libm = ctypes.util.find_library("m")
+        if libm:
+            try:
+                llvm.load_library_permanently(libm)
+            except RuntimeError:
+                pass
+        _initialized = True
+
+
+def host_target() -> tuple[str, str, str]:
+    """(triple, cpu_name, features) of the running host; part of the cache key."""
+    _init()
+    return (llvm.get_process_triple(), llvm.get_host_cpu_name(),
+            llvm.get_host_cpu_features().flatten())
+
+
+def vector_width(dtype_bytes: int) -> int:
+    """Lanes of the widest vector register for elements of ``dtype_bytes``."""
+    feats = {f[1:] for f in host_target()[2].split(",") if f.startswith("+")}
+    vbytes = 64 if "avx512f" in feats else 32 if "avx2" in feats else 16
+    return max(1, vbytes // dtype_bytes)
+
+
+def _target_machine(opt_level: int, *, jit: bool, reloc: str = "default"):
+    triple, cpu, feats = host_target()
+    return llvm.Target.from_triple(triple).create_target_machine(
+        cpu=cpu, features=feats, opt=min(max(opt_level, 0), 3), reloc=reloc,
+        codemodel="jitdefault" if jit else "default", jit=jit)
+
+
+def _fn_at_line(ir_text: str, lineno: int) -> str | None:
+    """Name of the function whose ``define`` encloses 1-based line ``lineno``."""
+    name = None
+    for line in ir_text.splitlines()[:lineno]:
+        m = re.match(r"\s*define\b[^@]*@(\"[^\"]+\"|[\w.$-]+)", line)
+        if m:
+            name = m.group(1).strip('"')
+        elif line.startswith("}"):
+            name = None
+    return name
+
+
+def _parse(ir_text: str, *, verify: bool = True) -> llvm.ModuleRef:
+    """Parse (and verify) IR, raising RuntimeError that names the bad function.
+
+    LLVM's verifier often prints only the offending instruction, so we locate
+    it in each function's text to tell the user *which* function is broken."""
+    _init()
+    try:
+        mod = llvm.parse_assembly(ir_text)
+    except RuntimeError as e:
+        m = re.search(r":(\d+):\d+: error", str(e))
+        fn = _fn_at_line(ir_text, int(m.group(1))) if m else None
+        where = f" in function @{fn}" if fn else ""
+        raise RuntimeError(f"invalid LLVM IR{where}: {str(e).strip()}") from None
+    if verify:
+        try:
+            mod.verify()
+        except RuntimeError as e:
+            msg = str(e).strip()
+            named = re.findall(r"function '([^']+)'", msg)
+            defs = [f for f in mod.functions if not f.is_declaration]
+            lines = [ln.strip() for ln in msg.splitlines()[1:] if ln.strip()]
+            named += [f.name for f in defs if any(ln in str(f) for ln in lines)]
+            names = list(dict.fromkeys(named)) or [f.name for f in defs]
+            raise RuntimeError("LLVM IR verification failed in function "
+                               f"{', '.join('@' + n for n in names)}: {msg}") from None
+    if not mod.triple:
+        mod.triple = llvm.get_process_triple()
+    return mod
+
+
+def _optimize(mod: llvm.ModuleRef, tm, opt_level: int) -> None:
+    if opt_level <= 0:
+        return
+    pto = llvm.create_pipeline_tuning_options(speed_level=min(opt_level, 3))
+    if opt_level >= 2:
+        pto.slp_vectorization = True     # clang enables SLP at -O2 too
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+
+
+def _prepared(ir_text: str, opt_level: int, *, jit: bool, reloc: str):
+    tm = _target_machine(opt_level, jit=jit, reloc=reloc)
+    mod = _parse(ir_text)
+    mod.data_layout = str(tm.target_data)
+    _optimize(mod, tm, opt_level)
+    return mod, tm
+
+
+def optimized_ir(ir_text: str, opt_level: int = 2) -> str:
+    """IR after the host-tuned pipeline (``symnet compile --emit llvm``)."""
+    mod, _ = _prepared(ir_text, opt_level, jit=False, reloc="pic")
+    return str(mod)
+
+
+def emit_assembly(ir_text: str, opt_level: int = 2) -> str:
+    """Host assembly for the optimized IR (PIC, same code as emit_object)."""
+    mod, tm = _prepared(ir_text, opt_level, jit=False, reloc="pic")
+    return tm.emit_assembly(mod)
+
+
+def emit_object(ir_text: str, opt_level: int = 2) -> bytes:
+    """Relocatable PIC object file (ELF on Linux); PIC links into PIE and .so."""
+    mod, tm = _prepared(ir_text, opt_level, jit=False, reloc="pic")
+    return tm.emit_object(mod)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Write via temp file in the same dir + os.replace: readers never see
+    a partial file, and concurrent writers of the same key just race benignly."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def build_shared_library(ir_text: str, out_path: str, opt_level: int = 2) -> str:
+    """Compile IR to a shared library with the system ``cc``; returns out_path."""
+    cc = shutil.which("cc")
+    if cc is None:
+        raise RuntimeError("build_shared_library: no C compiler 'cc' on PATH")
+    obj = emit_object(ir_text, opt_level)
+    out_path = os.path.abspath(out_path)
+    with tempfile.TemporaryDirectory(prefix="symnet-so-") as td:
+        o, so = os.path.join(td, "model.o"), os.path.join(td, "model.so")
+        with open(o, "wb") as f:
+            f.write(obj)
+        r = subprocess.run([cc, "-shared", "-o", so, o, "-lm"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            err = (r.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise RuntimeError(f"build_shared_library: cc failed: {err}")
+        with open(so, "rb") as f:
+            _atomic_write(out_path, f.read())
+    return out_path
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("SYMNET_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "symnet")
+
+
+def _read_entry(path: str) -> bytes | None:
+    """Payload of a cache entry, or None; corrupt entries are deleted."""
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError:
+        return None
+    payload = blob[_HDR:]
+    if (blob[:len(_MAGIC)] == _MAGIC and payload
+            and hashlib.sha256(payload).digest() == blob[len(_MAGIC):_HDR]):
+        return payload
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    return None
+
+
+def clear_cache(cache_dir: str | None = None) -> int:
+    """Delete all cache entries (default dir when None); returns how many."""
+    d = cache_dir or default_cache_dir()
+    n = 0
+    for fn in os.listdir(d) if os.path.isdir(d) else ():
+        if fn.endswith(_SUFFIX) or fn.startswith(".tmp-"):
+            try:
+                os.unlink(os.path.join(d, fn))
+                n += fn.endswith(_SUFFIX)
+            except OSError:
+                pass
+    return n
+
+
+def cache_stats(cache_dir: str | None = None) -> dict:
+    """{'dir', 'entries', 'bytes'} for the cache directory (default when None)."""
+    d = cache_dir or default_cache_dir()
+    files = [os.path.join(d, f) for f in (os.listdir(d) if os.path.isdir(d) else ())
+             if f.endswith(_SUFFIX)]
+    return {"dir": d, "entries": len(files),
+            "bytes": sum(os.path.getsize(f) for f in files if os.path.exists(f))}
+
+
+class NativeLibrary:
+    """IR text JIT-compiled in-process; functions stay valid while it lives.
+
+    ``from_cache`` tells whether the machine code came from the disk cache."""
+
+    def __init__(self, ir_text: str, *, opt_level: int = 2,
+                 cache_dir: str | None = _DEFAULT, name: str = "symnet",
+                 cache_key_extra: str = ""):
+        if not 0 <= opt_level <= 3:
+            raise ValueError(f"opt_level must be 0..3, got {opt_level}")
+        self.name, self.opt_level, self.from_cache = name, opt_level, False
+        triple, cpu, feats = host_target()
+        if cache_dir is _DEFAULT:
+            cache_dir = default_cache_dir()
+        self.cache_dir = cache_dir
+        h = hashlib.sha256()
+        for part in (ir_text, triple, cpu, feats, str(opt_level),
+                     llvmlite.__version__, COMPILER_VERSION, cache_key_extra):
+            h.update(part.encode() + b"\0")
+        self.key = h.hexdigest()
+        self.cache_path = (os.path.join(cache_dir, self.key + _SUFFIX)
+                           if cache_dir else None)
+        cached = _read_entry(self.cache_path) if self.cache_path else None
+
+        tm = _target_machine(opt_level, jit=True)
+        # A cache hit means this exact IR was verified and optimized before:
+        # parse only and let the object cache hand MCJIT the finished code.
+        mod = _parse(ir_text, verify=cached is None)
+        mod.name = name
+        mod.data_layout = str(tm.target_data)
+        if cached is None:
+            _optimize(mod, tm, opt_level)
+        self._engine = llvm.create_mcjit_compiler(mod, tm)  # owns mod and tm
+        if self.cache_path:
+            self._engine.set_object_cache(
+                self._notify, lambda _m: cached if cached is not None else None)
+        self._engine.finalize_object()
+        self.from_cache = cached is not None
+
+    def _notify(self, _module, obj: bytes) -> None:
+        """MCJIT compiled fresh code: persist it (best effort, never fatal)."""
+        try:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            _atomic_write(self.cache_path,
+                          _MAGIC + hashlib.sha256(obj).digest() + obj)
+        except OSError:
+            pass
+
+    def address(self, func_name: str) -> int:
+        addr = self._engine.get_function_address(func_name)
+        if not addr:
+            raise KeyError(f"{self.name}: no function @{func_name} in module")
+        return addr
+
+    def function(self, func_name: str, restype, argtypes):
+        """ctypes wrapper; it holds a reference to this library (keeps code alive)."""
+        fn = ctypes.CFUNCTYPE(restype, *argtypes)(self.address(func_name))
+        fn._symnet_library = self
+        return fn

@@ -1,0 +1,259 @@
+"""Tests for runtime/jit.py: JIT, disk object cache, emitters, shared libs."""
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from runtime import jit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# LLVM 22 only has opaque pointers, hence `ptr` rather than `float*`.
+IR = r"""
+declare float @llvm.exp.f32(float)
+declare float @tanhf(float)
+
+define void @axpy(i64 %n, float %a, ptr noalias %x, ptr noalias %y) {
+entry:
+  %empty = icmp sle i64 %n, 0
+  br i1 %empty, label %done, label %loop
+loop:
+  %i = phi i64 [ 0, %entry ], [ %i1, %loop ]
+  %px = getelementptr inbounds float, ptr %x, i64 %i
+  %py = getelementptr inbounds float, ptr %y, i64 %i
+  %vx = load float, ptr %px
+  %vy = load float, ptr %py
+  %ax = fmul float %a, %vx
+  %s = fadd float %ax, %vy
+  store float %s, ptr %py
+  %i1 = add i64 %i, 1
+  %c = icmp slt i64 %i1, %n
+  br i1 %c, label %loop, label %done
+done:
+  ret void
+}
+
+define float @myexp(float %v) {
+  %r = call float @llvm.exp.f32(float %v)
+  ret float %r
+}
+
+define float @mytanh(float %v) {
+  %r = call float @tanhf(float %v)
+  ret float %r
+}
+"""
+
+FP = ctypes.POINTER(ctypes.c_float)
+
+
+def _ptr(a):
+    return a.ctypes.data_as(FP)
+
+
+def _check(lib):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(1003).astype(np.float32)
+    y = rng.standard_normal(1003).astype(np.float32)
+    expect = y + np.float32(1.5) * x
+    axpy = lib.function("axpy", None, [ctypes.c_int64, ctypes.c_float, FP, FP])
+    axpy(x.size, 1.5, _ptr(x), _ptr(y))
+    np.testing.assert_allclose(y, expect, rtol=1e-6)
+    myexp = lib.function("myexp", ctypes.c_float, [ctypes.c_float])
+    mytanh = lib.function("mytanh", ctypes.c_float, [ctypes.c_float])
+    for v in (-3.0, -0.5, 0.0, 0.7, 2.0):
+        assert myexp(v) == pytest.approx(np.exp(np.float32(v)), rel=1e-6)
+        assert mytanh(v) == pytest.approx(np.tanh(np.float32(v)), rel=1e-6)
+
+
+@pytest.mark.parametrize("opt", [0, 1, 2, 3])
+def test_jit_no_cache(opt):
+    lib = jit.NativeLibrary(IR, opt_level=opt, cache_dir=None)
+    assert not lib.from_cache
+    _check(lib)
+    assert lib.address("axpy") > 0
+    with pytest.raises(KeyError):
+        lib.address("nope")
+
+
+def test_function_keeps_library_alive():
+    f = jit.NativeLibrary(IR, cache_dir=None).function(
+        "myexp", ctypes.c_float, [ctypes.c_float])
+    import gc
+    gc.collect()
+    assert f(1.0) == pytest.approx(np.e, rel=1e-6)
+
+
+def test_host_target_and_vector_width():
+    triple, cpu, feats = jit.host_target()
+    assert triple and cpu and isinstance(feats, str)
+    w4 = jit.vector_width(4)
+    assert w4 in (4, 8, 16)
+    assert jit.vector_width(8) == w4 // 2
+    if "+avx512f" in feats.split(","):
+        assert w4 == 16
+
+
+def test_cache_hit_same_process(tmp_path):
+    d = str(tmp_path)
+    a = jit.NativeLibrary(IR, cache_dir=d)
+    assert not a.from_cache
+    assert os.path.exists(a.cache_path)
+    assert jit.cache_stats(d)["entries"] == 1
+    b = jit.NativeLibrary(IR, cache_dir=d)
+    assert b.from_cache and b.key == a.key
+    _check(b)
+    # Different opt level / extra key -> different entry.
+    c = jit.NativeLibrary(IR, cache_dir=d, opt_level=1)
+    e = jit.NativeLibrary(IR, cache_dir=d, cache_key_extra="v2")
+    assert not c.from_cache and not e.from_cache
+    assert len({a.key, c.key, e.key}) == 3
+    assert jit.cache_stats(d)["entries"] == 3
+    assert jit.clear_cache(d) == 3
+    assert jit.cache_stats(d)["entries"] == 0
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip", "empty", "garbage"])
+def test_corrupt_cache_entry_rebuilt(tmp_path, how):
+    d = str(tmp_path)
+    path = jit.NativeLibrary(IR, cache_dir=d).cache_path
+    blob = open(path, "rb").read()
+    if how == "truncate":
+        blob = blob[: len(blob) // 2]
+    elif how == "flip":
+        i = len(blob) - 100
+        blob = blob[:i] + bytes([blob[i] ^ 0xFF]) + blob[i + 1:]
+    elif how == "empty":
+        blob = b""
+    else:
+        blob = b"\x7fELF" + os.urandom(500)
+    open(path, "wb").write(blob)
+    lib = jit.NativeLibrary(IR, cache_dir=d)
+    assert not lib.from_cache
+    _check(lib)
+    again = jit.NativeLibrary(IR, cache_dir=d)   # the rebuild re-populated it
+    assert again.from_cache
+    _check(again)
+
+
+def test_cache_hit_other_process(tmp_path):
+    d = str(tmp_path)
+    jit.NativeLibrary(IR, cache_dir=d)
+    code = (
+        "import ctypes, sys\n"
+        "from runtime import jit\n"
+        "sys.path.insert(0, %r)\n"
+        "import test_jit as t\n"
+        "lib = jit.NativeLibrary(t.IR, cache_dir=%r)\n"
+        "t._check(lib)\n"
+        "print('FROM_CACHE', lib.from_cache)\n"
+    ) % (os.path.join(ROOT, "tests"), d)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "FROM_CACHE True" in r.stdout
+
+
+def test_concurrent_processes_same_key(tmp_path):
+    d = str(tmp_path)
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from runtime import jit; import test_jit as t\n"
+        "t._check(jit.NativeLibrary(t.IR, cache_dir=%r, opt_level=3))\n"
+    ) % (os.path.join(ROOT, "tests"), d)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    assert jit.cache_stats(d)["entries"] == 1
+    assert not [f for f in os.listdir(d) if f.startswith(".tmp-")]
+    assert jit.NativeLibrary(IR, cache_dir=d, opt_level=3).from_cache
+
+
+def test_parse_error_outside_function():
+    with pytest.raises(RuntimeError, match=r"^invalid LLVM IR: "):
+        jit.NativeLibrary(IR + "\n@g = global i32 oops\n", cache_dir=None)
+
+
+def test_default_cache_dir_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMNET_CACHE", str(tmp_path / "c"))
+    assert jit.default_cache_dir() == str(tmp_path / "c")
+    lib = jit.NativeLibrary(IR)
+    assert lib.cache_path.startswith(str(tmp_path / "c"))
+    assert jit.NativeLibrary(IR).from_cache
+    assert jit.clear_cache() == 1
+
+
+def test_unwritable_cache_is_not_fatal(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")       # a file where the cache dir should be
+    lib = jit.NativeLibrary(IR, cache_dir=str(f / "sub"))
+    _check(lib)
+
+
+def test_emitters():
+    asm = jit.emit_assembly(IR)
+    assert "axpy" in asm and "mytanh" in asm
+    obj = jit.emit_object(IR)
+    assert isinstance(obj, bytes) and obj[:4] == b"\x7fELF"
+    opt = jit.optimized_ir(IR, 2)
+    assert "define" in opt and "@axpy" in opt
+    assert re.search(r"<\d+ x float>", opt)    # host-tuned loop vectorizer ran
+    assert not re.search(r"<\d+ x float>", jit.optimized_ir(IR, 0))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no system cc")
+def test_build_shared_library(tmp_path):
+    out = jit.build_shared_library(IR, str(tmp_path / "m.so"))
+    assert os.path.exists(out)
+    so = ctypes.CDLL(out)
+    so.mytanh.restype, so.mytanh.argtypes = ctypes.c_float, [ctypes.c_float]
+    assert so.mytanh(0.5) == pytest.approx(np.tanh(0.5), rel=1e-6)
+    x = np.arange(10, dtype=np.float32)
+    y = np.ones(10, dtype=np.float32)
+    so.axpy(ctypes.c_int64(10), ctypes.c_float(2.0), _ptr(x), _ptr(y))
+    np.testing.assert_allclose(y, 1 + 2 * np.arange(10))
+
+
+def test_build_shared_library_no_cc(tmp_path, monkeypatch):
+    monkeypatch.setattr(jit.shutil, "which", lambda _n: None)
+    with pytest.raises(RuntimeError, match="cc"):
+        jit.build_shared_library(IR, str(tmp_path / "m.so"))
+
+
+def test_parse_error_names_function():
+    bad = IR.replace("%s = fadd float %ax, %vy", "%s = fadd float %ax, %nosuch")
+    with pytest.raises(RuntimeError, match=r"invalid LLVM IR in function @axpy"):
+        jit.NativeLibrary(bad, cache_dir=None)
+
+
+def test_verify_error_names_function(tmp_path):
+    bad = r"""
+define i32 @good(i32 %a) {
+  ret i32 %a
+}
+define i32 @broken(i32 %a) {
+entry:
+  %x = add i32 %y, 1
+  %y = add i32 %a, 1
+  ret i32 %x
+}
+"""
+    with pytest.raises(RuntimeError, match=r"verification failed in function @broken\b"):
+        jit.NativeLibrary(bad, cache_dir=str(tmp_path))
+    assert jit.cache_stats(str(tmp_path))["entries"] == 0
+
+
+def test_no_sympy_import():
+    code = "import sys; import runtime.jit; print('sympy' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "False", r.stderr
