@@ -87,7 +87,8 @@ class Builder:
         raise SymnetError(message, loc or self.loc)
 
     def hint(self):
-        return self.target
+        """Name for an op's result: `target.op`; the statement's result is renamed to target."""
+        return f"{self.target}.{self.current_op}"
 
     def unique(self, name):
         base, k = name, 1
@@ -350,7 +351,7 @@ def _bind(b, name, expr, loc):
         return value
     if isinstance(value, str):
         tensor = value
-        if tensor != name and tensor.startswith(name) and name not in b.tensors:
+        if tensor != name and tensor.startswith(name + ".") and name not in b.tensors:
             _rename(b, tensor, name)
             tensor = name
     else:
@@ -410,7 +411,7 @@ def _loss_stmt(b, s):
         count = sympy.Mul(*[sympy.sympify(d) for d in shape])
         value = ops.reduce_axes(b, tensor, range(len(shape)), "sum", name, 1 / count, s.loc)
     tensor = value if isinstance(value, str) else b.materialize(value, name)
-    if tensor != name and name not in b.tensors:
+    if tensor != name and tensor.startswith(name + ".") and name not in b.tensors:
         _rename(b, tensor, name)
         tensor = name
     b.env[name] = tensor

@@ -332,7 +332,7 @@ def conv2d(ctx, loc, x, kernel=None, filters=None, size=None, stride=1, pad="val
     ir, iacc = read(x, (n, channel, stride * y + ky - p, stride * xx + kx - p))
     kr, kacc = read(kernel, (ky, kx) if depthwise else (o, c, ky, kx))
     rindex, rextent = ((ky, kx), (kh, kw)) if depthwise else ((c, ky, kx), (shape[1], kh, kw))
-    out = ctx.new_tensor(ctx.hint() + (".conv" if bias and filters else ""), (shape[0], cout, Ho, Wo))
+    out = ctx.new_tensor(ctx.hint(), (shape[0], cout, Ho, Wo))
     ctx.emit(Comprehension(out, (n, o, y, xx), ir * kr, {**iacc, **kacc}, "sum", rindex, rextent), loc)
     if not (bias and filters):
         return out

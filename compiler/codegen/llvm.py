@@ -1,0 +1,459 @@
+"""Scheduled kernels -> LLVM IR (llvmlite.ir) for the host CPU.
+
+Layout of the generated module:
+  * one internal function per kernel, `void kernel_K(i64* sizes, ptr noalias b0, ...)`,
+    taking each distinct buffer it touches as its own noalias pointer (so the loop
+    vectorizer needs no runtime alias checks);
+  * one exported entry per program entry point, `void ENTRY(i64* sizes, ptr* buffers)`,
+    which loads the buffer pointers from the table and calls its kernels in order:
+    one native call runs a whole training step.
+Tensors are dense row-major arrays. Reads that interval analysis cannot prove in bounds
+are clamped into the buffer and then zeroed (zero padding) — generated code never reads
+or writes outside its buffers; the runtime checks shapes before every call.
+"""
+from contextlib import contextmanager
+
+import llvmlite.ir as ir
+import sympy
+
+from .. import functions as F
+from ..index_ir import fdiv
+
+I64 = ir.IntType(64)
+I32 = ir.IntType(32)
+I1 = ir.IntType(1)
+PTR = ir.PointerType()
+FAST = ("reassoc", "contract", "nsz", "arcp")
+
+
+class LLVMEmitter:
+    """Emits one module. Subclasses (PTX) override the target hooks at the bottom."""
+
+    triple = ""
+
+    def __init__(self, tensors, size_names, dtype="f32", name="symnet"):
+        self.tensors = tensors
+        self.size_names = list(size_names)
+        self.float = ir.FloatType() if dtype == "f32" else ir.DoubleType()
+        self.suffix = "f32" if dtype == "f32" else "f64"
+        self.module = ir.Module(name=name)
+        self.module.triple = self.triple
+        self.kernel_count = 0
+
+    # ---- module level ----------------------------------------------------------------
+    def entry(self, name, kernels, buffer_index):
+        """An exported function running `kernels` in order over the buffer table."""
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), name)
+        sizes, table = fn.args
+        kernel_fns = [self.kernel(k) for k in kernels]
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        for kernel_fn, buffers in kernel_fns:
+            args = [sizes]
+            for t in buffers:
+                slot = b.gep(table, [ir.Constant(I64, buffer_index[t])], inbounds=True, source_etype=PTR)
+                args.append(b.load(slot, typ=PTR))
+            b.call(kernel_fn, args)
+        b.ret_void()
+        return fn
+
+    def kernel(self, kernel):
+        buffers = []
+        for nest in kernel.nests:
+            for t in [nest.comp.out] + nest.comp.reads + ([nest.comp.argmax] if nest.comp.argmax else []):
+                if t not in buffers:
+                    buffers.append(t)
+        fnty = ir.FunctionType(ir.VoidType(), [PTR] + [PTR] * len(buffers))
+        fn = ir.Function(self.module, fnty, f"kernel_{self.kernel_count}")
+        self.kernel_count += 1
+        fn.linkage = "internal"
+        for arg in fn.args[1:]:
+            arg.add_attribute("noalias")
+        KernelEmitter(self, fn, dict(zip(buffers, fn.args[1:])), kernel).emit()
+        return fn, buffers
+
+    def intrinsic(self, name, nargs=1):
+        full = f"llvm.{name}.{self.suffix}"
+        if full in self.module.globals:
+            return self.module.globals[full]
+        return ir.Function(self.module, ir.FunctionType(self.float, [self.float] * nargs), full)
+
+    def libm(self, name):
+        full = name + ("f" if self.suffix == "f32" else "")
+        if full in self.module.globals:
+            return self.module.globals[full]
+        return ir.Function(self.module, ir.FunctionType(self.float, [self.float]), full)
+
+    def ir(self):
+        return str(self.module)
+
+
+class KernelEmitter:
+    """Emits the loop nests of one kernel into its function."""
+
+    def __init__(self, module, fn, pointers, kernel):
+        self.m = module
+        self.fn = fn
+        self.pointers = pointers
+        self.kernel = kernel
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.sizes = {}
+        self.dims = {}          # sympy dim expression -> i64 value (hoisted)
+
+    # ---- integers ----------------------------------------------------------------------
+    def size(self, name):
+        if name not in self.sizes:
+            k = self.m.size_names.index(name)
+            with self.b.goto_entry_block():
+                slot = self.b.gep(self.fn.args[0], [ir.Constant(I64, k)], inbounds=True, source_etype=I64)
+                self.sizes[name] = self.b.load(slot, typ=I64)
+        return self.sizes[name]
+
+    def int_expr(self, e, env):
+        """An integer (index or size) expression as i64."""
+        e = sympy.sympify(e)
+        b = self.b
+        if e.is_Integer:
+            return ir.Constant(I64, int(e))
+        if e.is_Symbol:
+            return env[e] if e in env else self.size(str(e))
+        if e.is_Add:
+            out = self.int_expr(e.args[0], env)
+            for a in e.args[1:]:
+                out = b.add(out, self.int_expr(a, env))
+            return out
+        if e.is_Mul:
+            out = self.int_expr(e.args[0], env)
+            for a in e.args[1:]:
+                out = b.mul(out, self.int_expr(a, env))
+            return out
+        if isinstance(e, fdiv):          # floor division, also for negative numerators
+            num, den = self.int_expr(e.args[0], env), self.int_expr(e.args[1], env)
+            q, r = b.sdiv(num, den), b.srem(num, den)
+            fix = b.and_(b.icmp_signed("!=", r, ir.Constant(I64, 0)), b.icmp_signed("<", num, ir.Constant(I64, 0)))
+            return b.sub(q, b.zext(fix, I64))
+        if isinstance(e, sympy.Mod):     # floor modulo
+            num, den = self.int_expr(e.args[0], env), self.int_expr(e.args[1], env)
+            r = b.srem(num, den)
+            neg = b.icmp_signed("<", r, ir.Constant(I64, 0))
+            return b.select(neg, b.add(r, den), r)
+        raise NotImplementedError(f"index expression {e}")
+
+    def dim(self, d):
+        """A tensor dimension, computed once at the kernel's entry."""
+        key = sympy.sympify(d)
+        if key.is_Integer:
+            return ir.Constant(I64, int(key))
+        if key not in self.dims:
+            with self.b.goto_entry_block():
+                self.dims[key] = self.int_expr(key, {})
+        return self.dims[key]
+
+    def condition(self, g, env):
+        if isinstance(g, sympy.And):
+            out = ir.Constant(I1, 1)
+            for a in g.args:
+                out = self.b.and_(out, self.condition(a, env))
+            return out
+        ops = {sympy.Eq: "==", sympy.Ne: "!=", sympy.Lt: "<", sympy.Le: "<=", sympy.Gt: ">", sympy.Ge: ">="}
+        return self.b.icmp_signed(ops[type(g)], self.int_expr(g.lhs, env), self.int_expr(g.rhs, env))
+
+    # ---- loops -------------------------------------------------------------------------
+    @contextmanager
+    def loop(self, extent, name="i"):
+        """for (i = 0; i < extent; i++): yields i. The one place with a phi node."""
+        b = self.b
+        pre = b.block
+        head = self.fn.append_basic_block(f"{name}.head")
+        body = self.fn.append_basic_block(f"{name}.body")
+        done = self.fn.append_basic_block(f"{name}.done")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64, name=name)
+        i.add_incoming(ir.Constant(I64, 0), pre)
+        b.cbranch(b.icmp_signed("<", i, extent), body, done)
+        b.position_at_end(body)
+        yield i
+        nxt = b.add(i, ir.Constant(I64, 1), flags=["nsw", "nuw"])
+        i.add_incoming(nxt, b.block)
+        b.branch(head)
+        b.position_at_end(done)
+
+    # ---- memory ------------------------------------------------------------------------
+    def address(self, tensor, index, env):
+        shape = self.m.tensors[tensor].shape
+        offset = ir.Constant(I64, 0)
+        for k, (e, d) in enumerate(zip(index, shape)):
+            i = self.int_expr(e, env)
+            if not _provably_in_bounds(e, d, self.ranges):
+                hi = self.b.sub(self.dim(d), ir.Constant(I64, 1))
+                i = self.b.select(self.b.icmp_signed("<", i, ir.Constant(I64, 0)), ir.Constant(I64, 0), i)
+                i = self.b.select(self.b.icmp_signed(">", i, hi), hi, i)
+            stride = self.stride(shape, k)
+            offset = self.b.add(offset, self.b.mul(i, stride) if stride is not None else i)
+        etype = I32 if self.m.tensors[tensor].dtype == "i32" else self.m.float
+        return self.b.gep(self.pointers[tensor], [offset], inbounds=True, source_etype=etype), etype
+
+    def stride(self, shape, k):
+        rest = shape[k + 1:]
+        if not rest:
+            return None
+        return self.dim(sympy.Mul(*[sympy.sympify(d) for d in rest]))
+
+    def in_bounds(self, tensor, index, env):
+        """i1: every index of this read lies inside the tensor (for zero padding)."""
+        shape = self.m.tensors[tensor].shape
+        ok = None
+        for e, d in zip(index, shape):
+            if _provably_in_bounds(e, d, self.ranges):
+                continue
+            i = self.int_expr(e, env)
+            c = self.b.and_(self.b.icmp_signed(">=", i, ir.Constant(I64, 0)),
+                            self.b.icmp_signed("<", i, self.dim(d)))
+            ok = c if ok is None else self.b.and_(ok, c)
+        return ok
+
+    def read(self, access, env):
+        ptr, etype = self.address(access.tensor, access.index, env)
+        value = self.b.load(ptr, typ=etype)
+        if etype == I32:
+            value = self.b.sitofp(value, self.m.float)
+        ok = self.in_bounds(access.tensor, access.index, env)
+        if ok is not None:
+            value = self.b.select(ok, value, ir.Constant(self.m.float, 0.0))
+        return value
+
+    # ---- scalar bodies -----------------------------------------------------------------
+    def value(self, e, env, reads, memo):
+        if e in memo:
+            return memo[e]
+        v = self._value(e, env, reads, memo)
+        memo[e] = v
+        return v
+
+    def _value(self, e, env, reads, memo):
+        b, f = self.b, self.m.float
+        const = lambda x: ir.Constant(f, float(x))
+        val = lambda x: self.value(x, env, reads, memo)
+        if e in reads:
+            return self.read(reads[e], env)
+        if e.is_Number:
+            return const(e)
+        if e.is_Symbol:
+            return b.sitofp(env[e] if e in env else self.size(str(e)), f)
+        if e.is_Add:
+            out = val(e.args[0])
+            for a in e.args[1:]:
+                out = b.fadd(out, val(a), flags=FAST)
+            return out
+        if e.is_Mul:
+            num = [a for a in e.args if not (a.is_Pow and a.exp.is_Number and a.exp < 0)]
+            den = [a.base ** -a.exp for a in e.args if a.is_Pow and a.exp.is_Number and a.exp < 0]
+            out = val(num[0]) if num else const(1)
+            for a in num[1:]:
+                out = b.fmul(out, val(a), flags=FAST)
+            if den:
+                d = val(sympy.Mul(*den))
+                out = b.fdiv(out, d, flags=FAST)
+            return out
+        if e.is_Pow:
+            return self.power(e, val, const)
+        fn = type(e)
+        args = [val(a) for a in e.args]
+        if fn is sympy.exp:
+            return b.call(self.m.intrinsic("exp"), args)
+        if fn is sympy.log:
+            return b.call(self.m.intrinsic("log"), args)
+        if fn is sympy.tanh:
+            return self.tanh(args[0])
+        return self.custom(fn, args, const)
+
+    def power(self, e, val, const):
+        b = self.b
+        base, exp = e.args
+        if exp == sympy.Rational(1, 2):
+            return b.call(self.m.intrinsic("sqrt"), [val(base)])
+        if exp == sympy.Rational(-1, 2):
+            return b.fdiv(const(1), b.call(self.m.intrinsic("sqrt"), [val(base)]))
+        if exp.is_Integer and abs(int(exp)) <= 8:
+            x = val(base)
+            out = x
+            for _ in range(abs(int(exp)) - 1):
+                out = b.fmul(out, x, flags=FAST)
+            if int(exp) == 0:
+                return const(1)
+            return b.fdiv(const(1), out) if exp < 0 else out
+        return b.call(self.m.intrinsic("pow", 2), [val(base), val(exp)])
+
+    def tanh(self, x):
+        # tanh(x) = 1 - 2 / (exp(2x) + 1): inlinable and vectorizable, exact at +-inf.
+        b, one = self.b, ir.Constant(self.m.float, 1.0)
+        e = b.call(self.m.intrinsic("exp"), [b.fmul(x, ir.Constant(self.m.float, 2.0))])
+        return b.fsub(one, b.fdiv(ir.Constant(self.m.float, 2.0), b.fadd(e, one)))
+
+    def custom(self, fn, args, const):
+        b = self.b
+        zero, one = const(0), const(1)
+        gt = lambda x, y: b.fcmp_ordered(">", x, y)
+        ge = lambda x, y: b.fcmp_ordered(">=", x, y)
+        if fn is F.relu:
+            return b.select(gt(args[0], zero), args[0], zero)
+        if fn is F.step:
+            return b.select(gt(args[0], zero), one, zero)
+        if fn is F.ge:
+            return b.select(ge(args[0], args[1]), one, zero)
+        if fn is F.eq:
+            return b.select(b.fcmp_ordered("==", args[0], args[1]), one, zero)
+        if fn is F.sgn:
+            return b.select(gt(args[0], zero), one, b.select(b.fcmp_ordered("<", args[0], zero), const(-1), zero))
+        if fn is F.absval:
+            return b.call(self.m.intrinsic("fabs"), args)
+        if fn is F.maximum:
+            return b.select(ge(args[0], args[1]), args[0], args[1])
+        if fn is F.minimum:
+            return b.select(b.fcmp_ordered("<=", args[0], args[1]), args[0], args[1])
+        if fn is F.sigmoid:
+            # 1 / (1 + exp(-z)): exp overflows to inf for very negative z, giving 0.
+            e = b.call(self.m.intrinsic("exp"), [b.fneg(args[0])])
+            return b.fdiv(one, b.fadd(one, e))
+        if fn is F.leaky_relu:
+            return b.select(gt(args[0], zero), args[0], b.fmul(args[1], args[0]))
+        if fn is F.elu:
+            e = b.call(self.m.intrinsic("exp"), [args[0]])
+            return b.select(gt(args[0], zero), args[0], b.fmul(args[1], b.fsub(e, one)))
+        if fn is F.softplus:
+            z = args[0]
+            pos = b.select(gt(z, zero), z, zero)
+            e = b.call(self.m.intrinsic("exp"), [b.fneg(b.call(self.m.intrinsic("fabs"), [z]))])
+            return b.fadd(pos, b.call(self.m.intrinsic("log"), [b.fadd(one, e)]))
+        raise NotImplementedError(f"no code generation for {fn}")
+
+    def alloca(self, typ):
+        """Stack slots live in the entry block, so mem2reg turns them into registers."""
+        with self.b.goto_entry_block():
+            return self.b.alloca(typ)
+
+    # ---- nests ---------------------------------------------------------------------------
+    def emit(self):
+        if self.kernel.extent is None:
+            for nest in self.kernel.nests:
+                self.nest(nest, {}, list(nest.comp.index))
+        else:
+            with self.loop(self.dim(self.kernel.extent), "row") as row:
+                for nest in self.kernel.nests:
+                    self.nest(nest, {nest.comp.index[0]: row}, list(nest.comp.index[1:]))
+        self.b.ret_void()
+
+    def nest(self, nest, env, loops):
+        c = nest.comp
+        self.ranges = {v: e for v, e in zip(c.index, self.m.tensors[c.out].shape)}
+        self.ranges.update(zip(c.rindex, c.rextent))
+        if nest.strategy == "outer":
+            self.loops(loops[:-1], env, lambda env: self.outer_reduction(c, env, loops[-1]))
+        else:
+            self.loops(loops, env, lambda env: self.point(c, env))
+
+    def loops(self, variables, env, body):
+        if not variables:
+            return body(env)
+        v = variables[0]
+        with self.loop(self.dim(self.ranges[v]), str(v)) as i:
+            self.loops(variables[1:], {**env, v: i}, body)
+
+    def term(self, c, env):
+        """The body at one point, zero where a guard fails."""
+        value = self.value(c.body, env, c.accesses, {})
+        if c.guards:
+            ok = self.condition(sympy.And(*c.guards), env)
+            value = self.b.select(ok, value, ir.Constant(self.m.float, 0.0))
+        return value
+
+    def store(self, c, env, value):
+        ptr, etype = self.address(c.out, c.index, env)
+        if c.accumulate:
+            value = self.b.fadd(self.b.load(ptr, typ=etype), value, flags=FAST)
+        self.b.store(value, ptr)
+
+    def point(self, c, env):
+        """One output element: map, or a reduction with a register accumulator."""
+        if c.reduce is None:
+            return self.store(c, env, self.term(c, env))
+        f = self.m.float
+        acc = self.alloca(f)
+        start = float("-inf") if c.reduce == "max" else 0.0
+        self.b.store(ir.Constant(f, start), acc)
+        where = self.alloca(I64) if c.argmax else None
+        if where is not None:
+            self.b.store(ir.Constant(I64, 0), where)
+        counter = self.alloca(I64) if c.argmax else None
+        if counter is not None:
+            self.b.store(ir.Constant(I64, 0), counter)
+
+        def body(env):
+            v = self.term(c, env)
+            old = self.b.load(acc, typ=f)
+            if c.reduce == "sum":
+                self.b.store(self.b.fadd(old, v, flags=FAST), acc)
+                return
+            better = self.b.fcmp_ordered(">", v, old)   # first maximum wins ties
+            self.b.store(self.b.select(better, v, old), acc)
+            if where is not None:
+                k = self.b.load(counter, typ=I64)
+                self.b.store(self.b.select(better, k, self.b.load(where, typ=I64)), where)
+                self.b.store(self.b.add(k, ir.Constant(I64, 1)), counter)
+        self.loops(list(c.rindex), env, body)
+        self.store(c, env, self.b.load(acc, typ=f))
+        if where is not None:
+            ptr, _ = self.address(c.argmax, c.index, env)
+            self.b.store(self.b.trunc(self.b.load(where, typ=I64), I32), ptr)
+
+    def outer_reduction(self, c, env, last):
+        """out[..., j] (+)= sum_r body with j innermost: vectorizes along the output row."""
+        if not c.accumulate:
+            def zero(env):
+                ptr, _ = self.address(c.out, c.index, env)
+                self.b.store(ir.Constant(self.m.float, 0.0), ptr)
+            self.loops([last], env, zero)
+
+        def body(env):
+            ptr, etype = self.address(c.out, c.index, env)
+            self.b.store(self.b.fadd(self.b.load(ptr, typ=etype), self.term(c, env), flags=FAST), ptr)
+        self.loops(list(c.rindex) + [last], env, body)
+
+
+def _interval(e, ranges):
+    """(lo, hi) of an integer index expression over the loop ranges, or None."""
+    e = sympy.sympify(e)
+    if e.is_Integer:
+        return e, e
+    if e.is_Symbol:
+        if e in ranges:
+            return sympy.Integer(0), sympy.sympify(ranges[e]) - 1
+        return e, e                       # a size symbol
+    if e.is_Add:
+        parts = [_interval(a, ranges) for a in e.args]
+        if None in parts:
+            return None
+        return sum((p[0] for p in parts), sympy.Integer(0)), sum((p[1] for p in parts), sympy.Integer(0))
+    if e.is_Mul and len(e.args) == 2 and e.args[0].is_Integer:
+        inner = _interval(e.args[1], ranges)
+        if inner is None:
+            return None
+        k = e.args[0]
+        return (k * inner[0], k * inner[1]) if k >= 0 else (k * inner[1], k * inner[0])
+    if isinstance(e, sympy.Mod) and e.args[1].is_Integer:
+        return sympy.Integer(0), e.args[1] - 1
+    if isinstance(e, fdiv) and e.args[1].is_Integer:
+        inner = _interval(e.args[0], ranges)
+        if inner is None or not (inner[0].is_Integer and inner[1].is_Integer):
+            return None
+        return inner[0] // e.args[1], inner[1] // e.args[1]
+    return None
+
+
+def _provably_in_bounds(e, dim, ranges):
+    span = _interval(e, ranges)
+    if span is None:
+        return False
+    lo_ok = sympy.sympify(span[0]).is_nonnegative
+    hi_ok = (sympy.sympify(dim) - 1 - span[1]).is_nonnegative
+    return bool(lo_ok) and bool(hi_ok)

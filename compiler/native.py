@@ -1,0 +1,108 @@
+"""Model -> native Program: lower, schedule, emit LLVM IR, JIT, wrap.
+
+    program = compiler.compile(model)             # float32, the host CPU
+    program = compiler.compile(model, dtype="f64")
+"""
+import hashlib
+import time
+
+import sympy
+
+from .defaults import OPTIMIZERS
+from .lower import lower
+from .schedule import schedule
+
+VERSION = "symnet-0.1.0"
+
+
+def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None):
+    """(LLVM IR text, plain-data spec) for a model: every stage up to text."""
+    optimizer = optimizer or model.train.get("optimizer", "sgd")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer '{optimizer}'; expected one of {', '.join(OPTIMIZERS)}")
+    lowered = lower(model, optimizer)
+    sizes = [str(s) for s in model.size_symbols]
+    if target == "ptx":
+        from .codegen.ptx import PTXEmitter
+        emitter = PTXEmitter(lowered.tensors, sizes, dtype, model.name, arch=arch or "sm_80")
+    else:
+        from .codegen.llvm import LLVMEmitter
+        emitter = LLVMEmitter(lowered.tensors, sizes, dtype, model.name)
+    used = _used_buffers(lowered)
+    buffer_index = {name: k for k, name in enumerate(used)}
+    kernels = {}
+    for entry, comps in lowered.entries.items():
+        kernels[entry] = schedule(comps, lowered.tensors)
+        emitter.entry(entry, kernels[entry], buffer_index)
+    spec = _spec(model, lowered, used, sizes, dtype, optimizer)
+    return emitter.ir(), spec, kernels
+
+
+def _used_buffers(lowered):
+    names = []
+    for comps in lowered.entries.values():
+        for c in comps:
+            for t in [c.out] + c.reads + ([c.argmax] if c.argmax else []):
+                if t not in names:
+                    names.append(t)
+    for t in list(lowered.hypers.values()) + list(lowered.tensors):
+        if lowered.tensors[t].kind in ("input", "param", "hyper") and t not in names:
+            names.append(t)
+    return names
+
+
+def _dim(d):
+    d = sympy.sympify(d)
+    return int(d) if d.is_Integer else str(d)
+
+
+def _spec(model, lowered, used, sizes, dtype, optimizer):
+    buffers = [{"name": t, "shape": [_dim(d) for d in lowered.tensors[t].shape],
+                "dtype": lowered.tensors[t].dtype, "kind": lowered.tensors[t].kind} for t in used]
+    entry_inputs = {}
+    for entry, comps in lowered.entries.items():
+        read = {t for c in comps for t in c.reads}
+        entry_inputs[entry] = [i for i in model.inputs if i in read]
+    defaults = dict(OPTIMIZERS[optimizer])
+    for key in defaults:
+        if key in model.train:
+            defaults[key] = float(model.train[key])
+    return {
+        "name": model.name, "dtype": dtype, "size_names": sizes, "buffers": buffers,
+        "entries": list(lowered.entries), "entry_inputs": entry_inputs,
+        "inputs": list(model.inputs), "outputs": list(model.outputs), "loss": model.loss,
+        "params": list(model.params), "grads": lowered.grads, "optimizer": optimizer,
+        "optimizer_defaults": defaults, "hypers": lowered.hypers, "states": lowered.states,
+        "consts": {k: v.tolist() for k, v in model.consts.items()},
+    }
+
+
+def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache=True, arch=None):
+    """Compile a Model to a runtime Program for the host CPU (or a CUDA GPU)."""
+    if dtype not in ("f32", "f64"):
+        raise ValueError(f"dtype must be 'f32' or 'f64', got {dtype!r}")
+    if target not in ("cpu", "ptx", "cuda"):
+        raise ValueError(f"unknown target {target!r}; expected 'cpu' or 'ptx'")
+    started = time.perf_counter()
+    if target in ("ptx", "cuda"):
+        from runtime.cuda import CudaProgram
+        ir_text, spec, _ = compile_ir(model, optimizer, dtype, "ptx", arch)
+        return CudaProgram(spec, ir_text, model.params, arch=arch)
+    ir_text, spec, _ = compile_ir(model, optimizer, dtype)
+    from runtime.jit import NativeLibrary
+    from runtime.program import Program
+    kwargs = {} if cache else {"cache_dir": None}
+    library = NativeLibrary(ir_text, opt_level=opt_level, name=model.name,
+                            cache_key_extra=VERSION, **kwargs)
+    program = Program(spec, library, model.params)
+    program.compile_seconds = time.perf_counter() - started
+    program.model_hash = model_hash(model)
+    return program
+
+
+def model_hash(model):
+    """Identifies a model's parameter layout (names and shapes) for checkpoints."""
+    h = hashlib.sha256()
+    for name, value in model.params.items():
+        h.update(f"{name}:{value.shape};".encode())
+    return h.hexdigest()[:16]

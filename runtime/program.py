@@ -1,0 +1,218 @@
+"""Program: compiled native entry points plus their buffers, called from NumPy.
+
+The compiler hands over a plain-data `spec` (no sympy: the runtime never imports it)
+and a NativeLibrary. Buffers for a batch size are allocated once and reused (the
+static memory plan); parameters, optimizer state and hyperparameters persist across
+calls. Every call validates the arrays it is given — names, ranks, fixed dimensions,
+a consistent batch size, dtypes — before the single native call, so a wrong array is a
+Python exception with a clear message, never a crash.
+"""
+import ctypes
+
+import numpy as np
+
+
+class ProgramError(ValueError):
+    """A call with arrays that do not fit the compiled model."""
+
+
+_FLOAT = {"f32": np.float32, "f64": np.float64}
+
+
+def eval_dim(dim, sizes):
+    """A dimension: an int, or an expression like 'N' or '16*N' of the symbolic sizes."""
+    if isinstance(dim, int):
+        return dim
+    return int(eval(dim, {"__builtins__": {}}, dict(sizes)))
+
+
+class Program:
+    def __init__(self, spec, library, params):
+        self.spec = spec
+        self.library = library
+        self.dtype = _FLOAT[spec["dtype"]]
+        self.buffers = {b["name"]: b for b in spec["buffers"]}
+        self.index = {b["name"]: k for k, b in enumerate(spec["buffers"])}
+        self.entries = {name: library.function(name, None, [ctypes.c_void_p, ctypes.c_void_p])
+                        for name in spec["entries"]}
+        self.persistent = {}
+        for b in spec["buffers"]:
+            if b["kind"] in ("param", "const", "state", "hyper"):
+                shape = tuple(eval_dim(d, {}) for d in b["shape"])
+                self.persistent[b["name"]] = np.zeros(shape, dtype=self.dtype)
+        for name, value in spec["consts"].items():
+            self.persistent[name][...] = value
+        self.set_params(params)
+        self.optimizer = dict(spec["optimizer_defaults"])
+        self.steps = 0
+        self._workspaces = {}
+
+    # ---- public API ---------------------------------------------------------------------
+    @property
+    def inputs(self):
+        return list(self.spec["inputs"])
+
+    @property
+    def outputs(self):
+        return list(self.spec["outputs"])
+
+    def forward(self, inputs):
+        """The model's outputs for a batch: {name: ndarray}."""
+        self._run("predict", inputs)
+        return {name: self._workspace_array(name).copy() for name in self.spec["outputs"]}
+
+    def evaluate(self, inputs):
+        """(loss, outputs) for a labelled batch."""
+        self._require("evaluate")
+        self._run("evaluate", inputs)
+        outs = {name: self._workspace_array(name).copy() for name in self.spec["outputs"]}
+        return float(self._workspace_array(self.spec["loss"])), outs
+
+    def value_and_grad(self, inputs):
+        """(loss, {param: gradient}) without changing the parameters."""
+        self._require("value_and_grad")
+        self._run("value_and_grad", inputs)
+        grads = {p: self._workspace_array(g).copy() for p, g in self.spec["grads"].items()}
+        return float(self._workspace_array(self.spec["loss"])), grads
+
+    def train_step(self, inputs):
+        """Forward, backward and the optimizer update in one native call; returns the loss."""
+        self._require("train_step")
+        self.steps += 1
+        self._set_hypers()
+        self._run("train_step", inputs)
+        return float(self._workspace_array(self.spec["loss"]))
+
+    def get_params(self):
+        return {p: self.persistent[p].copy() for p in self.spec["params"]}
+
+    def set_params(self, params):
+        for name, value in params.items():
+            if name not in self.spec["params"]:
+                raise ProgramError(f"unknown parameter '{name}'; the model has "
+                                   f"{', '.join(self.spec['params']) or 'no parameters'}")
+            value = np.asarray(value)
+            target = self.persistent[name]
+            if value.shape != target.shape:
+                raise ProgramError(f"parameter '{name}' has shape {list(value.shape)}, "
+                                   f"expected {list(target.shape)}")
+            target[...] = value
+
+    def configure(self, **hypers):
+        """Set optimizer hyperparameters (lr, beta, beta1, beta2, eps) for train_step."""
+        for key, value in hypers.items():
+            if key not in self.optimizer:
+                raise ProgramError(f"optimizer {self.spec['optimizer']} has no setting '{key}'; "
+                                   f"it has {', '.join(self.optimizer)}")
+            self.optimizer[key] = float(value)
+
+    def reset_optimizer(self):
+        self.steps = 0
+        for name in self.spec["states"]:
+            self.persistent[name][...] = 0
+
+    # ---- calls --------------------------------------------------------------------------
+    def _require(self, entry):
+        if entry not in self.entries:
+            why = "no loss statement" if self.spec["loss"] is None else "no parameters"
+            raise ProgramError(f"{entry} is not available: the model has {why}")
+
+    def _set_hypers(self):
+        opt = dict(self.optimizer)
+        if self.spec["optimizer"] == "adam":
+            opt["correction1"] = 1.0 / (1.0 - opt["beta1"] ** self.steps)
+            opt["correction2"] = 1.0 / (1.0 - opt["beta2"] ** self.steps)
+        for name, buffer in self.spec["hypers"].items():
+            self.persistent[buffer][...] = opt[name]
+
+    def _run(self, entry, inputs):
+        arrays, sizes = self._check_inputs(entry, inputs)
+        workspace = self._workspace(sizes)
+        table = workspace["table"]
+        keep = []
+        for name, array in arrays.items():
+            table[self.index[name]] = array.ctypes.data
+            keep.append(array)
+        self.entries[entry](workspace["sizes"].ctypes.data, ctypes.addressof(table))
+        self._last = workspace
+
+    def _workspace_array(self, name):
+        return self._last["arrays"][name] if name in self._last["arrays"] else self.persistent[name]
+
+    def _check_inputs(self, entry, inputs):
+        if not isinstance(inputs, dict):
+            raise ProgramError("inputs must be a dict of name -> array")
+        needed = self.spec["entry_inputs"][entry]
+        unknown = set(inputs) - set(self.spec["inputs"])
+        if unknown:
+            raise ProgramError(f"unknown input '{sorted(unknown)[0]}'; the model's inputs are "
+                               f"{', '.join(self.spec['inputs'])}")
+        sizes, arrays = {}, {}
+        for name in needed:
+            if name not in inputs:
+                raise ProgramError(f"missing input '{name}' {_fmt(self.buffers[name]['shape'])}")
+            arrays[name] = self._check_array(name, inputs[name], sizes)
+        for name in self.spec["size_names"]:
+            if name not in sizes:
+                sizes[name] = 1
+            if sizes[name] < 1 and entry != "predict":
+                raise ProgramError(f"empty batch ({name}=0): a loss needs at least one example")
+        return arrays, sizes
+
+    def _check_array(self, name, value, sizes):
+        spec = self.buffers[name]
+        array = np.asarray(value)
+        declared = spec["shape"]
+        if array.ndim != len(declared):
+            raise ProgramError(f"input '{name}' has shape {list(array.shape)}, expected "
+                               f"{_fmt(declared)}")
+        for got, want in zip(array.shape, declared):
+            if isinstance(want, int):
+                if got != want:
+                    raise ProgramError(f"input '{name}' has shape {list(array.shape)}, "
+                                       f"expected {_fmt(declared)}")
+            elif want in self.spec["size_names"]:
+                if sizes.setdefault(want, got) != got:
+                    raise ProgramError(f"input '{name}' has {want}={got}, but another input "
+                                       f"has {want}={sizes[want]}")
+        if spec["dtype"] == "i32":
+            if array.dtype.kind not in "iu":
+                if array.dtype.kind == "f" and array.size and np.all(np.isfinite(array)) \
+                        and np.all(array == np.round(array)):
+                    array = array.astype(np.int64)
+                else:
+                    raise ProgramError(f"input '{name}' must hold integers (class indices), "
+                                       f"got {array.dtype}")
+            return np.ascontiguousarray(array, dtype=np.int32)
+        if array.dtype.kind not in "fiub":
+            raise ProgramError(f"input '{name}' must be numeric, got {array.dtype}")
+        return np.ascontiguousarray(array, dtype=self.dtype)
+
+    def _workspace(self, sizes):
+        key = tuple(sorted(sizes.items()))
+        if key not in self._workspaces:
+            if len(self._workspaces) >= 4:          # keep the plans of a few batch sizes
+                self._workspaces.pop(next(iter(self._workspaces)))
+            self._workspaces[key] = self._allocate(sizes)
+        return self._workspaces[key]
+
+    def _allocate(self, sizes):
+        """The static memory plan for one batch size: every buffer, allocated once."""
+        arrays = {}
+        table = (ctypes.c_void_p * len(self.spec["buffers"]))()
+        for k, b in enumerate(self.spec["buffers"]):
+            if b["name"] in self.persistent:
+                array = self.persistent[b["name"]]
+            elif b["kind"] == "input":
+                continue
+            else:
+                shape = tuple(eval_dim(d, sizes) for d in b["shape"])
+                array = np.zeros(shape, dtype=np.int32 if b["dtype"] == "i32" else self.dtype)
+                arrays[b["name"]] = array
+            table[k] = array.ctypes.data
+        size_values = np.array([sizes[n] for n in self.spec["size_names"]] or [0], dtype=np.int64)
+        return {"arrays": arrays, "table": table, "sizes": size_values}
+
+
+def _fmt(shape):
+    return "[" + ", ".join(str(d) for d in shape) + "]"
