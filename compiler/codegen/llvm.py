@@ -159,8 +159,8 @@ class KernelEmitter:
 
     # ---- loops -------------------------------------------------------------------------
     @contextmanager
-    def loop(self, extent, name="i"):
-        """for (i = 0; i < extent; i++): yields i. The one place with a phi node."""
+    def loop(self, extent, name="i", start=None):
+        """for (i = start; i < extent; i++): yields i. The one place with a phi node."""
         b = self.b
         pre = b.block
         head = self.fn.append_basic_block(f"{name}.head")
@@ -169,7 +169,7 @@ class KernelEmitter:
         b.branch(head)
         b.position_at_end(head)
         i = b.phi(I64, name=name)
-        i.add_incoming(ir.Constant(I64, 0), pre)
+        i.add_incoming(start if start is not None else ir.Constant(I64, 0), pre)
         b.cbranch(b.icmp_signed("<", i, extent), body, done)
         b.position_at_end(body)
         yield i
@@ -184,7 +184,7 @@ class KernelEmitter:
         offset = ir.Constant(I64, 0)
         for k, (e, d) in enumerate(zip(index, shape)):
             i = self.int_expr(e, env)
-            if not _provably_in_bounds(e, d, self.ranges):
+            if not self.known_in_bounds(e, d):
                 hi = self.b.sub(self.dim(d), ir.Constant(I64, 1))
                 i = self.b.select(self.b.icmp_signed("<", i, ir.Constant(I64, 0)), ir.Constant(I64, 0), i)
                 i = self.b.select(self.b.icmp_signed(">", i, hi), hi, i)
@@ -204,13 +204,21 @@ class KernelEmitter:
         shape = self.m.tensors[tensor].shape
         ok = None
         for e, d in zip(index, shape):
-            if _provably_in_bounds(e, d, self.ranges):
+            if self.known_in_bounds(e, d):
                 continue
             i = self.int_expr(e, env)
             c = self.b.and_(self.b.icmp_signed(">=", i, ir.Constant(I64, 0)),
                             self.b.icmp_signed("<", i, self.dim(d)))
             ok = c if ok is None else self.b.and_(ok, c)
         return ok
+
+    def known_in_bounds(self, e, dim):
+        """In bounds by interval analysis, or by guards already enforced as loop bounds."""
+        e, dim = sympy.sympify(e), sympy.sympify(dim)
+        span = _interval(e, self.ranges)
+        lo = (span is not None and bool(sympy.sympify(span[0]).is_nonnegative)) or e in self.facts_lo
+        hi = (span is not None and bool((dim - 1 - span[1]).is_nonnegative)) or (e, dim) in self.facts_hi
+        return lo and hi
 
     def read(self, access, env):
         ptr, etype = self.address(access.tensor, access.index, env)
@@ -347,23 +355,49 @@ class KernelEmitter:
         c = nest.comp
         self.ranges = {v: e for v, e in zip(c.index, self.m.tensors[c.out].shape)}
         self.ranges.update(zip(c.rindex, c.rextent))
+        self.facts_lo, self.facts_hi = set(), set()
         if nest.strategy == "outer":
-            self.loops(loops[:-1], env, lambda env: self.outer_reduction(c, env, loops[-1]))
+            self.loops(loops[:-1], env, lambda env, guards: self.outer_reduction(c, env, loops[-1], guards),
+                       c.guards)
         else:
-            self.loops(loops, env, lambda env: self.point(c, env))
+            self.loops(loops, env, lambda env, guards: self.point(c, env, guards), c.guards)
 
-    def loops(self, variables, env, body):
+    def loops(self, variables, env, body, guards=()):
+        """Nested loops; guards linear in a loop variable become that loop's bounds."""
         if not variables:
-            return body(env)
+            return body(env, guards)
         v = variables[0]
-        with self.loop(self.dim(self.ranges[v]), str(v)) as i:
-            self.loops(variables[1:], {**env, v: i}, body)
+        start, stop, guards = self.bounds(v, env, guards)
+        with self.loop(stop, str(v), start) as i:
+            self.loops(variables[1:], {**env, v: i}, body, guards)
 
-    def term(self, c, env):
-        """The body at one point, zero where a guard fails."""
+    def bounds(self, v, env, guards):
+        """(start, stop, remaining guards) for loop v: Halide-style bounds inference."""
+        b = self.b
+        start, stop = ir.Constant(I64, 0), self.dim(self.ranges[v])
+        remaining = []
+        for g in guards:
+            bound = _linear_bound(g, v, set(env) | set(map(sympy.Symbol, self.m.size_names)))
+            if bound is None:
+                remaining.append(g)
+                continue
+            kind, expr = bound
+            value = self.int_expr(expr, env)
+            if kind == "lower":
+                start = b.select(b.icmp_signed(">", value, start), value, start)
+            else:
+                stop = b.select(b.icmp_signed("<", value, stop), value, stop)
+            if isinstance(g, sympy.GreaterThan) and g.rhs == 0:
+                self.facts_lo.add(g.lhs)
+            if isinstance(g, sympy.StrictLessThan):
+                self.facts_hi.add((g.lhs, g.rhs))
+        return start, stop, tuple(remaining)
+
+    def term(self, c, env, guards):
+        """The body at one point, zero where a remaining guard fails."""
         value = self.value(c.body, env, c.accesses, {})
-        if c.guards:
-            ok = self.condition(sympy.And(*c.guards), env)
+        if guards:
+            ok = self.condition(sympy.And(*guards), env)
             value = self.b.select(ok, value, ir.Constant(self.m.float, 0.0))
         return value
 
@@ -373,10 +407,10 @@ class KernelEmitter:
             value = self.b.fadd(self.b.load(ptr, typ=etype), value, flags=FAST)
         self.b.store(value, ptr)
 
-    def point(self, c, env):
+    def point(self, c, env, guards):
         """One output element: map, or a reduction with a register accumulator."""
         if c.reduce is None:
-            return self.store(c, env, self.term(c, env))
+            return self.store(c, env, self.term(c, env, guards))
         f = self.m.float
         acc = self.alloca(f)
         start = float("-inf") if c.reduce == "max" else 0.0
@@ -388,8 +422,8 @@ class KernelEmitter:
         if counter is not None:
             self.b.store(ir.Constant(I64, 0), counter)
 
-        def body(env):
-            v = self.term(c, env)
+        def body(env, guards):
+            v = self.term(c, env, guards)
             old = self.b.load(acc, typ=f)
             if c.reduce == "sum":
                 self.b.store(self.b.fadd(old, v, flags=FAST), acc)
@@ -400,24 +434,24 @@ class KernelEmitter:
                 k = self.b.load(counter, typ=I64)
                 self.b.store(self.b.select(better, k, self.b.load(where, typ=I64)), where)
                 self.b.store(self.b.add(k, ir.Constant(I64, 1)), counter)
-        self.loops(list(c.rindex), env, body)
+        self.loops(list(c.rindex), env, body, guards)
         self.store(c, env, self.b.load(acc, typ=f))
         if where is not None:
             ptr, _ = self.address(c.argmax, c.index, env)
             self.b.store(self.b.trunc(self.b.load(where, typ=I64), I32), ptr)
 
-    def outer_reduction(self, c, env, last):
+    def outer_reduction(self, c, env, last, guards):
         """out[..., j] (+)= sum_r body with j innermost: vectorizes along the output row."""
         if not c.accumulate:
-            def zero(env):
+            def zero(env, _):
                 ptr, _ = self.address(c.out, c.index, env)
                 self.b.store(ir.Constant(self.m.float, 0.0), ptr)
             self.loops([last], env, zero)
 
-        def body(env):
+        def body(env, guards):
             ptr, etype = self.address(c.out, c.index, env)
-            self.b.store(self.b.fadd(self.b.load(ptr, typ=etype), self.term(c, env), flags=FAST), ptr)
-        self.loops(list(c.rindex) + [last], env, body)
+            self.b.store(self.b.fadd(self.b.load(ptr, typ=etype), self.term(c, env, guards), flags=FAST), ptr)
+        self.loops(list(c.rindex) + [last], env, body, guards)
 
 
 def _interval(e, ranges):
@@ -448,6 +482,27 @@ def _interval(e, ranges):
             return None
         return inner[0] // e.args[1], inner[1] // e.args[1]
     return None
+
+
+def _linear_bound(g, v, bound_symbols):
+    """A guard `a*v + rest (>=|>|<=|<) 0` with a = +-1 and rest known outside the loop,
+    as ("lower", first v allowed) or ("upper", first v excluded); else None."""
+    kinds = (sympy.GreaterThan, sympy.StrictGreaterThan, sympy.LessThan, sympy.StrictLessThan)
+    if not isinstance(g, kinds):
+        return None
+    L = sympy.expand(g.lhs - g.rhs)
+    if v not in L.free_symbols or L.has(fdiv, sympy.Mod):
+        return None
+    a = sympy.diff(L, v)
+    rest = sympy.expand(L - a * v)
+    if a not in (1, -1) or not rest.free_symbols <= bound_symbols:
+        return None
+    # Normalise to L >= 0 (Ge), L >= 1 (Gt), L <= 0 (Le), L <= -1 (Lt).
+    if isinstance(g, (sympy.GreaterThan, sympy.StrictGreaterThan)):
+        low = 0 if isinstance(g, sympy.GreaterThan) else 1          # a*v + rest >= low
+        return ("lower", low - rest) if a == 1 else ("upper", rest - low + 1)
+    high = 0 if isinstance(g, sympy.LessThan) else -1                # a*v + rest <= high
+    return ("upper", high - rest + 1) if a == 1 else ("lower", rest - high)
 
 
 def _provably_in_bounds(e, dim, ranges):
