@@ -5,6 +5,9 @@
     program = compiler.compile(model)              # native forward / train_step
 """
 from .errors import SymnetError
+from .gradcheck import gradcheck
+from .native import compile
 from .pipeline import load, parse
+from .printing import gradient_formulas as gradients
 
-__all__ = ["SymnetError", "load", "parse"]
+__all__ = ["SymnetError", "compile", "gradcheck", "gradients", "load", "parse"]

@@ -16,7 +16,10 @@ VERSION = "symnet-0.1.0"
 
 
 def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None):
-    """(LLVM IR text, plain-data spec) for a model: every stage up to text."""
+    """(LLVM IR text, plain-data spec, kernels per entry, emitter) for a model.
+
+    target: "cpu" (host LLVM), "ptx" (NVPTX; spec["launches"] lists the kernel
+    launches of each entry) or "gpu-emulation" (the PTX kernels on the host)."""
     optimizer = optimizer or model.train.get("optimizer", "sgd")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer '{optimizer}'; expected one of {', '.join(OPTIMIZERS)}")
@@ -25,6 +28,9 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None):
     if target == "ptx":
         from .codegen.ptx import PTXEmitter
         emitter = PTXEmitter(lowered.tensors, sizes, dtype, model.name, arch=arch or "sm_80")
+    elif target == "gpu-emulation":
+        from .codegen.gpu_emulation import EmulatedGPUEmitter
+        emitter = EmulatedGPUEmitter(lowered.tensors, sizes, dtype, model.name)
     else:
         from .codegen.llvm import LLVMEmitter
         emitter = LLVMEmitter(lowered.tensors, sizes, dtype, model.name)
@@ -35,7 +41,9 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None):
         kernels[entry] = schedule(comps, lowered.tensors)
         emitter.entry(entry, kernels[entry], buffer_index)
     spec = _spec(model, lowered, used, sizes, dtype, optimizer)
-    return emitter.ir(), spec, kernels
+    if target in ("ptx", "gpu-emulation"):
+        spec["launches"] = emitter.launches
+    return emitter.ir(), spec, kernels, emitter
 
 
 def _used_buffers(lowered):
@@ -74,21 +82,31 @@ def _spec(model, lowered, used, sizes, dtype, optimizer):
         "params": list(model.params), "grads": lowered.grads, "optimizer": optimizer,
         "optimizer_defaults": defaults, "hypers": lowered.hypers, "states": lowered.states,
         "consts": {k: v.tolist() for k, v in model.consts.items()},
+        "classes": {name: class_count(model, name) for name, info in model.inputs.items()
+                    if info.dtype == "i32"},
     }
+
+
+def class_count(model, label_input):
+    """How many classes an i32 input indexes: the extent it is compared against."""
+    from .reference import _classes_for
+    return _classes_for(model, label_input)
 
 
 def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache=True, arch=None):
     """Compile a Model to a runtime Program for the host CPU (or a CUDA GPU)."""
     if dtype not in ("f32", "f64"):
         raise ValueError(f"dtype must be 'f32' or 'f64', got {dtype!r}")
-    if target not in ("cpu", "ptx", "cuda"):
+    if target not in ("cpu", "ptx", "cuda", "gpu-emulation"):
         raise ValueError(f"unknown target {target!r}; expected 'cpu' or 'ptx'")
     started = time.perf_counter()
     if target in ("ptx", "cuda"):
         from runtime.cuda import CudaProgram
-        ir_text, spec, _ = compile_ir(model, optimizer, dtype, "ptx", arch)
-        return CudaProgram(spec, ir_text, model.params, arch=arch)
-    ir_text, spec, _ = compile_ir(model, optimizer, dtype)
+        _, spec, _, emitter = compile_ir(model, optimizer, dtype, "ptx", arch)
+        program = CudaProgram(spec, emitter.ptx(), model.params)
+        program.model_hash = model_hash(model)
+        return program
+    ir_text, spec, _, _ = compile_ir(model, optimizer, dtype, "cpu" if target == "cpu" else target)
     from runtime.jit import NativeLibrary
     from runtime.program import Program
     kwargs = {} if cache else {"cache_dir": None}

@@ -6,9 +6,10 @@ read of a tensor the user never named (`loss.pow`, a layer's pre-activation, a
 
     grad:a[] = sum_{n<N} grad:yhat[n]*x[n]      (and grad:yhat from the loss, ...)
 
-becomes  dJ/da = 2*Sum(x[n]*(a*x[n] + b - y[n]), (n, 0, N - 1))/N.  Reductions stay
-sums, `Sum(body, (n, 0, N - 1))`, or maxima, `MaxOver(body, (k, 0, 9))`; inputs,
-parameters and constants stay reads `x[n]` (scalars plain symbols `a`).
+becomes  dJ/da = 2*Sum((a*x[n] + b - y[n])*x[n], (n, 0, N - 1))/N.  Reductions stay
+sums, `Sum(body, (n, 0, N - 1))`, or maxima, `MaxOver(body, (k, 0, 9))` (printed
+`max(body, (k, 0, 9))`); inputs, parameters and constants stay reads `x[n]`
+(scalars plain symbols `a`).
 
 When the fully inlined formulas get large (deep models), inlining stops at the tensors
 the source names: their gradients become the chain rule's intermediates ("deltas"),
@@ -27,14 +28,24 @@ from .index_ir import fdiv
 from .ops import format_shape
 
 FORMATS = ("text", "unicode", "latex")
-# Fully inlined formulas with more operations than this are written with deltas.
-INLINE_LIMIT = 60
+# Fully inlined formulas larger than this (nodes of the expression tree, about 30
+# operations) are written with deltas instead.
+INLINE_LIMIT = 90
 LEAF_KINDS = ("input", "param", "const", "aux")
 _INDEX_LETTERS = "ijklmpqrstuvw"
 
 
 class MaxOver(ExprWithLimits):
     """max over k of body, for k in 0..hi: a max reduction, e.g. a max pool's window."""
+
+    def doit(self, **hints):
+        """sympy's Max of the terms, when every range is numeric (like Sum.doit)."""
+        terms = [self.function.doit(**hints)]
+        for variable, low, high in self.limits:
+            if not (low.is_Integer and high.is_Integer):
+                return self
+            terms = [t.xreplace({variable: k}) for t in terms for k in range(low, high + 1)]
+        return sympy.Max(*terms)
 
     def _sympystr(self, printer):
         limits = ", ".join(printer._print(tuple(lim)) for lim in self.limits)
@@ -118,13 +129,15 @@ def render(expr, fmt="text"):
     """Print an expression: `text` (sympy's str), `unicode` (2-D) or `latex`."""
     if fmt not in FORMATS:
         raise SymnetError(f"unknown format '{fmt}'; expected one of {', '.join(FORMATS)}")
-    expr = expr.replace(lambda e: isinstance(e, fdiv), lambda a, b: sympy.floor(a / b))
+    expr = expr.replace(fdiv, lambda a, b: sympy.floor(sympy.factor_terms(a / b)))
     if fmt == "text":
         return sympy.sstr(expr)
     labels = {s: s.name for s in expr.atoms(sympy.Symbol) if _is_label(s)}
     if fmt == "unicode":
-        pretty = {s: sympy.Symbol(name.replace("dJ/d", "∂J/∂", 1)) for s, name in labels.items()}
-        return sympy.pretty(expr.xreplace(pretty), use_unicode=True)
+        pretty = {s: sympy.Symbol(name.replace("dJ/d", "∂J/∂", 1))
+                  for s, name in labels.items()}
+        drawing = sympy.pretty(expr.xreplace(pretty), use_unicode=True, wrap_line=False)
+        return "\n".join(line.rstrip() for line in drawing.split("\n"))
     return sympy.latex(expr, symbol_names={s: latex_name(name) for s, name in labels.items()})
 
 
@@ -171,7 +184,7 @@ def summary_table(model):
 
 # ---- inlining -----------------------------------------------------------------------
 class _TooLarge(Exception):
-    """A fully inlined formula passed INLINE_LIMIT operations."""
+    """A fully inlined formula grew past INLINE_LIMIT nodes."""
 
 
 class _Inliner:
@@ -191,26 +204,34 @@ class _Inliner:
         comps = self.definitions[grad_name(tensor)]
         index = comps[0].index
         label = f"dJ/d{tensor}" if tensor in self.model.params else f"δ{tensor}"
-        return Formula(tensor, label, index, self.definition(grad_name(tensor), index))
+        expr = self.definition(grad_name(tensor), index, frozenset(index))
+        return Formula(tensor, label, index, expr)
 
-    def definition(self, tensor, index):
-        """tensor[index] as the sum of the loop nests writing it."""
-        value = sympy.Add(*[self.comprehension(c, index) for c in self.definitions[tensor]])
-        if not self.deltas and sympy.count_ops(value) > INLINE_LIMIT:
+    def definition(self, tensor, index, scope):
+        """tensor[index] as the sum of the loop nests writing it.
+
+        `scope` holds the index variables in use around this read; new summation
+        variables avoid them, so that no sum shadows an outer index."""
+        value = sympy.Add(*[self.comprehension(c, index, scope)
+                            for c in self.definitions[tensor]])
+        if not self.deltas and _size(value) > INLINE_LIMIT:
             raise _TooLarge(tensor)
         return value
 
-    def read(self, tensor, index):
+    def read(self, tensor, index, scope):
         if self.is_leaf(tensor):
             return _read(self.label(tensor), index)
-        return self.definition(tensor, index)
+        return self.definition(tensor, index, scope)
 
     def is_leaf(self, tensor):
+        """Whether a read of `tensor` stays a read rather than being expanded."""
         if tensor not in self.definitions:
             return True
         if tensor in self.gradient_of:
             return self.deltas and self.is_named(self.gradient_of[tensor])
-        return self.model.tensors[tensor].kind in LEAF_KINDS or (self.deltas and self.is_named(tensor))
+        if self.model.tensors[tensor].kind in LEAF_KINDS:
+            return True
+        return self.deltas and self.is_named(tensor)
 
     def is_named(self, tensor):
         """A value the source names (`h1 = ...`); internal tensors have dotted names."""
@@ -220,14 +241,16 @@ class _Inliner:
     def label(self, tensor):
         return f"δ{self.gradient_of[tensor]}" if tensor in self.gradient_of else tensor
 
-    def comprehension(self, c, index):
+    def comprehension(self, c, index, scope):
         """One loop nest's value at `index`: its body, guarded, summed or maximised."""
-        taken = set().union(*[sympy.sympify(i).free_symbols for i in index])
+        taken = set(scope).union(*[sympy.sympify(i).free_symbols for i in index])
         mapping = dict(zip(c.index, index))
         for r in c.rindex:
             mapping[r] = _fresh(r, taken)
             taken.add(mapping[r])
-        reads = {s: self.read(a.tensor, tuple(sympy.sympify(i).xreplace(mapping) for i in a.index))
+        inner = frozenset(taken)
+        reads = {s: self.read(a.tensor, tuple(sympy.sympify(i).xreplace(mapping) for i in a.index),
+                              inner)
                  for s, a in c.accesses.items()}
         body = c.body.xreplace({**mapping, **reads})
         if c.guards:
@@ -239,6 +262,11 @@ class _Inliner:
         if c.reduce == "max":
             return MaxOver(body, *limits)
         return body
+
+
+def _size(expr):
+    """Nodes of the expression tree: how big a formula looks when printed."""
+    return sum(1 for _ in sympy.preorder_traversal(expr))
 
 
 def _read(label, index):
@@ -282,10 +310,30 @@ def tidy(expr):
     """Light simplification that keeps textbook forms such as s*(1 - s).
 
     Cancels the max shift of a stable softmax (exp(z - m) / sum exp(z - m) is
-    exp(z) / sum exp(z)) and pulls constant factors out of sums."""
+    exp(z) / sum exp(z)), drops one-term ranges and pulls constant factors out of sums."""
+    expr = expr.replace(lambda e: isinstance(e, ExprWithLimits), _drop_one_term_ranges)
+    expr = _unify_bound_copies(expr)
     expr = expr.replace(lambda e: isinstance(e, sympy.Sum), _pull_constant_exponent)
     expr = expr.replace(lambda e: e.is_Mul, sympy.powsimp)
     return sympy.factor_terms(expr)
+
+
+def _drop_one_term_ranges(e):
+    """Sum(x[n, c], (c, 0, 0)) -> x[n, 0]: a reduction over one value is that value."""
+    single = {v: lo for v, lo, hi in e.limits if lo == hi}
+    if not single:
+        return e
+    body = e.function.xreplace(single)
+    rest = [limit for limit in e.limits if limit[0] not in single]
+    return type(e)(body, *rest) if rest else body
+
+
+def _unify_bound_copies(expr):
+    """Write sums and maxima that differ only in their bound variable's name alike,
+    so that equal terms cancel (the softmax shift m appears as max over k and k')."""
+    seen = {}
+    return expr.replace(lambda e: isinstance(e, ExprWithLimits),
+                        lambda e: seen.setdefault(e.as_dummy(), e))
 
 
 def _pull_constant_exponent(s):

@@ -78,9 +78,10 @@ class Program:
     def train_step(self, inputs):
         """Forward, backward and the optimizer update in one native call; returns the loss."""
         self._require("train_step")
-        self.steps += 1
+        arrays, sizes = self._check_inputs("train_step", inputs)
+        self.steps += 1                      # Adam's bias correction counts real steps only
         self._set_hypers()
-        self._run("train_step", inputs)
+        self._call("train_step", arrays, sizes)
         return float(self._workspace_array(self.spec["loss"]))
 
     def get_params(self):
@@ -127,6 +128,9 @@ class Program:
 
     def _run(self, entry, inputs):
         arrays, sizes = self._check_inputs(entry, inputs)
+        self._call(entry, arrays, sizes)
+
+    def _call(self, entry, arrays, sizes):
         workspace = self._workspace(sizes)
         table = workspace["table"]
         keep = []
@@ -183,6 +187,10 @@ class Program:
                 else:
                     raise ProgramError(f"input '{name}' must hold integers (class indices), "
                                        f"got {array.dtype}")
+            classes = self.spec.get("classes", {}).get(name)
+            if classes and array.size and (array.min() < 0 or array.max() >= classes):
+                bad = array[(array < 0) | (array >= classes)].flat[0]
+                raise ProgramError(f"input '{name}' holds class {bad}, outside 0..{classes - 1}")
             return np.ascontiguousarray(array, dtype=np.int32)
         if array.dtype.kind not in "fiub":
             raise ProgramError(f"input '{name}' must be numeric, got {array.dtype}")

@@ -77,11 +77,15 @@ class LLVMEmitter:
             return self.module.globals[full]
         return ir.Function(self.module, ir.FunctionType(self.float, [self.float] * nargs), full)
 
-    def libm(self, name):
-        full = name + ("f" if self.suffix == "f32" else "")
-        if full in self.module.globals:
-            return self.module.globals[full]
-        return ir.Function(self.module, ir.FunctionType(self.float, [self.float]), full)
+    # Target hooks: the math a backend provides natively (PTX overrides these).
+    def exp(self, b, x):
+        return b.call(self.intrinsic("exp"), [x])
+
+    def log(self, b, x):
+        return b.call(self.intrinsic("log"), [x])
+
+    def pow(self, b, x, y):
+        return b.call(self.intrinsic("pow", 2), [x, y])
 
     def ir(self):
         return str(self.module)
@@ -159,8 +163,8 @@ class KernelEmitter:
 
     # ---- loops -------------------------------------------------------------------------
     @contextmanager
-    def loop(self, extent, name="i", start=None):
-        """for (i = start; i < extent; i++): yields i. The one place with a phi node."""
+    def loop(self, extent, name="i", start=None, step=None):
+        """for (i = start; i < extent; i += step): yields i. The one place with a phi node."""
         b = self.b
         pre = b.block
         head = self.fn.append_basic_block(f"{name}.head")
@@ -173,7 +177,7 @@ class KernelEmitter:
         b.cbranch(b.icmp_signed("<", i, extent), body, done)
         b.position_at_end(body)
         yield i
-        nxt = b.add(i, ir.Constant(I64, 1), flags=["nsw", "nuw"])
+        nxt = b.add(i, step if step is not None else ir.Constant(I64, 1), flags=["nsw", "nuw"])
         i.add_incoming(nxt, b.block)
         b.branch(head)
         b.position_at_end(done)
@@ -268,9 +272,9 @@ class KernelEmitter:
         fn = type(e)
         args = [val(a) for a in e.args]
         if fn is sympy.exp:
-            return b.call(self.m.intrinsic("exp"), args)
+            return self.m.exp(b, args[0])
         if fn is sympy.log:
-            return b.call(self.m.intrinsic("log"), args)
+            return self.m.log(b, args[0])
         if fn is sympy.tanh:
             return self.tanh(args[0])
         return self.custom(fn, args, const)
@@ -290,12 +294,12 @@ class KernelEmitter:
             if int(exp) == 0:
                 return const(1)
             return b.fdiv(const(1), out) if exp < 0 else out
-        return b.call(self.m.intrinsic("pow", 2), [val(base), val(exp)])
+        return self.m.pow(b, val(base), val(exp))
 
     def tanh(self, x):
         # tanh(x) = 1 - 2 / (exp(2x) + 1): inlinable and vectorizable, exact at +-inf.
         b, one = self.b, ir.Constant(self.m.float, 1.0)
-        e = b.call(self.m.intrinsic("exp"), [b.fmul(x, ir.Constant(self.m.float, 2.0))])
+        e = self.m.exp(b, b.fmul(x, ir.Constant(self.m.float, 2.0)))
         return b.fsub(one, b.fdiv(ir.Constant(self.m.float, 2.0), b.fadd(e, one)))
 
     def custom(self, fn, args, const):
@@ -303,8 +307,9 @@ class KernelEmitter:
         zero, one = const(0), const(1)
         gt = lambda x, y: b.fcmp_ordered(">", x, y)
         ge = lambda x, y: b.fcmp_ordered(">=", x, y)
+        nan_or_gt = lambda x, y: b.fcmp_unordered(">", x, y)     # keeps NaN flowing
         if fn is F.relu:
-            return b.select(gt(args[0], zero), args[0], zero)
+            return b.select(nan_or_gt(args[0], zero), args[0], zero)
         if fn is F.step:
             return b.select(gt(args[0], zero), one, zero)
         if fn is F.ge:
@@ -315,24 +320,24 @@ class KernelEmitter:
             return b.select(gt(args[0], zero), one, b.select(b.fcmp_ordered("<", args[0], zero), const(-1), zero))
         if fn is F.absval:
             return b.call(self.m.intrinsic("fabs"), args)
-        if fn is F.maximum:
-            return b.select(ge(args[0], args[1]), args[0], args[1])
+        if fn is F.maximum:        # NaN in either operand gives NaN, as in NumPy
+            return b.call(self.m.intrinsic("maximum", 2), args)
         if fn is F.minimum:
-            return b.select(b.fcmp_ordered("<=", args[0], args[1]), args[0], args[1])
+            return b.call(self.m.intrinsic("minimum", 2), args)
         if fn is F.sigmoid:
             # 1 / (1 + exp(-z)): exp overflows to inf for very negative z, giving 0.
-            e = b.call(self.m.intrinsic("exp"), [b.fneg(args[0])])
+            e = self.m.exp(b, b.fneg(args[0]))
             return b.fdiv(one, b.fadd(one, e))
         if fn is F.leaky_relu:
-            return b.select(gt(args[0], zero), args[0], b.fmul(args[1], args[0]))
+            return b.select(nan_or_gt(args[0], zero), args[0], b.fmul(args[1], args[0]))
         if fn is F.elu:
-            e = b.call(self.m.intrinsic("exp"), [args[0]])
-            return b.select(gt(args[0], zero), args[0], b.fmul(args[1], b.fsub(e, one)))
+            e = self.m.exp(b, args[0])
+            return b.select(nan_or_gt(args[0], zero), args[0], b.fmul(args[1], b.fsub(e, one)))
         if fn is F.softplus:
             z = args[0]
-            pos = b.select(gt(z, zero), z, zero)
-            e = b.call(self.m.intrinsic("exp"), [b.fneg(b.call(self.m.intrinsic("fabs"), [z]))])
-            return b.fadd(pos, b.call(self.m.intrinsic("log"), [b.fadd(one, e)]))
+            pos = b.select(nan_or_gt(z, zero), z, zero)
+            e = self.m.exp(b, b.fneg(b.call(self.m.intrinsic("fabs"), [z])))
+            return b.fadd(pos, self.m.log(b, b.fadd(one, e)))
         raise NotImplementedError(f"no code generation for {fn}")
 
     def alloca(self, typ):
@@ -428,7 +433,7 @@ class KernelEmitter:
             if c.reduce == "sum":
                 self.b.store(self.b.fadd(old, v, flags=FAST), acc)
                 return
-            better = self.b.fcmp_ordered(">", v, old)   # first maximum wins ties
+            better = self.b.fcmp_unordered(">", v, old)   # first maximum wins ties; NaN wins
             self.b.store(self.b.select(better, v, old), acc)
             if where is not None:
                 k = self.b.load(counter, typ=I64)

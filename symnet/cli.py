@@ -1,0 +1,257 @@
+"""The `symnet` command line: one small function per verb.
+
+    symnet check FILE        the model's tensors, shapes and parameter count
+    symnet grad FILE         the derived gradients as formulas (and values, with --at)
+    symnet gradcheck FILE    derived gradients against finite differences
+
+A verb is one entry of VERBS: a help line, a function adding its arguments and a
+function running it, which returns the exit status. Mistakes in the user's files or
+flags are SymnetErrors: printed as `FILE:LINE:COL: error: ...`, exit status 1. Anything
+else is a bug of symnet: one `internal error:` line, exit status 2 (`--traceback`
+shows the Python traceback).
+"""
+import argparse
+import sys
+
+import numpy as np
+
+from compiler import printing, reference
+from compiler.errors import Loc, SymnetError
+from compiler.gradcheck import gradcheck
+from compiler.index_ir import shape_value
+from compiler.pipeline import load
+
+GRADCHECK_TOLERANCE = 1e-6
+
+
+from .verb import Verb
+
+
+def main(argv=None):
+    """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.verb.run(args)
+    except SymnetError as e:
+        print(e.format(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        if args.traceback:
+            raise
+        message = " ".join(str(e).split())
+        print(f"internal error: {type(e).__name__}: {message} "
+              "(rerun with --traceback for details)", file=sys.stderr)
+        return 2
+
+
+def all_verbs():
+    """The verbs of this module, then those of the runtime and presentation modules."""
+    from . import present_verbs, run_verbs
+    return {**VERBS, **run_verbs.VERBS, **present_verbs.VERBS}
+
+
+def build_parser():
+    """The argparse parser: one subparser per entry of VERBS, each with --traceback."""
+    parser = argparse.ArgumentParser(
+        prog="symnet", description="Compile neural-network definitions (.nn files).")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--traceback", action="store_true",
+                        help="show the Python traceback of internal errors")
+    verbs = parser.add_subparsers(title="commands", dest="command", required=True)
+    for name, verb in all_verbs().items():
+        sub = verbs.add_parser(name, help=verb.help, description=verb.help, parents=[common])
+        verb.arguments(sub)
+        sub.set_defaults(verb=verb)
+    return parser
+
+
+# ---- check --------------------------------------------------------------------------
+def check_arguments(parser):
+    """symnet check FILE"""
+    parser.add_argument("file", help="the .nn model file")
+
+
+def check_command(args):
+    """Parse and check the model; print its summary table."""
+    print(load(args.file).summary())
+    return 0
+
+
+# ---- grad ---------------------------------------------------------------------------
+def grad_arguments(parser):
+    """symnet grad FILE [--wrt NAME] [--format F] [--at NAME=VALUE,...] [--no-simplify]"""
+    parser.add_argument("file", help="the .nn model file")
+    parser.add_argument("--wrt", metavar="NAME", help="only the gradient for this parameter")
+    parser.add_argument("--format", choices=printing.FORMATS, default="text",
+                        help="how to print formulas (default: text)")
+    parser.add_argument("--at", metavar="NAME=VALUE,...",
+                        help="also evaluate the loss and gradients here: every input "
+                             "(as a batch of one) and any parameters to override")
+    parser.add_argument("--no-simplify", action="store_true",
+                        help="the raw derivation, without textbook simplifications")
+
+
+def grad_command(args):
+    """Print the gradient of the loss w.r.t. each parameter, the deltas, and values."""
+    model = model_with_loss(args.file)
+    simplify = not args.no_simplify
+    derivation = printing.derive(model, wrt=args.wrt, simplify=simplify)
+    comment = "% " if args.format == "latex" else ""
+    if not derivation.gradients:
+        print(f"{comment}{model.name} has no parameters, so there are no gradients")
+        return 0
+    print(f"{comment}gradients of the loss J of {model.name}:")
+    for formula in derivation.gradients.values():
+        print_formula(formula, args.format)
+    if derivation.deltas:
+        print(f"{comment}where, in backward order, δT = dJ/dT for the named tensors T:")
+        for formula in derivation.deltas:
+            print_formula(formula, args.format)
+    if args.at:
+        print_values(model, parse_assignments(args.at), list(derivation.gradients), simplify)
+    return 0
+
+
+def print_formula(formula, fmt):
+    """One equation, indented (unicode drawings line by line); LaTeX unindented."""
+    indent = "" if fmt == "latex" else "  "
+    text = formula.render(fmt)
+    print("\n".join(indent + line for line in text.split("\n")))
+
+
+def parse_assignments(text):
+    """'a=0.4,b=0.1' -> {'a': 0.4, 'b': 0.1}."""
+    values = {}
+    for item in text.split(","):
+        name, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not name:
+            raise SymnetError(f"--at expects NAME=VALUE pairs separated by commas, got '{item}'")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            raise SymnetError(f"--at: '{value}' is not a number (in '{item}')") from None
+    return values
+
+
+def evaluation_point(model, values):
+    """Inputs (each a batch of one, filled with its value) and parameter overrides."""
+    for name in values:
+        if name not in model.inputs and name not in model.params:
+            raise SymnetError(f"--at: '{name}' is neither an input nor a parameter of "
+                              f"{model.name} (inputs: {', '.join(model.inputs)}; "
+                              f"parameters: {', '.join(model.params)})")
+    missing = [name for name in model.inputs if name not in values]
+    if missing:
+        raise SymnetError(f"--at needs a value for every input; missing: {', '.join(missing)}")
+    for name, info in model.inputs.items():
+        if info.dtype == "i32" and not values[name].is_integer():
+            raise SymnetError(f"--at: input '{name}' holds class indices (i32), "
+                              f"got {format_number(values[name])}")
+    sizes = {s: 1 for s in model.size_symbols}
+    inputs = {name: np.full(shape_value(info.shape, sizes), values[name],
+                            dtype=np.int32 if info.dtype == "i32" else np.float64)
+              for name, info in model.inputs.items()}
+    params = {name: np.full(np.shape(model.params[name]), values[name])
+              for name in model.params if name in values}
+    return inputs, params
+
+
+def print_values(model, values, wrt, simplify):
+    """The loss and the gradients at the --at point, from the float64 reference."""
+    inputs, params = evaluation_point(model, values)
+    loss, grads = reference.value_and_grad(model, inputs, params, simplify=simplify)
+    where = ", ".join(f"{name}={format_number(v)}" for name, v in values.items())
+    print(f"at {where} (inputs as a batch of one):")
+    print(f"  J = {format_number(loss)}")
+    for name in wrt:
+        print(f"  dJ/d{name} = {format_array(grads[name], indent=len(name) + 9)}")
+
+
+def format_number(value):
+    """Up to 6 significant digits: 0.0196, -0.042, 2.30259."""
+    return f"{float(value):.6g}"
+
+
+def format_array(array, indent=0):
+    """A number, or an array whose continuation lines are indented by `indent`."""
+    array = np.asarray(array)
+    if array.ndim == 0:
+        return format_number(array)
+    text = np.array2string(array, separator=", ", formatter={"float_kind": format_number},
+                           threshold=64)
+    return text.replace("\n", "\n" + " " * indent)
+
+
+# ---- gradcheck ----------------------------------------------------------------------
+def gradcheck_arguments(parser):
+    """symnet gradcheck FILE [--seed S] [--batch B] [--samples K]"""
+    parser.add_argument("file", help="the .nn model file")
+    parser.add_argument("--seed", type=int, default=0, help="random inputs and sample (default 0)")
+    parser.add_argument("--batch", type=positive_int, default=3, help="batch size N (default 3)")
+    parser.add_argument("--samples", type=positive_int, default=24,
+                        help="entries checked per parameter (default 24)")
+
+
+def gradcheck_command(args):
+    """Compare each parameter's derived gradient with central differences."""
+    model = model_with_loss(args.file)
+    checks, _ = gradcheck(model, seed=args.seed, batch=args.batch, samples=args.samples)
+    rows = [("param", "shape", "checked", "max rel error", "")]
+    for c in checks:
+        shape = "[" + ", ".join(map(str, c.shape)) + "]" if c.shape else "scalar"
+        rows.append((c.name, shape, str(c.checked), f"{c.rel_error:.2e}",
+                     "ok" if passes(c) else "FAIL"))
+    print(f"gradcheck of {model.name}: batch {args.batch}, seed {args.seed}, "
+          f"tolerance {GRADCHECK_TOLERANCE:g}")
+    print(format_table(rows))
+    failed = [c.name for c in checks if not passes(c)]
+    if failed:
+        print(f"FAIL: {len(failed)} of {len(checks)} parameters: {', '.join(failed)}")
+        return 1
+    print({0: "ok: no parameters to check", 1: "ok: 1 parameter"}.get(
+        len(checks), f"ok: all {len(checks)} parameters"))
+    return 0
+
+
+def passes(check):
+    """Within tolerance (a NaN error fails)."""
+    return check.rel_error <= GRADCHECK_TOLERANCE
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def format_table(rows):
+    """Left-aligned columns, indented by two spaces."""
+    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
+    return "\n".join("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+# ---- shared -------------------------------------------------------------------------
+def model_with_loss(path):
+    """Load a model that must have a loss (grad, gradcheck, train)."""
+    model = load(path)
+    if model.loss is None:
+        first_line = model.source.split("\n")[0]
+        raise SymnetError(f"model '{model.name}' has no loss statement, so it has no gradient;"
+                          " add one such as `loss mse(prediction, target)`",
+                          Loc(path, 1, 1, first_line))
+    return model
+
+
+VERBS = {
+    "check": Verb("check a model and print its tensors and parameter count",
+                  check_arguments, check_command),
+    "grad": Verb("print the derived gradients of the loss as formulas",
+                 grad_arguments, grad_command),
+    "gradcheck": Verb("check the derived gradients against finite differences",
+                      gradcheck_arguments, gradcheck_command),
+}

@@ -1,0 +1,2 @@
+"""Verbs that show models to people: graph, show, export."""
+VERBS = {}

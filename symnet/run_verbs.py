@@ -1,0 +1,2 @@
+"""Verbs that compile and run models: train, eval, run, compile, cache."""
+VERBS = {}

@@ -1,0 +1,12 @@
+"""A subcommand of the `symnet` command line."""
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Verb:
+    """A subcommand: `arguments(parser)` declares its flags, `run(args)` does the work."""
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]

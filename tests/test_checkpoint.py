@@ -1,0 +1,146 @@
+"""Tests for runtime/checkpoint.py: round trip, atomic writes, damaged files, wrong model."""
+import os
+
+import numpy as np
+import pytest
+
+from compiler.native import compile
+from compiler.pipeline import load as load_model
+from runtime import checkpoint
+from runtime.checkpoint import CheckpointError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def program_for(name):
+    return compile(load_model(os.path.join(ROOT, "examples", f"{name}.nn")))
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return program_for("mlp")
+
+
+def shapes(program):
+    return {name: value.shape for name, value in program.get_params().items()}
+
+
+def save_mlp(path, program, **extra):
+    checkpoint.save(path, program.get_params(), model_name="mlp",
+                    model_hash=program.model_hash, extra=extra or None)
+
+
+def test_round_trip(tmp_path, mlp):
+    path = tmp_path / "mlp.ckpt.npz"
+    params = {k: v + 0.5 for k, v in mlp.get_params().items()}
+    history = [{"epoch": 1, "train_loss": np.float64(0.5), "test_accuracy": None}]
+    checkpoint.save(path, params, model_name="mlp", model_hash=mlp.model_hash,
+                    extra={"history": history, "epoch": 1})
+    loaded, meta = checkpoint.load(path, expect_hash=mlp.model_hash, expect_params=shapes(mlp))
+    assert set(loaded) == {"h1.W", "h1.b", "h2.W", "h2.b", "logits.W", "logits.b"}
+    for name in params:
+        assert loaded[name].dtype == params[name].dtype
+        np.testing.assert_array_equal(loaded[name], params[name])
+    assert meta["model"] == "mlp" and meta["model_hash"] == mlp.model_hash
+    assert meta["format"] == checkpoint.FORMAT and meta["params"]["h1.W"] == [784, 128]
+    assert meta["extra"] == {"history": [{"epoch": 1, "train_loss": 0.5,
+                                          "test_accuracy": None}], "epoch": 1}
+    assert np.load(path)["h1.W"].shape == (784, 128)       # a plain .npz for other tools
+    assert [p.name for p in tmp_path.iterdir()] == ["mlp.ckpt.npz"]
+
+
+def test_program_helpers(tmp_path, mlp):
+    other = program_for("mlp")
+    other.set_params({k: np.ones_like(v) for k, v in other.get_params().items()})
+    checkpoint.save_program(tmp_path / "c.npz", other, extra={"epoch": 2})
+    meta = checkpoint.restore(tmp_path / "c.npz", mlp)
+    assert meta["extra"] == {"epoch": 2}
+    assert all((v == 1).all() for v in mlp.get_params().values())
+
+
+@pytest.mark.parametrize("target", ["savez", "replace"])
+def test_failed_save_keeps_previous_checkpoint(tmp_path, mlp, monkeypatch, target):
+    path = tmp_path / "mlp.npz"
+    save_mlp(path, mlp, epoch=1)
+    before = path.read_bytes()
+
+    def broken_savez(file, **arrays):
+        file.write(b"PK\x03\x04 half an archive")          # something written, then a crash
+        raise OSError(28, "No space left on device")
+
+    def broken_replace(src, dst):
+        raise RuntimeError("crash during rename")
+
+    if target == "savez":
+        monkeypatch.setattr(np, "savez", broken_savez)
+        with pytest.raises(CheckpointError, match=r"mlp\.npz: cannot write .*No space left"):
+            save_mlp(path, mlp, epoch=2)
+    else:
+        monkeypatch.setattr(os, "replace", broken_replace)
+        with pytest.raises(RuntimeError, match="crash during rename"):
+            save_mlp(path, mlp, epoch=2)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["mlp.npz"]              # no temporary left behind
+    assert checkpoint.load(path)[1]["extra"] == {"epoch": 1}
+
+
+def test_unwritable_directory(tmp_path, mlp):
+    with pytest.raises(CheckpointError, match="missing/c.npz: cannot write"):
+        save_mlp(tmp_path / "missing" / "c.npz", mlp)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="nope.npz: no such checkpoint file"):
+        checkpoint.load(tmp_path / "nope.npz")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "flipped", "plain npz"])
+def test_damaged_file_names_the_file(tmp_path, mlp, damage):
+    path = tmp_path / "bad.npz"
+    save_mlp(path, mlp)
+    good = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(good[:len(good) // 2])
+    elif damage == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif damage == "flipped":                                 # corrupt one weight's bytes
+        middle = len(good) // 2
+        path.write_bytes(good[:middle] + bytes(b ^ 0xFF for b in good[middle:middle + 64])
+                         + good[middle + 64:])
+    else:
+        np.savez(path, W=np.zeros(3))
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert ("symnet checkpoint" in message) if damage == "plain npz" else ("corrupt" in message)
+
+
+def test_checkpoint_of_another_model(tmp_path, mlp):
+    lenet = program_for("lenet5")
+    path = tmp_path / "lenet.npz"
+    checkpoint.save(path, lenet.get_params(), model_name="lenet5", model_hash=lenet.model_hash)
+    with pytest.raises(CheckpointError, match=r"lenet\.npz: checkpoint of model 'lenet5' has "
+                                              r"no parameter 'h1\.W'"):
+        checkpoint.load(path, expect_hash=mlp.model_hash, expect_params=shapes(mlp))
+    with pytest.raises(CheckpointError, match=r"lenet\.npz: .*'lenet5' \(hash "
+                                              f"{lenet.model_hash}\\).*hash {mlp.model_hash}"):
+        checkpoint.load(path, expect_hash=mlp.model_hash)
+    with pytest.raises(CheckpointError, match="lenet5"):
+        checkpoint.restore(path, mlp)
+
+
+def test_shape_mismatch_names_the_parameter(tmp_path, mlp):
+    params = mlp.get_params()
+    params["h2.W"] = np.zeros((128, 32), np.float32)
+    path = tmp_path / "narrow.npz"
+    checkpoint.save(path, params, model_name="mlp", model_hash="0" * 16)
+    with pytest.raises(CheckpointError, match=r"parameter 'h2\.W' has shape \[128, 32\] in the "
+                                              r"checkpoint of model 'mlp', but the model "
+                                              r"expects \[128, 64\]"):
+        checkpoint.load(path, expect_params=shapes(mlp))
+    extra = dict(mlp.get_params(), **{"h3.W": np.zeros(2)})
+    checkpoint.save(path, extra, model_name="mlp", model_hash="0" * 16)
+    with pytest.raises(CheckpointError, match="has parameter 'h3.W', which this model lacks"):
+        checkpoint.load(path, expect_params=shapes(mlp))

@@ -1,0 +1,166 @@
+"""Tests for the front verbs of the command line: check, grad, gradcheck (symnet/cli.py)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compiler import reference
+from symnet import cli
+
+EXAMPLES = sorted(Path("examples").glob("*.nn"))
+
+DENSE_342 = """\
+model dense342
+input x[N, 3]
+input t[N, 2]
+h = relu(dense(x, 4))
+output o = dense(h, 2)
+loss mse(o, t)
+"""
+
+
+def symnet(*args):
+    """Run `python -m symnet ARGS` from the repository root."""
+    return subprocess.run([sys.executable, "-m", "symnet", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def write(tmp_path, text, name="model.nn"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ---- check --------------------------------------------------------------------------
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_check_accepts_every_example(example):
+    result = symnet("check", example)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("Total learnable parameters: ")
+
+
+def test_check_counts_the_parameters_of_a_3_4_2_network(tmp_path):
+    result = symnet("check", write(tmp_path, DENSE_342))
+    assert result.returncode == 0, result.stderr
+    assert "Total learnable parameters: 26" in result.stdout
+    assert "[N, 4]" in result.stdout and "relu" in result.stdout
+
+
+# ---- grad ---------------------------------------------------------------------------
+def test_grad_prints_linreg_formulas():
+    result = symnet("grad", "examples/linreg.nn")
+    assert result.returncode == 0, result.stderr
+    assert "dJ/da = 2*Sum((a*x[n] + b - y[n])*x[n], (n, 0, N - 1))/N" in result.stdout
+    assert "dJ/db = 2*Sum(a*x[n] + b - y[n], (n, 0, N - 1))/N" in result.stdout
+
+
+def test_grad_at_a_point_evaluates_loss_and_gradients(capsys):
+    status = cli.main(["grad", "examples/linreg.nn", "--at", "a=0.4,b=0.1,x=0.15,y=0.3"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "J = 0.0196" in out
+    assert "dJ/da = -0.042" in out
+    assert "dJ/db = -0.28" in out
+
+
+def test_grad_at_broadcasts_inputs_and_overrides_parameters(capsys):
+    status = cli.main(["grad", "examples/neuron.nn", "--at", "x=0.5,y=1,yhat.b=0.25",
+                       "--wrt", "yhat.b"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "dJ/dyhat.b = [" in out
+
+
+def test_grad_lists_deltas_for_layered_models(capsys):
+    assert cli.main(["grad", "examples/mlp.nn"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    deltas = [line.split("[")[0].strip() for line in lines if line.lstrip().startswith("δ")]
+    assert deltas == ["δlogits", "δh2", "δh1"]
+
+
+@pytest.mark.parametrize("fmt, marker", [("latex", r"\frac{\partial J}{\partial a}"),
+                                         ("unicode", "∂J/∂a")])
+def test_grad_formats(capsys, fmt, marker):
+    assert cli.main(["grad", "examples/linreg.nn", "--format", fmt]) == 0
+    assert marker in capsys.readouterr().out
+
+
+def test_grad_without_simplification_still_derives(capsys):
+    assert cli.main(["grad", "examples/softmax_regression.nn", "--no-simplify"]) == 0
+    assert "argmax" in capsys.readouterr().out
+
+
+def test_grad_unknown_wrt_is_one_line_listing_parameters(capsys):
+    assert cli.main(["grad", "examples/linreg.nn", "--wrt", "c"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: 'c' is not a parameter of linreg; the parameters are: a, b\n"
+
+
+@pytest.mark.parametrize("at, message", [
+    ("a=0.4", "--at needs a value for every input; missing: x, y"),
+    ("x=1,y=2,z=3", "'z' is neither an input nor a parameter"),
+    ("x=one,y=2", "'one' is not a number"),
+    ("x", "--at expects NAME=VALUE pairs"),
+])
+def test_grad_at_mistakes(capsys, at, message):
+    assert cli.main(["grad", "examples/linreg.nn", "--at", at]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_grad_at_class_labels_must_be_integers(capsys):
+    assert cli.main(["grad", "examples/mlp.nn", "--at", "x=1,y=2.5"]) == 1
+    assert "input 'y' holds class indices (i32), got 2.5" in capsys.readouterr().err
+
+
+# ---- gradcheck ----------------------------------------------------------------------
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_gradcheck_passes_on_every_example(capsys, example):
+    status = cli.main(["gradcheck", str(example)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "FAIL" not in out and out.splitlines()[-1].startswith("ok: ")
+
+
+def test_gradcheck_fails_on_a_wrong_gradient(capsys, monkeypatch):
+    exact = reference.value_and_grad
+
+    def off_by_one_percent(*args, **kwargs):
+        loss, grads = exact(*args, **kwargs)
+        return loss, {name: 1.01 * g for name, g in grads.items()}
+
+    monkeypatch.setattr(reference, "value_and_grad", off_by_one_percent)
+    assert cli.main(["gradcheck", "examples/linreg.nn"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: 2 of 2 parameters: a, b" in out
+
+
+def test_gradcheck_runs_as_a_command():
+    result = symnet("gradcheck", "examples/linreg.nn", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert "ok: all 2 parameters" in result.stdout
+
+
+# ---- errors -------------------------------------------------------------------------
+def test_internal_errors_are_one_line_with_status_2(capsys, monkeypatch):
+    def broken(model):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("compiler.graph.Model.summary", broken)
+    assert cli.main(["check", "examples/linreg.nn"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("internal error: RuntimeError: boom") and err.count("\n") == 1
+    with pytest.raises(RuntimeError):
+        cli.main(["check", "examples/linreg.nn", "--traceback"])
+
+
+def test_missing_file_is_a_user_error(capsys):
+    assert cli.main(["check", "examples/nonexistent.nn"]) == 1
+    assert capsys.readouterr().err == "error: no such file: examples/nonexistent.nn\n"
+
+
+def test_every_verb_has_help():
+    parser = cli.build_parser()
+    assert set(cli.VERBS) <= set(parser.format_help().split())
+    assert all(verb.help for verb in cli.VERBS.values())

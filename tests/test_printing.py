@@ -1,0 +1,228 @@
+"""Tests for compiler/printing.py: derived gradient formulas, deltas, rendering, summary.
+
+The oracle: a formula, evaluated numerically (sums expanded by sympy), must equal the
+gradient the NumPy reference computes from the backward loop nests.
+"""
+import time
+
+import numpy as np
+import pytest
+import sympy
+
+from compiler import reference
+from compiler.autodiff import differentiate
+from compiler.errors import SymnetError
+from compiler.functions import sigmoid
+from compiler.index_ir import interpret
+from compiler.pipeline import load, parse
+from compiler.printing import delta_formulas, derive, gradient_formulas, render
+
+SIGMOID_NEURON = """\
+model neuron
+input x[N, 2]
+input y[N]
+param w[2] = [0.5, -0.5]
+param b = 0.1
+s = sigmoid(x @ w + b)
+loss mean((s - y) ^ 2)
+"""
+
+DENSE_342 = """\
+input x[N, 3]
+input t[N, 2]
+h = relu(dense(x, 4))
+output o = dense(h, 2)
+loss mse(o, t)
+"""
+
+SOFTMAX_SMALL = """\
+input x[N, 3]
+input y[N] : i32
+logits = dense(x, 4)
+loss cross_entropy(logits, y)
+"""
+
+N = sympy.Symbol("N", integer=True, positive=True)
+
+
+# ---- evaluating formulas numerically ------------------------------------------------
+def evaluate(expr, values, batch):
+    """A formula's value: sums expanded for N = batch, reads looked up in `values`."""
+    expr = expr.xreplace({N: batch}).doit()
+    reads = {e: values[str(e.base)][tuple(int(i) for i in e.indices)]
+             for e in expr.atoms(sympy.Indexed)}
+    scalars = {s: values[s.name] for s in expr.free_symbols
+               if isinstance(s, sympy.Symbol) and s.name in values}
+    return float(expr.xreplace({**reads, **scalars}))
+
+
+def evaluate_entries(formula, values, shape, batch):
+    """Every entry of a Formula's left-hand side, as an array."""
+    out = np.zeros(shape)
+    for position in np.ndindex(*shape):
+        point = dict(zip(formula.index, position))
+        out[position] = evaluate(formula.expr.xreplace(point), values, batch)
+    return out
+
+
+def reference_values(model, batch=2, seed=1, simplify=True):
+    """All forward and backward buffers, keyed by the labels formulas use (δT for grad:T)."""
+    inputs = reference.random_inputs(model, batch=batch, seed=seed)
+    env = reference.run_forward(model, inputs)
+    backward = differentiate(model, simplify=simplify)
+    interpret(backward.comps, env, reference.bind_sizes(model, inputs),
+              tensors={**model.tensors, **backward.tensors})
+    values = dict(env)
+    values.update({f"δ{tensor}": env[buffer] for tensor, buffer in backward.grads.items()})
+    return values, {p: env[backward.grads[p]] for p in model.params}
+
+
+def assert_formulas_match_reference(model, simplify=True, batch=2):
+    derivation = derive(model, simplify=simplify)
+    values, grads = reference_values(model, batch=batch, simplify=simplify)
+    for name, formula in derivation.gradients.items():
+        got = evaluate_entries(formula, values, grads[name].shape, batch)
+        np.testing.assert_allclose(got, grads[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    for formula in derivation.deltas:
+        want = values[formula.label]
+        got = evaluate_entries(formula, values, want.shape, batch)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=formula.label)
+
+
+# ---- linear regression: the textbook answer -----------------------------------------
+def test_linreg_gradient_is_the_textbook_formula():
+    model = load("examples/linreg.nn")
+    formulas = gradient_formulas(model)
+    n = sympy.Symbol("n", integer=True)
+    x, y = sympy.IndexedBase("x"), sympy.IndexedBase("y")
+    a, b = sympy.symbols("a b")
+    expected = {"a": sympy.Sum(-2 * x[n] * (y[n] - a * x[n] - b), (n, 0, N - 1)) / N,
+                "b": sympy.Sum(-2 * (y[n] - a * x[n] - b), (n, 0, N - 1)) / N}
+    assert set(formulas) == {"a", "b"}
+    for name in expected:
+        assert sympy.simplify((formulas[name] - expected[name]).doit()) == 0
+        rng = np.random.default_rng(0)
+        values = {"x": rng.normal(size=5), "y": rng.normal(size=5), "a": 0.4, "b": 0.1}
+        assert evaluate(formulas[name], values, 5) == pytest.approx(
+            evaluate(expected[name], values, 5), rel=1e-12)
+
+
+def test_linreg_needs_no_deltas():
+    assert delta_formulas(load("examples/linreg.nn")) == []
+
+
+def test_linreg_values_at_a_point():
+    model = load("examples/linreg.nn")
+    values = {"x": np.array([0.15]), "y": np.array([0.3]), "a": 0.4, "b": 0.1}
+    formulas = gradient_formulas(model)
+    assert evaluate(formulas["a"], values, 1) == pytest.approx(-0.042)
+    assert evaluate(formulas["b"], values, 1) == pytest.approx(-0.28)
+
+
+# ---- formulas against the reference evaluator ---------------------------------------
+@pytest.mark.parametrize("source", [SIGMOID_NEURON, DENSE_342, SOFTMAX_SMALL],
+                         ids=["sigmoid_neuron", "dense_342", "softmax"])
+@pytest.mark.parametrize("simplify", [True, False])
+def test_formulas_equal_reference_gradients(source, simplify):
+    assert_formulas_match_reference(parse(source, "model.nn"), simplify=simplify)
+
+
+@pytest.mark.parametrize("example", ["linreg", "perceptron", "custom", "neuron"])
+def test_example_formulas_equal_reference_gradients(example):
+    assert_formulas_match_reference(load(f"examples/{example}.nn"))
+
+
+# ---- textbook forms -----------------------------------------------------------------
+def test_sigmoid_derivative_keeps_the_s_times_one_minus_s_form():
+    formulas = gradient_formulas(parse(SIGMOID_NEURON, "neuron.nn"))
+    for expr in formulas.values():
+        products = [m for m in expr.atoms(sympy.Mul)
+                    if any(isinstance(f, sigmoid) and 1 - f in m.args for f in m.args)]
+        assert products, sympy.sstr(expr)
+
+
+def test_softmax_cross_entropy_delta_is_softmax_minus_onehot():
+    (name, delta), = delta_formulas(parse(SOFTMAX_SMALL, "softmax.nn"))
+    assert name == "logits"
+    text = render(delta)
+    assert "max" not in text                  # the stabilising shift cancelled
+    assert "exp(logits[n, k])/Sum(exp(logits[n," in text and "eq(y[n], k)" in text
+
+
+def test_mlp_lists_deltas_in_backward_order():
+    model = load("examples/mlp.nn")
+    start = time.perf_counter()
+    derivation = derive(model)
+    print(f"\nmlp gradient derivation: {time.perf_counter() - start:.3f} s")
+    assert [f.name for f in derivation.deltas] == ["logits", "h2", "h1"]
+    assert set(derivation.gradients) == set(model.params)
+    h1_w = render(derivation.gradients["h1.W"].expr)
+    assert "δh1[n, j]" in h1_w and "x[n, i]" in h1_w
+
+
+def test_wrt_selects_one_parameter_and_the_deltas_it_needs():
+    derivation = derive(load("examples/mlp.nn"), wrt="h2.W")
+    assert list(derivation.gradients) == ["h2.W"]
+    assert [f.name for f in derivation.deltas] == ["logits", "h2"]
+
+
+def test_unknown_wrt_lists_the_parameters():
+    with pytest.raises(SymnetError, match="the parameters are: a, b"):
+        gradient_formulas(load("examples/linreg.nn"), wrt="c")
+
+
+def test_index_variables_do_not_clash_with_tensor_names():
+    derivation = derive(load("examples/lenet5.nn"), wrt="c1.W")
+    formula = derivation.gradients["c1.W"]
+    index_names = {s.name for s in formula.expr.atoms(sympy.Symbol) if s.is_integer}
+    assert not index_names & {"x", "y"}
+
+
+# ---- rendering ----------------------------------------------------------------------
+@pytest.mark.parametrize("example", ["linreg", "mlp", "lenet5", "custom", "softmax_regression"])
+def test_latex_is_well_formed(example):
+    derivation = derive(load(f"examples/{example}.nn"))
+    for formula in list(derivation.gradients.values()) + derivation.deltas:
+        latex = formula.render("latex")
+        assert "grad:" not in latex and "dJ/d" not in latex and "δ" not in latex
+        assert latex.count("{") == latex.count("}")
+        depth = 0
+        for ch in latex:
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            assert depth >= 0
+        assert latex.startswith(r"\frac{\partial J}{\partial ") or latex.startswith(r"{\delta_")
+
+
+def test_latex_names_layer_parameters_legibly():
+    formula = derive(load("examples/mlp.nn")).gradients["h1.W"]
+    latex = formula.render("latex")
+    assert r"\frac{\partial J}{\partial {W_{h_{1}}}_{i,j}}" in latex
+    assert r"{\delta_{h_{1}}}_{n,j}" in latex
+
+
+def test_unicode_and_text_forms():
+    derivation = derive(load("examples/mlp.nn"), wrt="h1.b")
+    assert derivation.gradients["h1.b"].render("text").startswith("dJ/dh1.b[i] = Sum(")
+    assert "∂J/∂h1.b[i] =" in derivation.gradients["h1.b"].render("unicode")
+    assert "δh1[n, i]" in derivation.gradients["h1.b"].render("unicode")
+
+
+def test_unknown_format_is_an_error():
+    with pytest.raises(SymnetError, match="unknown format"):
+        render(sympy.Symbol("a"), "html")
+
+
+# ---- summary table ------------------------------------------------------------------
+def test_summary_counts_parameters():
+    table = parse(DENSE_342, "dense.nn").summary()
+    assert table.splitlines()[-1] == "Total learnable parameters: 26"
+    rows = {line.split()[0]: line for line in table.splitlines()[2:-1]}
+    assert rows["h.W"].split()[1:] == ["param", "[3,", "4]", "12"]
+    assert rows["h"].split()[1] == "relu"
+
+
+def test_summary_skips_argmax_buffers_and_groups_thousands():
+    table = load("examples/mlp.nn").summary()
+    assert ".argmax" not in table
+    assert "Total learnable parameters: 109,386" in table
+    assert "100,352" in table
