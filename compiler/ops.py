@@ -201,9 +201,17 @@ def cross_entropy(ctx, loc, logits, labels):
         wr2, wacc2 = read(weight, (n,)) if weight else (1, {})
         onehot_target = F.eq(tr2, k) if classes else tr2
         body = dr * (er / sr2 * wr2 - onehot_target) / batch
-        return [(z, Comprehension(grad_of(z), (n, k), body,
-                                  {**dacc, **eacc, **sacc2, **tacc2, **wacc2}))]
-    ctx.custom_vjp(loss, vjp, inputs=[z])
+        rules = [(z, Comprehension(grad_of(z), (n, k), body,
+                                   {**dacc, **eacc, **sacc2, **tacc2, **wacc2}))]
+        if not classes:      # one-hot targets may be computed too: d/dt = (lse - z) / N
+            zr2, zacc2 = read(z, (n, k))
+            mr2, macc2 = read(m_t, (n,))
+            sr3, sacc3 = read(s_t, (n,))
+            target_grad = dr * (mr2 + sympy.log(sr3) - zr2) / batch
+            rules.append((t, Comprehension(grad_of(t), (n, k), target_grad,
+                                           {**dacc, **zacc2, **macc2, **sacc3})))
+        return rules
+    ctx.custom_vjp(loss, vjp, inputs=[z, t])
     return loss
 
 

@@ -13,6 +13,7 @@ or writes outside its buffers; the runtime checks shapes before every call.
 """
 from contextlib import contextmanager
 
+import llvmlite.binding as llvm
 import llvmlite.ir as ir
 import sympy
 
@@ -39,6 +40,13 @@ class LLVMEmitter:
         self.module = ir.Module(name=name)
         self.module.triple = self.triple
         self.kernel_count = 0
+        self.lanes = self.vector_lanes()
+
+    def vector_lanes(self):
+        """Floats per vector register of the host: 16 (f32) with AVX-512, 8 with AVX2."""
+        features = llvm.get_host_cpu_features().flatten()
+        width = 64 if "+avx512f" in features else 32 if "+avx2" in features else 16
+        return width // (4 if self.suffix == "f32" else 8)
 
     # ---- module level ----------------------------------------------------------------
     def entry(self, name, kernels, buffer_index):
@@ -71,21 +79,32 @@ class LLVMEmitter:
         KernelEmitter(self, fn, dict(zip(buffers, fn.args[1:])), kernel).emit()
         return fn, buffers
 
-    def intrinsic(self, name, nargs=1):
-        full = f"llvm.{name}.{self.suffix}"
+    def intrinsic(self, name, nargs=1, typ=None):
+        """An LLVM math intrinsic for a float or float-vector type, e.g. llvm.exp.v16f32."""
+        typ = typ or self.float
+        if isinstance(typ, ir.VectorType):
+            mangled = f"v{typ.count}{self.suffix}"
+        else:
+            mangled = self.suffix
+        full = f"llvm.{name}.{mangled}"
         if full in self.module.globals:
             return self.module.globals[full]
-        return ir.Function(self.module, ir.FunctionType(self.float, [self.float] * nargs), full)
+        return ir.Function(self.module, ir.FunctionType(typ, [typ] * nargs), full)
+
+    def declare(self, name, ret, args):
+        if name in self.module.globals:
+            return self.module.globals[name]
+        return ir.Function(self.module, ir.FunctionType(ret, args), name)
 
     # Target hooks: the math a backend provides natively (PTX overrides these).
     def exp(self, b, x):
-        return b.call(self.intrinsic("exp"), [x])
+        return b.call(self.intrinsic("exp", 1, x.type), [x])
 
     def log(self, b, x):
-        return b.call(self.intrinsic("log"), [x])
+        return b.call(self.intrinsic("log", 1, x.type), [x])
 
     def pow(self, b, x, y):
-        return b.call(self.intrinsic("pow", 2), [x, y])
+        return b.call(self.intrinsic("pow", 2, x.type), [x, y])
 
     def ir(self):
         return str(self.module)
@@ -102,6 +121,22 @@ class KernelEmitter:
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.sizes = {}
         self.dims = {}          # sympy dim expression -> i64 value (hoisted)
+        self.vector = None      # in vector mode: (variable, first lane's value, lanes)
+        self.ftype = module.float
+
+    def const(self, x):
+        """A float constant of the current type (a splat in vector mode)."""
+        if isinstance(self.ftype, ir.VectorType):
+            return ir.Constant(self.ftype, [float(x)] * self.ftype.count)
+        return ir.Constant(self.ftype, float(x))
+
+    def splat(self, value):
+        if not isinstance(self.ftype, ir.VectorType) or isinstance(value.type, ir.VectorType):
+            return value
+        n = self.ftype.count
+        undef = ir.Constant(ir.VectorType(value.type, n), ir.Undefined)
+        one = self.b.insert_element(undef, value, ir.Constant(I32, 0))
+        return self.b.shuffle_vector(one, undef, ir.Constant(ir.VectorType(I32, n), [0] * n))
 
     # ---- integers ----------------------------------------------------------------------
     def size(self, name):
@@ -225,6 +260,14 @@ class KernelEmitter:
         return lo and hi
 
     def read(self, access, env):
+        if self.vector and any(self.vector[0] in sympy.sympify(e).free_symbols for e in access.index):
+            return self.vector_read(access, env)
+        if self.vector:                      # the same value in every lane
+            saved = self.vector, self.ftype
+            self.vector, self.ftype = None, self.m.float
+            value = self.read(access, env)
+            self.vector, self.ftype = saved
+            return self.splat(value)
         ptr, etype = self.address(access.tensor, access.index, env)
         value = self.b.load(ptr, typ=etype)
         if etype == I32:
@@ -233,6 +276,38 @@ class KernelEmitter:
         if ok is not None:
             value = self.b.select(ok, value, ir.Constant(self.m.float, 0.0))
         return value
+
+    def vector_read(self, access, env):
+        """Lanes j..j+V-1 of a row, by a masked load: lanes outside the tensor (zero
+        padding, the row's tail) are never touched and read as 0."""
+        variable, first, lanes = self.vector
+        b, shape = self.b, self.m.tensors[access.tensor].shape
+        env = {**env, variable: ir.Constant(I64, first)}
+        offset, mask = ir.Constant(I64, 0), None
+        for k, (e, d) in enumerate(zip(access.index, shape)):
+            i = self.int_expr(e, env)
+            stride = self.stride(shape, k)
+            offset = b.add(offset, b.mul(i, stride) if stride is not None else i)
+            if k == len(shape) - 1:
+                iota = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+                lane = b.add(self.splat_int(i, lanes), iota)
+                ok = b.and_(b.icmp_signed(">=", lane, self.splat_int(ir.Constant(I64, 0), lanes)),
+                            b.icmp_signed("<", lane, self.splat_int(self.dim(d), lanes)))
+            elif not self.known_in_bounds(e, d):
+                ok = b.and_(b.icmp_signed(">=", i, ir.Constant(I64, 0)), b.icmp_signed("<", i, self.dim(d)))
+                ok = self.splat_int(ok, lanes)
+            else:
+                continue
+            mask = ok if mask is None else b.and_(mask, ok)
+        ptr = b.gep(self.pointers[access.tensor], [offset], source_etype=self.m.float)
+        load = self.m.declare(f"llvm.masked.load.v{lanes}{self.m.suffix}.p0", self.ftype,
+                              [PTR, I32, ir.VectorType(I1, lanes), self.ftype])
+        return b.call(load, [ptr, ir.Constant(I32, 4), mask, self.const(0)])
+
+    def splat_int(self, value, lanes):
+        undef = ir.Constant(ir.VectorType(value.type, lanes), ir.Undefined)
+        one = self.b.insert_element(undef, value, ir.Constant(I32, 0))
+        return self.b.shuffle_vector(one, undef, ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
 
     # ---- scalar bodies -----------------------------------------------------------------
     def value(self, e, env, reads, memo):
@@ -243,15 +318,15 @@ class KernelEmitter:
         return v
 
     def _value(self, e, env, reads, memo):
-        b, f = self.b, self.m.float
-        const = lambda x: ir.Constant(f, float(x))
+        b = self.b
+        const = self.const
         val = lambda x: self.value(x, env, reads, memo)
         if e in reads:
             return self.read(reads[e], env)
         if e.is_Number:
             return const(e)
         if e.is_Symbol:
-            return b.sitofp(env[e] if e in env else self.size(str(e)), f)
+            return self.splat(b.sitofp(env[e] if e in env else self.size(str(e)), self.m.float))
         if e.is_Add:
             out = val(e.args[0])
             for a in e.args[1:]:
@@ -282,10 +357,11 @@ class KernelEmitter:
     def power(self, e, val, const):
         b = self.b
         base, exp = e.args
+        sqrt = self.m.intrinsic("sqrt", 1, self.ftype)
         if exp == sympy.Rational(1, 2):
-            return b.call(self.m.intrinsic("sqrt"), [val(base)])
+            return b.call(sqrt, [val(base)])
         if exp == sympy.Rational(-1, 2):
-            return b.fdiv(const(1), b.call(self.m.intrinsic("sqrt"), [val(base)]))
+            return b.fdiv(const(1), b.call(sqrt, [val(base)]))
         if exp.is_Integer and abs(int(exp)) <= 8:
             x = val(base)
             out = x
@@ -298,9 +374,9 @@ class KernelEmitter:
 
     def tanh(self, x):
         # tanh(x) = 1 - 2 / (exp(2x) + 1): inlinable and vectorizable, exact at +-inf.
-        b, one = self.b, ir.Constant(self.m.float, 1.0)
-        e = self.m.exp(b, b.fmul(x, ir.Constant(self.m.float, 2.0)))
-        return b.fsub(one, b.fdiv(ir.Constant(self.m.float, 2.0), b.fadd(e, one)))
+        b, one, two = self.b, self.const(1.0), self.const(2.0)
+        e = self.m.exp(b, b.fmul(x, two))
+        return b.fsub(one, b.fdiv(two, b.fadd(e, one)))
 
     def custom(self, fn, args, const):
         b = self.b
@@ -319,11 +395,11 @@ class KernelEmitter:
         if fn is F.sgn:
             return b.select(gt(args[0], zero), one, b.select(b.fcmp_ordered("<", args[0], zero), const(-1), zero))
         if fn is F.absval:
-            return b.call(self.m.intrinsic("fabs"), args)
+            return b.call(self.m.intrinsic("fabs", 1, self.ftype), args)
         if fn is F.maximum:        # NaN in either operand gives NaN, as in NumPy
-            return b.call(self.m.intrinsic("maximum", 2), args)
+            return b.call(self.m.intrinsic("maximum", 2, self.ftype), args)
         if fn is F.minimum:
-            return b.call(self.m.intrinsic("minimum", 2), args)
+            return b.call(self.m.intrinsic("minimum", 2, self.ftype), args)
         if fn is F.sigmoid:
             # 1 / (1 + exp(-z)): exp overflows to inf for very negative z, giving 0.
             e = self.m.exp(b, b.fneg(args[0]))
@@ -336,7 +412,7 @@ class KernelEmitter:
         if fn is F.softplus:
             z = args[0]
             pos = b.select(nan_or_gt(z, zero), z, zero)
-            e = self.m.exp(b, b.fneg(b.call(self.m.intrinsic("fabs"), [z])))
+            e = self.m.exp(b, b.fneg(b.call(self.m.intrinsic("fabs", 1, self.ftype), [z])))
             return b.fadd(pos, self.m.log(b, b.fadd(one, e)))
         raise NotImplementedError(f"no code generation for {fn}")
 
@@ -403,7 +479,7 @@ class KernelEmitter:
         value = self.value(c.body, env, c.accesses, {})
         if guards:
             ok = self.condition(sympy.And(*guards), env)
-            value = self.b.select(ok, value, ir.Constant(self.m.float, 0.0))
+            value = self.b.select(ok, value, self.const(0.0))
         return value
 
     def store(self, c, env, value):
@@ -447,6 +523,61 @@ class KernelEmitter:
 
     def outer_reduction(self, c, env, last, guards):
         """out[..., j] (+)= sum_r body with j innermost: vectorizes along the output row."""
+        if self.m.lanes and self.vectorizable(c, last, guards):
+            return self.vector_outer_reduction(c, env, last, guards)
+        return self.scalar_outer_reduction(c, env, last, guards)
+
+    GROUP = 8       # vector accumulators live at once (of 32 AVX-512 registers)
+
+    def vectorizable(self, c, last, guards):
+        """A row of constant length that every read walks with unit stride (or not at all)."""
+        if not isinstance(self.ranges[last], int) or last in c.body.free_symbols:
+            return False
+        if any(last in g.free_symbols for g in guards):
+            return False
+        for a in c.accesses.values():
+            info = self.m.tensors[a.tensor]
+            for k, e in enumerate(a.index):
+                e = sympy.sympify(e)
+                if last not in e.free_symbols:
+                    continue
+                if k != len(a.index) - 1 or info.dtype == "i32" or sympy.diff(e, last) != 1 \
+                        or last in (e - last).free_symbols or e.has(fdiv, sympy.Mod):
+                    return False
+        return True
+
+    def vector_outer_reduction(self, c, env, last, guards):
+        """Chunks of the output row as vector accumulators, kept in registers across the
+        whole reduction (a register tile), then stored with a masked store."""
+        b, lanes, extent = self.b, self.m.lanes, self.ranges[last]
+        vtype = ir.VectorType(self.m.float, lanes)
+        chunks = -(-extent // lanes)
+        store = self.m.declare(f"llvm.masked.store.v{lanes}{self.m.suffix}.p0", ir.VoidType(),
+                               [vtype, PTR, I32, ir.VectorType(I1, lanes)])
+        for group in range(0, chunks, self.GROUP):
+            members = range(group, min(chunks, group + self.GROUP))
+            self.ftype = vtype
+            slots = {}
+            for k in members:
+                slots[k] = self.alloca(vtype)
+                self.vector = (last, k * lanes, lanes)
+                start = self.vector_read(_out_access(c), env) if c.accumulate else self.const(0.0)
+                b.store(start, slots[k])
+
+            def body(env, guards):
+                for k in members:
+                    self.vector = (last, k * lanes, lanes)
+                    total = b.fadd(b.load(slots[k], typ=vtype), self.term(c, env, guards), flags=FAST)
+                    b.store(total, slots[k])
+            self.loops(list(c.rindex), env, body, guards)
+            for k in members:
+                count = min(lanes, extent - k * lanes)
+                mask = ir.Constant(ir.VectorType(I1, lanes), [1] * count + [0] * (lanes - count))
+                ptr, _ = self.address(c.out, c.index, {**env, last: ir.Constant(I64, k * lanes)})
+                b.call(store, [b.load(slots[k], typ=vtype), ptr, ir.Constant(I32, 4), mask])
+            self.vector, self.ftype = None, self.m.float
+
+    def scalar_outer_reduction(self, c, env, last, guards):
         if not c.accumulate:
             def zero(env, _):
                 ptr, _ = self.address(c.out, c.index, env)
@@ -457,6 +588,11 @@ class KernelEmitter:
             ptr, etype = self.address(c.out, c.index, env)
             self.b.store(self.b.fadd(self.b.load(ptr, typ=etype), self.term(c, env, guards), flags=FAST), ptr)
         self.loops(list(c.rindex) + [last], env, body, guards)
+
+
+def _out_access(c):
+    from ..index_ir import Access
+    return Access(c.out, c.index)
 
 
 def _interval(e, ranges):

@@ -1,0 +1,142 @@
+"""Convolution and pooling: the worked examples of an introductory course, gradients
+against finite differences for every variant, native code against the reference."""
+import numpy as np
+import pytest
+
+from compiler import compile, gradcheck, load, parse, reference
+from compiler.errors import SymnetError
+from compiler.printing import derive
+
+BRIGHT_LEFT = np.array([[10, 10, 10, 0, 0, 0]] * 6, dtype=np.float64)
+QUARTERED = np.array([[10, 10, 10, 0, 0, 0]] * 3 + [[0, 0, 0, 10, 10, 10]] * 3, dtype=np.float64)
+
+
+@pytest.fixture(scope="module", params=["reference", "native"])
+def run_edges(request):
+    model = load("examples/edges.nn")
+    if request.param == "reference":
+        return lambda image: reference.forward(model, {"x": image[None, None]})
+    program = compile(model, dtype="f64", cache=False)
+    return lambda image: program.forward({"x": image[None, None]})
+
+
+def test_vertical_edge_of_bright_left_half(run_edges):
+    out = run_edges(BRIGHT_LEFT)["v"][0, 0]
+    assert np.array_equal(out, np.array([[0, 30, 30, 0]] * 4))
+
+
+def test_vertical_edge_of_mirrored_image(run_edges):
+    out = run_edges(BRIGHT_LEFT[:, ::-1].copy())["v"][0, 0]
+    assert np.array_equal(out, np.array([[0, -30, -30, 0]] * 4))
+
+
+def test_horizontal_edge_of_quartered_image(run_edges):
+    out = run_edges(QUARTERED)["h"][0, 0]
+    expected = [[0, 0, 0, 0], [30, 10, -10, -30], [30, 10, -10, -30], [0, 0, 0, 0]]
+    assert np.array_equal(out, np.array(expected))
+
+
+@pytest.fixture(scope="module", params=["reference", "native"])
+def run_pooling(request):
+    model = load("examples/pooling.nn")
+    if request.param == "reference":
+        return lambda image: reference.forward(model, {"x": np.asarray(image, float)[None, None]})
+    program = compile(model, dtype="f64", cache=False)
+    return lambda image: program.forward({"x": np.asarray(image, float)[None, None]})
+
+
+def test_max_pooling_2x2(run_pooling):
+    out = run_pooling([[1, 3, 2, 1], [2, 9, 1, 1], [1, 3, 2, 3], [5, 6, 1, 2]])["maxed"][0, 0]
+    assert np.array_equal(out, [[9, 2], [6, 3]])
+
+
+def test_average_pooling_2x2(run_pooling):
+    out = run_pooling([[1, 3, 2, 1], [2, 9, 1, 1], [1, 4, 2, 3], [5, 6, 1, 2]])["averaged"][0, 0]
+    assert np.array_equal(out, [[3.75, 1.25], [4, 2]])
+
+
+def test_max_pooling_of_0_to_15(run_pooling):
+    out = run_pooling(np.arange(16).reshape(4, 4))
+    assert np.array_equal(out["maxed"][0, 0], [[5, 7], [13, 15]])
+    assert np.array_equal(out["overlapping"][0, 0], [[10, 11], [14, 15]])
+
+
+# ---- gradients of every variant -------------------------------------------------------
+VARIANTS = [
+    "conv2d(x, filters=3, size=3)",
+    "conv2d(x, filters=3, size=3, stride=2)",
+    'conv2d(x, filters=2, size=3, pad="same")',
+    'conv2d(x, filters=2, size=3, pad="same", stride=2)',
+    "conv2d(x, filters=4, size=4, pad=1, stride=2)",
+    "conv2d(x, filters=1, size=2, bias=false)",
+    "conv2d(x, K)",
+    "conv2d(x, K2, stride=2, pad=1)",
+    "maxpool(x, 2)",
+    "maxpool(x, 3, stride=2)",
+    "maxpool(x, 3, stride=1)",
+    "avgpool(x, 2)",
+    "avgpool(x, 3, stride=1)",
+    "flatten(maxpool(relu(conv2d(x, filters=2, size=3, pad=\"same\")), 2))",
+]
+
+
+def variant_model(expr):
+    return parse(
+        "param x[2, 3, 7, 7] ~ normal(0, 1)\n"
+        "param K[5, 3, 3, 3] ~ normal(0, 0.3)\n"
+        "param K2[2, 2] ~ normal(0, 0.5)\n"
+        f"h = {expr}\n"
+        "loss mean(h * h)\n", "variant.nn")
+
+
+@pytest.mark.parametrize("expr", VARIANTS)
+def test_gradients_match_finite_differences(expr):
+    model = variant_model(expr)
+    checks, _ = gradcheck(model, seed=1, samples=40)
+    for check in checks:
+        assert check.rel_error < 1e-6, (expr, check)
+
+
+@pytest.mark.parametrize("expr", VARIANTS)
+def test_native_f64_matches_reference(expr):
+    model = variant_model(expr)
+    program = compile(model, dtype="f64", cache=False)
+    loss, grads = program.value_and_grad({})
+    ref_loss, ref_grads = reference.value_and_grad(model, {})
+    assert loss == pytest.approx(ref_loss, rel=1e-9)
+    for name, g in ref_grads.items():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-9, atol=1e-12 * np.abs(g).max())
+
+
+def test_max_pooling_routes_ties_to_the_first_maximum():
+    model = parse("param x[1, 1, 2, 2] = [[[[1, 1], [1, 1]]]]\nh = maxpool(x, 2)\nloss sum(h)\n", "t.nn")
+    _, grads = reference.value_and_grad(model, {})
+    assert np.array_equal(grads["x"][0, 0], [[1, 0], [0, 0]])
+    _, native = compile(model, dtype="f64", cache=False).value_and_grad({})
+    assert np.array_equal(native["x"][0, 0], [[1, 0], [0, 0]])
+
+
+def test_lenet_gradient_of_first_kernel_is_an_index_formula():
+    model = load("examples/lenet5.nn")
+    derivation = derive(model, wrt=["c1.W"])
+    text = derivation.gradients["c1.W"].render("text")
+    # A sum over batch and output positions of the delta times the shifted input.
+    assert "δc1[n, o," in text and "x[n, c," in text
+    assert "(n, 0, N - 1)" in text
+    deltas = [d.render("text") for d in derivation.deltas]
+    # Deltas through pooling (argmax routing) and ReLU (step) are listed.
+    assert any(d.startswith("δc1") and "argmax" in d for d in deltas)
+    assert any("step(" in d for d in deltas)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("input x[N, 1, 4, 4]\nh = conv2d(x, filters=2, size=5)\n",
+     "window 5x5 does not fit input [N, 1, 4, 4]"),
+    ("input x[N, 1, 28, 28]\nh = dense(conv2d(x, filters=16, size=5), 10)\n",
+     "dense expects [N, 9216], got [N, 16, 24, 24]; use flatten(...)"),
+])
+def test_shape_errors_are_located_and_name_both_shapes(source, message):
+    with pytest.raises(SymnetError) as err:
+        parse(source, "bad.nn")
+    assert message in err.value.message
+    assert err.value.format().startswith("bad.nn:2:")
