@@ -4,6 +4,9 @@
     program = compiler.compile(model, dtype="f64")
 """
 import hashlib
+import json
+import os
+import tempfile
 import time
 
 import sympy
@@ -106,16 +109,62 @@ def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache
         program = CudaProgram(spec, emitter.ptx(), model.params)
         program.model_hash = model_hash(model)
         return program
-    ir_text, spec, _, _ = compile_ir(model, optimizer, dtype, "cpu" if target == "cpu" else target)
     from runtime.jit import NativeLibrary
     from runtime.program import Program
-    kwargs = {} if cache else {"cache_dir": None}
-    library = NativeLibrary(ir_text, opt_level=opt_level, name=model.name,
-                            cache_key_extra=VERSION, **kwargs)
+    front = front_cache_path(model, target, dtype, optimizer, opt_level) if cache else None
+    library, spec = _load_front_cache(front, model.name)
+    if library is None:
+        ir_text, spec, _, _ = compile_ir(model, optimizer, dtype, target)
+        kwargs = {} if cache else {"cache_dir": None}
+        library = NativeLibrary(ir_text, opt_level=opt_level, name=model.name,
+                                cache_key_extra=VERSION, **kwargs)
+        _store_front_cache(front, spec, library.key)
     program = Program(spec, library, model.params)
     program.compile_seconds = time.perf_counter() - started
     program.model_hash = model_hash(model)
     return program
+
+
+def front_cache_path(model, target, dtype, optimizer, opt_level):
+    """Where the spec of this (source, options, host) is kept, so a second process
+    skips parsing-to-LLVM entirely; None for models built without source text."""
+    from runtime.jit import default_cache_dir, host_target
+    import llvmlite
+    if not model.source:
+        return None
+    h = hashlib.sha256()
+    for part in (model.source, model.filename, str(sorted(model.params)), target, dtype,
+                 str(optimizer or model.train.get("optimizer", "sgd")), str(opt_level), VERSION,
+                 llvmlite.__version__, *host_target()):
+        h.update(part.encode() + b"\0")
+    # Parameters' initial values are not compiled in, so the seed is not part of the key.
+    return os.path.join(default_cache_dir(), h.hexdigest() + ".spec.json")
+
+
+def _load_front_cache(path, name):
+    from runtime.jit import NativeLibrary
+    if not path:
+        return None, None
+    try:
+        with open(path, encoding="utf-8") as f:
+            entry = json.load(f)
+        library = NativeLibrary.load_cached(entry["library"], name=name)
+        return (library, entry["spec"]) if library is not None else (None, None)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None          # missing or corrupt: rebuild
+
+
+def _store_front_cache(path, spec, library_key):
+    if not path:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"spec": spec, "library": library_key}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass                       # caching is best effort
 
 
 def model_hash(model):

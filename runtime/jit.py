@@ -279,6 +279,32 @@ class NativeLibrary:
         self._engine.finalize_object()
         self.from_cache = cached is not None
 
+    @classmethod
+    def load_cached(cls, key: str, *, cache_dir=_DEFAULT, name: str = "symnet"):
+        """The library stored under `key` by an earlier build, or None.
+
+        No IR is needed: MCJIT is given an empty module and the object cache supplies
+        the machine code, so a warm start skips every compiler stage."""
+        cache_dir = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
+        if not cache_dir:
+            return None
+        path = os.path.join(cache_dir, key + _SUFFIX)
+        cached = _read_entry(path)
+        if cached is None:
+            return None
+        _init()
+        self = cls.__new__(cls)
+        self.name, self.opt_level, self.from_cache = name, None, True
+        self.cache_dir, self.key, self.cache_path = cache_dir, key, path
+        tm = _target_machine(2, jit=True)
+        mod = llvm.parse_assembly("")
+        mod.name = name
+        mod.data_layout = str(tm.target_data)
+        self._engine = llvm.create_mcjit_compiler(mod, tm)
+        self._engine.set_object_cache(lambda _m, _o: None, lambda _m: cached)
+        self._engine.finalize_object()
+        return self
+
     def _notify(self, _module, obj: bytes) -> None:
         """MCJIT compiled fresh code: persist it (best effort, never fatal)."""
         try:

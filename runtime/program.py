@@ -8,6 +8,8 @@ a consistent batch size, dtypes — before the single native call, so a wrong ar
 Python exception with a clear message, never a crash.
 """
 import ctypes
+import os
+import threading
 
 import numpy as np
 
@@ -33,8 +35,9 @@ class Program:
         self.dtype = _FLOAT[spec["dtype"]]
         self.buffers = {b["name"]: b for b in spec["buffers"]}
         self.index = {b["name"]: k for k, b in enumerate(spec["buffers"])}
-        self.entries = {name: library.function(name, None, [ctypes.c_void_p, ctypes.c_void_p])
-                        for name in spec["entries"]}
+        signature = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        self.entries = {name: library.function(name, None, signature) for name in spec["entries"]}
+        self.team = ThreadTeam(default_threads())
         self.persistent = {}
         for b in spec["buffers"]:
             if b["kind"] in ("param", "const", "state", "hyper"):
@@ -133,11 +136,12 @@ class Program:
     def _call(self, entry, arrays, sizes):
         workspace = self._workspace(sizes)
         table = workspace["table"]
-        keep = []
-        for name, array in arrays.items():
+        for name, array in arrays.items():       # inputs are read in place, no copy
             table[self.index[name]] = array.ctypes.data
-            keep.append(array)
-        self.entries[entry](workspace["sizes"].ctypes.data, ctypes.addressof(table))
+        batch = max(sizes.values(), default=1)
+        parts = self.team.parts if batch >= PARALLEL_MIN_BATCH else 1
+        self.team.run(self.entries[entry], workspace["sizes"].ctypes.data,
+                      ctypes.addressof(table), parts)
         self._last = workspace
 
     def _workspace_array(self, name):
@@ -220,6 +224,64 @@ class Program:
             table[k] = array.ctypes.data
         size_values = np.array([sizes[n] for n in self.spec["size_names"]] or [0], dtype=np.int64)
         return {"arrays": arrays, "table": table, "sizes": size_values}
+
+
+PARALLEL_MIN_BATCH = 16       # below this, waking a second thread costs more than it saves
+
+
+def default_threads():
+    """$SYMNET_THREADS, else the cores this process may use (at most 8)."""
+    if os.environ.get("SYMNET_THREADS"):
+        return max(1, int(os.environ["SYMNET_THREADS"]))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+class ThreadTeam:
+    """Persistent worker threads that call one native entry together with the caller.
+
+    ctypes releases the GIL during the call, so the parts run in parallel; the native
+    code splits each kernel's rows by part and synchronises with its own barrier."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.barrier = np.zeros(16, dtype=np.int64)        # counter, pad, generation
+        self.job = None
+        self.go = [threading.Semaphore(0) for _ in range(parts - 1)]
+        self.done = threading.Semaphore(0)
+        self.lock = threading.Lock()
+        self.workers = []
+
+    def _start(self):
+        for part in range(1, self.parts):
+            worker = threading.Thread(target=self._work, args=(part,), daemon=True,
+                                      name=f"symnet-worker-{part}")
+            worker.start()
+            self.workers.append(worker)
+
+    def _work(self, part):
+        while True:
+            self.go[part - 1].acquire()
+            entry, sizes, table, parts = self.job
+            if part < parts:
+                entry(sizes, table, part, parts, self.barrier.ctypes.data)
+            self.done.release()
+
+    def run(self, entry, sizes, table, parts):
+        with self.lock:                 # one step at a time per program
+            if parts <= 1:
+                return entry(sizes, table, 0, 1, self.barrier.ctypes.data)
+            if not self.workers:
+                self._start()
+            self.job = (entry, sizes, table, parts)
+            for go in self.go:
+                go.release()
+            entry(sizes, table, 0, parts, self.barrier.ctypes.data)
+            for _ in self.go:
+                self.done.acquire()
 
 
 def _fmt(shape):

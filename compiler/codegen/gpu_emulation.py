@@ -44,8 +44,8 @@ class EmulatedGPUEmitter(PTXEmitter):
 
     def entry(self, name, kernels, buffer_index):
         super().entry(name, kernels, buffer_index)
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), name)
-        sizes, table = fn.args
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, PTR]), name)
+        sizes, table = fn.args[:2]         # the emulation runs single-threaded
         host = KernelEmitter(self, fn, {}, None)     # for its loop builder
         b = host.b
         for launch in self.launches[name]:

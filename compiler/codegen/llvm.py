@@ -4,9 +4,12 @@ Layout of the generated module:
   * one internal function per kernel, `void kernel_K(i64* sizes, ptr noalias b0, ...)`,
     taking each distinct buffer it touches as its own noalias pointer (so the loop
     vectorizer needs no runtime alias checks);
-  * one exported entry per program entry point, `void ENTRY(i64* sizes, ptr* buffers)`,
-    which loads the buffer pointers from the table and calls its kernels in order:
-    one native call runs a whole training step.
+  * one exported entry per program entry point,
+    `void ENTRY(i64* sizes, ptr* buffers, i64 part, i64 parts, i64* barrier)`, which loads
+    the buffer pointers from the table and calls its kernels in order: one native call
+    runs a whole training step. With parts > 1, that many threads call the entry at
+    once; each kernel takes its share of rows (kernels without rows run on part 0) and
+    a spin barrier separates kernels.
 Tensors are dense row-major arrays. Reads that interval analysis cannot prove in bounds
 are clamped into the buffer and then zeroed (zero padding) — generated code never reads
 or writes outside its buffers; the runtime checks shapes before every call.
@@ -41,6 +44,7 @@ class LLVMEmitter:
         self.module.triple = self.triple
         self.kernel_count = 0
         self.lanes = self.vector_lanes()
+        self.emitted = {}       # kernel identity -> (function, buffers): entries share kernels
 
     def vector_lanes(self):
         """Floats per vector register of the host: 16 (f32) with AVX-512, 8 with AVX2."""
@@ -51,12 +55,14 @@ class LLVMEmitter:
     # ---- module level ----------------------------------------------------------------
     def entry(self, name, kernels, buffer_index):
         """An exported function running `kernels` in order over the buffer table."""
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), name)
-        sizes, table = fn.args
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, PTR]), name)
+        sizes, table, part, parts, barrier = fn.args
         kernel_fns = [self.kernel(k) for k in kernels]
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        for kernel_fn, buffers in kernel_fns:
-            args = [sizes]
+        for k, (kernel_fn, buffers) in enumerate(kernel_fns):
+            if k:
+                b.call(self.barrier(), [barrier, parts])
+            args = [sizes, part, parts]
             for t in buffers:
                 slot = b.gep(table, [ir.Constant(I64, buffer_index[t])], inbounds=True, source_etype=PTR)
                 args.append(b.load(slot, typ=PTR))
@@ -64,19 +70,76 @@ class LLVMEmitter:
         b.ret_void()
         return fn
 
+    def barrier(self):
+        """`barrier(i64* state, i64 parts)`: all parts wait here until every part arrived.
+
+        state[0] counts arrivals, state[8] (another cache line) is the generation the
+        waiters spin on; the last to arrive resets the count and bumps the generation."""
+        if "symnet_barrier" in self.module.globals:
+            return self.module.globals["symnet_barrier"]
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64]), "symnet_barrier")
+        fn.linkage = "internal"
+        state, parts = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        alone, work = fn.append_basic_block("alone"), fn.append_basic_block("work")
+        b.cbranch(b.icmp_signed("<=", parts, ir.Constant(I64, 1)), alone, work)
+        b.position_at_end(alone)
+        b.ret_void()
+        b.position_at_end(work)
+        generation = b.gep(state, [ir.Constant(I64, 8)], source_etype=I64)
+        seen = b.load_atomic(generation, "acquire", 8, typ=I64)
+        arrived = b.atomic_rmw("add", state, ir.Constant(I64, 1), "acq_rel")
+        last, wait = fn.append_basic_block("last"), fn.append_basic_block("wait")
+        b.cbranch(b.icmp_signed("==", arrived, b.sub(parts, ir.Constant(I64, 1))), last, wait)
+        b.position_at_end(last)
+        # Atomic stores as exchanges (llvmlite's store_atomic predates opaque pointers).
+        b.atomic_rmw("xchg", state, ir.Constant(I64, 0), "monotonic")
+        b.atomic_rmw("xchg", generation, b.add(seen, ir.Constant(I64, 1)), "release")
+        b.ret_void()
+        # Spin briefly, then give the core away: on a busy machine the part we wait for
+        # may be waiting for this very core.
+        b.position_at_end(wait)
+        spins = ir.IRBuilder(fn.entry_basic_block)
+        spins.position_at_start(fn.entry_basic_block)
+        counter = spins.alloca(I64)
+        spins.store(ir.Constant(I64, 0), counter)
+        spin, poll, done = (fn.append_basic_block(n) for n in ("spin", "poll", "done"))
+        b.branch(spin)
+        b.position_at_end(spin)
+        count = b.add(b.load(counter, typ=I64), ir.Constant(I64, 1))
+        b.store(count, counter)
+        yield_block = fn.append_basic_block("yield")
+        b.cbranch(b.icmp_signed(">", count, ir.Constant(I64, 200)), yield_block, poll)
+        b.position_at_end(yield_block)
+        b.call(self.declare("sched_yield", I32, []), [])
+        b.branch(poll)
+        b.position_at_end(poll)
+        now = b.load_atomic(generation, "acquire", 8, typ=I64)
+        b.cbranch(b.icmp_signed("==", now, seen), spin, done)
+        b.position_at_end(done)
+        b.ret_void()
+        return fn
+
     def kernel(self, kernel):
+        # The same loop nests in several entries (the forward pass) compile once.
+        key = tuple((id(n.comp), n.strategy) for n in kernel.nests)
+        if key not in self.emitted:
+            self.emitted[key] = self.new_kernel(kernel)
+        return self.emitted[key]
+
+    def new_kernel(self, kernel):
         buffers = []
         for nest in kernel.nests:
             for t in [nest.comp.out] + nest.comp.reads + ([nest.comp.argmax] if nest.comp.argmax else []):
                 if t not in buffers:
                     buffers.append(t)
-        fnty = ir.FunctionType(ir.VoidType(), [PTR] + [PTR] * len(buffers))
+        fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, I64] + [PTR] * len(buffers))
         fn = ir.Function(self.module, fnty, f"kernel_{self.kernel_count}")
         self.kernel_count += 1
         fn.linkage = "internal"
-        for arg in fn.args[1:]:
+        for arg in fn.args[3:]:
             arg.add_attribute("noalias")
-        KernelEmitter(self, fn, dict(zip(buffers, fn.args[1:])), kernel).emit()
+        KernelEmitter(self, fn, dict(zip(buffers, fn.args[3:])), kernel).emit()
         return fn, buffers
 
     def intrinsic(self, name, nargs=1, typ=None):
@@ -423,14 +486,24 @@ class KernelEmitter:
 
     # ---- nests ---------------------------------------------------------------------------
     def emit(self):
-        if self.kernel.extent is None:
+        b = self.b
+        part, parts = self.fn.args[1], self.fn.args[2]
+        if self.kernel.extent is None:              # no rows to share: part 0 does it all
+            work, skip = self.fn.append_basic_block("work"), self.fn.append_basic_block("skip")
+            b.cbranch(b.icmp_signed("==", part, ir.Constant(I64, 0)), work, skip)
+            b.position_at_end(skip)
+            b.ret_void()
+            b.position_at_end(work)
             for nest in self.kernel.nests:
                 self.nest(nest, {}, list(nest.comp.index))
-        else:
-            with self.loop(self.dim(self.kernel.extent), "row") as row:
+        else:                                       # rows [extent*part/parts, extent*(part+1)/parts)
+            extent = self.dim(self.kernel.extent)
+            first = b.sdiv(b.mul(extent, part), parts)
+            stop = b.sdiv(b.mul(extent, b.add(part, ir.Constant(I64, 1))), parts)
+            with self.loop(stop, "row", start=first) as row:
                 for nest in self.kernel.nests:
                     self.nest(nest, {nest.comp.index[0]: row}, list(nest.comp.index[1:]))
-        self.b.ret_void()
+        b.ret_void()
 
     def nest(self, nest, env, loops):
         c = nest.comp
