@@ -215,16 +215,17 @@ def _as_images(x: np.ndarray) -> np.ndarray:
 
 
 def _labels(y: np.ndarray, source) -> np.ndarray:
-    """Validate labels (1-D, whole, non-negative) and return them as int32."""
+    """Targets as int32 class indices when they are whole and non-negative, else as
+    float32 regression targets (y = 2x + 1 in a CSV trains linreg.nn)."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"{source}: labels must be 1-D, got shape {list(y.shape)}")
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
         raise DataError(f"{source}: labels must be numbers, got dtype {y.dtype}")
-    if y.size and (not np.all(np.isfinite(y)) or np.any(y != np.round(y))):
-        raise DataError(f"{source}: labels must be whole numbers (class indices)")
-    if y.size and y.min() < 0:
-        raise DataError(f"{source}: labels must be non-negative, found {y.min()}")
+    if y.size and not np.all(np.isfinite(y)):
+        raise DataError(f"{source}: targets must be finite numbers")
+    if y.size and (np.any(y != np.round(y)) or y.min() < 0):
+        return y.astype(np.float32)
     return y.astype(np.int32)
 
 

@@ -222,7 +222,8 @@ def clear_cache(cache_dir: str | None = None) -> int:
     d = cache_dir or default_cache_dir()
     n = 0
     for fn in os.listdir(d) if os.path.isdir(d) else ():
-        if fn.endswith(_SUFFIX) or fn.startswith(".tmp-"):
+        # Objects, the compiler's spec entries that point at them, and leftovers.
+        if fn.endswith((_SUFFIX, ".spec.json", ".tmp")) or fn.startswith(".tmp-"):
             try:
                 os.unlink(os.path.join(d, fn))
                 n += fn.endswith(_SUFFIX)

@@ -102,6 +102,18 @@ class Program:
                                    f"expected {list(target.shape)}")
             target[...] = value
 
+    def first_nonfinite(self):
+        """The first tensor holding inf or nan after the last call, in the order the
+        step computes them (parameters first): where a blow-up started. None if none."""
+        if not getattr(self, "_last", None):
+            return None
+        for b in self.spec["buffers"]:
+            name = b["name"]
+            array = self._last["arrays"].get(name, self.persistent.get(name))
+            if array is not None and array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+                return name
+        return None
+
     def configure(self, **hypers):
         """Set optimizer hyperparameters (lr, beta, beta1, beta2, eps) for train_step."""
         for key, value in hypers.items():

@@ -269,9 +269,13 @@ def train(program, data, *, epochs=DEFAULT_EPOCHS, batch=DEFAULT_BATCH, seed=0, 
                 if bad is not None:           # possible with a finite loss: relu(nan) = 0
                     _give_up(program, good, history, epoch, None,
                              f"parameter '{bad}' became inf or nan during epoch {epoch}")
+                record = _epoch_record(program, data, x, y, eval_batch, epoch,
+                                       epoch * steps, bar.running_loss, seconds)
+                if not np.isfinite(record["train_loss"]):   # diverged between the steps
+                    _give_up(program, good, history, epoch, None,
+                             f"the train loss became {record['train_loss']} at epoch {epoch}")
                 good = params
-                history.append(_epoch_record(program, data, x, y, eval_batch, epoch,
-                                             epoch * steps, bar.running_loss, seconds))
+                history.append(record)
                 bar.message(format_epoch(history[-1], epochs))
                 if callback is not None:
                     callback(program, history)
@@ -283,6 +287,9 @@ def train(program, data, *, epochs=DEFAULT_EPOCHS, batch=DEFAULT_BATCH, seed=0, 
 def _give_up(program, good, history, epoch, step, what):
     """Put back the last finite parameters and stop. The optimizer state is zeroed too:
     a momentum or Adam moment that saw the blow-up may itself be inf."""
+    culprit = program.first_nonfinite()
+    if culprit:
+        what += f" (the first non-finite tensor: {culprit})"
     program.set_params(good)
     program.reset_optimizer()
     restored = f"the end of epoch {epoch - 1}" if epoch > 1 else "their values before training"

@@ -236,9 +236,9 @@ def format_table(rows):
 
 
 # ---- shared -------------------------------------------------------------------------
-def model_with_loss(path):
+def model_with_loss(path, seed=0):
     """Load a model that must have a loss (grad, gradcheck, train)."""
-    model = load(path)
+    model = load(path, seed=seed)
     if model.loss is None:
         first_line = model.source.split("\n")[0]
         raise SymnetError(f"model '{model.name}' has no loss statement, so it has no gradient;"

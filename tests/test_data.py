@@ -212,7 +212,7 @@ def test_csv_pair(tmp_path):
     ("1,2,3\n4,5,6\n7,8\n", "line 3 has 2 columns, expected 3"),
     ("a,b,label\n1,2,3\n4,5,6,7\n", "line 3 has 4 columns, expected 3"),
     ("1,2,3\n4,x,6\n", "line 2: 'x' is not a number"),
-    ("1,2,0.5\n" * 6, "whole numbers"),
+    ("1,2,inf\n" * 6, "finite"),
     ("", "no data rows"),
 ])
 def test_csv_malformed(tmp_path, text, message):

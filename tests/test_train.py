@@ -187,11 +187,14 @@ def test_model_without_labels_trains():
 def test_divergence_stops_with_step_and_restores_last_epoch():
     program = compile(example("linreg"))
     snapshots = []
-    with pytest.raises(TrainingError, match=r"epoch (\d+), step 1 of 1") as info:
+    with pytest.raises(TrainingError, match=r"epoch (\d+)") as info:
         train(program, line_data(), epochs=100, batch="full", lr=1e6, quiet=True,
               callback=lambda prog, history: snapshots.append(prog.get_params()))
     err = info.value
-    assert err.step == 1 and err.epoch == len(err.history) + 1 > 1
+    # Caught at the step (loss) or at the epoch's evaluation, whichever sees it first,
+    # naming the first tensor that went non-finite.
+    assert err.epoch == len(err.history) + 1 > 1
+    assert "first non-finite tensor" in str(err)
     restored = program.get_params()
     assert all(np.isfinite(v).all() for v in restored.values())
     assert restored == snapshots[-1]

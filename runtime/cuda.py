@@ -1,0 +1,343 @@
+"""Programs on NVIDIA GPUs: each entry's PTX kernels, launched through the CUDA driver API.
+
+    program = compiler.compile(model, target="ptx")     # a CudaProgram
+    loss = program.train_step({"x": xb, "y": yb})
+
+The compiler emits one kernel per loop nest, each a grid-stride loop over the elements
+of its output, and lists every entry's launches in spec["launches"]. A CudaProgram keeps
+every buffer on the device: parameters, constants, optimizer state and hyperparameters
+once, the rest once per batch size (the static memory plan, as on the CPU). A call
+uploads its inputs, queues the entry's kernels in order on the default stream (no host
+round trip between kernels) and downloads only what it returns: the loss, the outputs,
+the gradients. Input checking is Program's, inherited unchanged.
+
+The driver is reached through cuda-bindings (`pip install 'symnet[gpu]'`), imported
+only when a program is made: without it, without a driver or without a device,
+construction raises GPUUnavailable at once, with a one-line reason.
+"""
+import math
+import re
+
+import numpy as np
+
+from .program import Program, eval_dim
+
+BLOCK = 256      # threads per block (compiler/codegen/ptx.py's BLOCK); any grid is correct
+ALIGN = 256      # each buffer of a block starts on this boundary, like cuMemAlloc's own
+
+
+class CudaError(RuntimeError):
+    """A CUDA driver call failed; the message names the call and the driver's error."""
+
+
+class GPUUnavailable(CudaError):
+    """No GPU to run on: cuda-bindings, the driver or a device is missing."""
+
+
+# ---- launch parameters (plain arithmetic, checked without a GPU) ------------------------------
+def resident_blocks(multiprocessors, threads_per_multiprocessor):
+    """How many BLOCK-thread blocks the device holds at once: the most a launch needs,
+    since every kernel strides over its elements whatever the grid."""
+    return max(1, multiprocessors * max(1, threads_per_multiprocessor // BLOCK))
+
+
+def grid_size(total, max_blocks):
+    """Blocks for a kernel over `total` elements: one thread per element up to what the
+    device holds at once; 0 (no launch) for an empty output."""
+    return min(math.ceil(total / BLOCK), max_blocks)
+
+
+def layout(sizes, align=ALIGN):
+    """(offsets, total bytes) placing buffers of `sizes` bytes one after another, each
+    starting on an `align` boundary."""
+    offsets, end = [], 0
+    for size in sizes:
+        offsets.append(end)
+        end += -(-size // align) * align
+    return offsets, end
+
+
+def kernel_params(pointers):
+    """cuLaunchKernel's kernelParams for pointer arguments: (values, addresses), where
+    `addresses` is the void** the driver reads, element k pointing at values[k]. Both
+    arrays must stay alive as long as the launch may be queued."""
+    values = np.array(pointers, dtype=np.uint64)
+    base = values.ctypes.data
+    return values, np.array([base + 8 * k for k in range(len(values))], dtype=np.uint64)
+
+
+# ---- the driver ---------------------------------------------------------------------------
+def load_driver():
+    """The driver API module of cuda-bindings (`cuda.bindings.driver`), or of the older
+    cuda-python layout (`cuda.cuda`); both return (CUresult, values...) from every call."""
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        try:
+            from cuda import cuda as driver
+        except ImportError:
+            raise GPUUnavailable("cuda-bindings is not installed "
+                                 "(pip install 'symnet[gpu]')") from None
+    return driver
+
+
+_devices = {}
+
+
+def open_device(ordinal=0):
+    """The CudaDevice for GPU `ordinal`, opened once per process."""
+    if ordinal not in _devices:
+        _devices[ordinal] = CudaDevice(load_driver(), ordinal)
+    return _devices[ordinal]
+
+
+class CudaDevice:
+    """One GPU's primary context (the one the CUDA runtime, and so PyTorch, uses too)
+    and the driver calls a CudaProgram makes.
+
+    Every call's CUresult is checked: a failure raises CudaError naming the call and the
+    error. Work goes to the legacy default stream, so copies and kernels run in the
+    order they are issued and a copy to the host waits for the kernels before it. The
+    context is made current before each group of calls, so any thread may use it."""
+
+    def __init__(self, driver, ordinal=0):
+        self.driver = driver
+        self.success = driver.CUresult.CUDA_SUCCESS
+        try:
+            status = driver.cuInit(0)[0]
+        except Exception as exc:  # cuda-bindings raises (not returns) when libcuda is missing
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise GPUUnavailable(f"no NVIDIA driver: libcuda could not be loaded ({reason})") \
+                from None
+        if status == driver.CUresult.CUDA_ERROR_NO_DEVICE:
+            raise GPUUnavailable("no CUDA device found")
+        self._check((status,), "cuInit", GPUUnavailable)
+        count = self.call("cuDeviceGetCount", error=GPUUnavailable)
+        if ordinal >= count:
+            raise GPUUnavailable("no CUDA device found" if count == 0 else
+                                 f"no CUDA device {ordinal}: the machine has {count}")
+        self.handle = self.call("cuDeviceGet", ordinal, error=GPUUnavailable)
+        self.context = self.call("cuDevicePrimaryCtxRetain", self.handle, error=GPUUnavailable)
+        self.activate()
+        self.name = self.call("cuDeviceGetName", 256, self.handle).split(b"\0")[0].decode()
+        self.capability = (self.attribute("COMPUTE_CAPABILITY_MAJOR"),
+                           self.attribute("COMPUTE_CAPABILITY_MINOR"))
+        self.multiprocessors = self.attribute("MULTIPROCESSOR_COUNT")
+        self.max_blocks = resident_blocks(self.multiprocessors,
+                                          self.attribute("MAX_THREADS_PER_MULTIPROCESSOR"))
+
+    def __repr__(self):
+        major, minor = self.capability
+        return f"<CudaDevice {self.name}, sm_{major}{minor}, {self.multiprocessors} SMs>"
+
+    # ---- checked calls ----------------------------------------------------------------------
+    def call(self, name, *args, error=CudaError):
+        """driver.NAME(*args) with its status checked; returns the value(s) after it."""
+        return self._check(getattr(self.driver, name)(*args), name, error)
+
+    def _check(self, result, name, error=CudaError):
+        if result[0] != self.success:
+            raise error(f"{name} failed: {self.describe(result[0])}")
+        return result[1] if len(result) == 2 else (result[1:] or None)
+
+    def describe(self, status):
+        """'CUDA_ERROR_X: the driver's sentence' for a CUresult."""
+        name = self.driver.cuGetErrorName(status)[1]
+        text = self.driver.cuGetErrorString(status)[1]
+        if not name:
+            return str(status)
+        return f"{name.decode()}: {text.decode()}" if text else name.decode()
+
+    def attribute(self, name):
+        kind = getattr(self.driver.CUdevice_attribute, "CU_DEVICE_ATTRIBUTE_" + name)
+        return self.call("cuDeviceGetAttribute", kind, self.handle)
+
+    def activate(self):
+        self.call("cuCtxSetCurrent", self.context)
+
+    def synchronize(self):
+        """Wait for all queued work (a program's calls wait only for what they download)."""
+        self.activate()
+        self.call("cuCtxSynchronize")
+
+    # ---- modules, memory, launches --------------------------------------------------------
+    def load_module(self, ptx):
+        """Load PTX text (the driver compiles it for this GPU); returns the module."""
+        image = np.frombuffer(ptx.encode() + b"\0", dtype=np.uint8)
+        self.activate()
+        return self.call("cuModuleLoadData", image.ctypes.data)
+
+    def function(self, module, name):
+        return self.call("cuModuleGetFunction", module, name.encode())
+
+    def upload(self, address, array):
+        """Copy a C-contiguous host array to device memory at `address`."""
+        if array.nbytes:
+            self.activate()
+            self.call("cuMemcpyHtoD", address, array.ctypes.data, array.nbytes)
+
+    def download(self, address, array):
+        """Fill a C-contiguous host array from `address`, after the kernels queued before."""
+        if array.nbytes:
+            self.activate()
+            self.call("cuMemcpyDtoH", array.ctypes.data, address, array.nbytes)
+
+    def run(self, launches):
+        """Queue (function, grid, kernelParams addresses, values) launches in order;
+        returns without waiting for them."""
+        self.activate()
+        launch = self.driver.cuLaunchKernel
+        for function, grid, addresses, _ in launches:
+            status = launch(function, grid, 1, 1, BLOCK, 1, 1, 0, 0, addresses.ctypes.data, 0)[0]
+            if status != self.success:
+                raise CudaError(f"cuLaunchKernel failed: {self.describe(status)}")
+
+
+class DeviceMemory:
+    """One zero-filled cuMemAlloc block (zeroed like the CPU plan's np.zeros), freed
+    when dropped: a batch size's plan that Program._workspace evicts takes it along."""
+    address = None
+
+    def __init__(self, device, nbytes):
+        self.device = device
+        self.nbytes = max(nbytes, ALIGN)
+        device.activate()
+        self.address = int(device.call("cuMemAlloc", self.nbytes))
+        device.call("cuMemsetD8", self.address, 0, self.nbytes)
+
+    def __del__(self):
+        if self.address is not None:
+            try:
+                self.device.activate()
+                self.device.call("cuMemFree", self.address)
+            except Exception:  # at interpreter exit the driver may be gone before us
+                pass
+
+
+# ---- the program --------------------------------------------------------------------------
+class _Kernels:
+    """Stands in for the NativeLibrary that Program.__init__ asks for each entry point:
+    on the GPU an entry point is its kernels, as (function, launch) in launch order."""
+
+    def __init__(self, device, ptx, launches):
+        self.device, self.launches = device, launches
+        self.module = device.load_module(ptx)
+
+    def function(self, entry, restype, argtypes):
+        return [(self.device.function(self.module, launch["kernel"]), launch)
+                for launch in self.launches[entry]]
+
+
+class CudaProgram(Program):
+    """A Program whose buffers live, and whose kernels run, on an NVIDIA GPU.
+
+    The interface and the checks of every call are Program's. The host arrays in
+    `persistent` are staging copies: the device holds the truth, uploaded when
+    set_params, reset_optimizer or a train_step's hyperparameters change it on the host,
+    downloaded when get_params reads it. `device` is a CudaDevice (default: GPU 0)."""
+
+    def __init__(self, spec, ptx, params, device=None):
+        if spec["dtype"] != "f32":
+            raise ValueError("the GPU target computes in float32 (dtype='f32')")
+        self.device = device or open_device()        # first: no GPU costs nothing more
+        self._require_architecture(ptx)
+        self.ptx = ptx
+        self._resident = {}                          # persistent name -> device address
+        super().__init__(spec, _Kernels(self.device, ptx, spec["launches"]), params)
+        self._hypers = list(spec["hypers"].values())
+        self._place_persistent()
+
+    def _require_architecture(self, ptx):
+        """A GPU older than the PTX's target cannot load it: say so before trying."""
+        target = re.search(r"^\.target sm_(\d+)", ptx, re.MULTILINE)
+        major, minor = self.device.capability
+        if target and int(target.group(1)) > 10 * major + minor:
+            raise GPUUnavailable(f"{self.device.name} is sm_{major}{minor}; the PTX is for "
+                                 f"sm_{target.group(1)} or newer")
+
+    def _place_persistent(self):
+        """One block for parameters, constants and optimizer state, with the
+        hyperparameters packed at its end, so a train step uploads them in one copy."""
+        others = [name for name in self.persistent if name not in self._hypers]
+        offsets, end = layout([self.persistent[name].nbytes for name in others])
+        self._persistent_memory = DeviceMemory(self.device, end + 4 * len(self._hypers))
+        base = self._persistent_memory.address
+        self._resident = {name: base + offset for name, offset in zip(others, offsets)}
+        self._resident.update({name: base + end + 4 * k for k, name in enumerate(self._hypers)})
+        for name, array in self.persistent.items():
+            self.device.upload(self._resident[name], array)
+
+    # ---- persistent state: host staging <-> device --------------------------------------
+    def get_params(self):
+        for name in self.spec["params"]:
+            self.device.download(self._resident[name], self.persistent[name])
+        return super().get_params()
+
+    def set_params(self, params):
+        super().set_params(params)
+        for name in params:
+            if name in self._resident:               # not yet while Program.__init__ runs
+                self.device.upload(self._resident[name], self.persistent[name])
+
+    def reset_optimizer(self):
+        super().reset_optimizer()
+        for name in self.spec["states"]:
+            self.device.upload(self._resident[name], self.persistent[name])
+
+    def _set_hypers(self):
+        super()._set_hypers()
+        if self._hypers:
+            packed = np.array([self.persistent[name] for name in self._hypers], np.float32)
+            self.device.upload(self._resident[self._hypers[0]], packed)
+
+    # ---- calls --------------------------------------------------------------------------
+    def _call(self, entry, arrays, sizes):
+        workspace = self._workspace(sizes)
+        for name, array in arrays.items():
+            self.device.upload(workspace["address"][name], array)
+        self.device.run(workspace["launches"][entry])
+        self._last = workspace
+
+    def _workspace_array(self, name):
+        """One buffer of the last call, downloaded (Program's methods copy what they return)."""
+        if name in self.persistent:
+            array = self.persistent[name]
+        else:
+            array = np.empty(self._last["shapes"][name], self._dtype(name))
+        self.device.download(self._last["address"][name], array)
+        return array
+
+    def _dtype(self, name):
+        return np.int32 if self.buffers[name]["dtype"] == "i32" else self.dtype
+
+    def _allocate(self, sizes):
+        """The static memory plan for one batch size, on the device: one zeroed block for
+        every other buffer (inputs too) and the size values, and each entry's launches
+        with their grids and parameter arrays, made once."""
+        names = [b["name"] for b in self.spec["buffers"] if b["name"] not in self.persistent]
+        shapes = {name: tuple(eval_dim(d, sizes) for d in self.buffers[name]["shape"])
+                  for name in names}
+        size_values = np.array([sizes[n] for n in self.spec["size_names"]] or [0], np.int64)
+        nbytes = [math.prod(shapes[name]) * np.dtype(self._dtype(name)).itemsize
+                  for name in names]
+        offsets, end = layout(nbytes + [size_values.nbytes])
+        memory = DeviceMemory(self.device, end)
+        address = {name: memory.address + offset for name, offset in zip(names, offsets)}
+        address.update(self._resident)
+        sizes_address = memory.address + offsets[-1]
+        self.device.upload(sizes_address, size_values)
+        launches = {entry: self._launches(kernels, address, sizes_address, sizes)
+                    for entry, kernels in self.entries.items()}
+        return {"memory": memory, "address": address, "shapes": shapes, "launches": launches}
+
+    def _launches(self, kernels, address, sizes_address, sizes):
+        """(function, grid, kernelParams, values) per kernel; kernels over nothing are left out.
+        Each kernel's parameters are (sizes, its buffers...), as the PTX emitter declares."""
+        planned = []
+        for function, launch in kernels:
+            grid = grid_size(eval_dim(launch["total"], sizes), self.device.max_blocks)
+            if grid:
+                pointers = [sizes_address] + [address[name] for name in launch["buffers"]]
+                values, addresses = kernel_params(pointers)
+                planned.append((function, grid, addresses, values))
+        return planned

@@ -1,0 +1,286 @@
+"""Tests for the runtime verbs of the command line: train, eval, run, compile, cache
+(symnet/run_verbs.py). Most run the command line in this process (cli.main); those
+about exit statuses, stderr and signals run `python -m symnet` as a user would. The
+cache of compiled code lives in a temporary folder."""
+import io
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from compiler.pipeline import load
+from runtime import checkpoint
+from runtime.data import DEBIAN_DIR, FASHION_CLASSES, load_dataset, save_png
+from symnet import cli, run_verbs
+
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  loss [\d.]+  acc [\d.]+%  test loss [\d.]+  "
+                        r"test acc ([\d.]+)%  [\d,]+ samples/s", re.M)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_code_cache(tmp_path_factory):
+    """Compiled code goes to a temporary cache, for this process and its children."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SYMNET_CACHE", str(folder))
+        yield folder
+
+
+def symnet(*args):
+    """`symnet ARGS` in this process (cli.main): status and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        status = cli.main([str(a) for a in args])
+    return SimpleNamespace(returncode=status, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def symnet_process(*args):
+    """`python -m symnet ARGS` from the repository root, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "symnet", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def one_error_line(result):
+    """The run failed with status 1 and printed exactly one `error:` line."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """softmax_regression trained for one epoch on 2000 examples of the default data."""
+    path = tmp_path_factory.mktemp("train") / "softmax.ckpt"
+    result = symnet("train", "examples/softmax_regression.nn", "--epochs", 1,
+                    "--limit", 2000, "-o", path)
+    return SimpleNamespace(result=result, path=path)
+
+
+# ---- train ----------------------------------------------------------------------------
+def test_train_prints_an_epoch_line_and_writes_a_checkpoint(trained):
+    result = trained.result
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^data: .+: 2,000 training and [\d,]+ test examples$", result.stdout, re.M)
+    assert re.search(r"^compiled softmax_regression for cpu \(f32\) in [\d.]+ s", result.stdout,
+                     re.M)
+    assert [m.group(1, 2) for m in EPOCH_LINE.finditer(result.stdout)] == [("1", "1")]
+    params, meta = checkpoint.load(trained.path)
+    assert meta["model"] == "softmax_regression" and meta["extra"]["epoch"] == 1
+    assert params["W"].shape == (784, 10) and np.abs(params["W"]).max() > 0  # trained from zeros
+
+
+def test_eval_reports_the_accuracy_training_printed_and_a_confusion_matrix(trained):
+    result = symnet("eval", "examples/softmax_regression.nn", "--weights", trained.path)
+    assert result.returncode == 0, result.stderr
+    accuracy = float(re.search(r"^accuracy ([\d.]+)%$", result.stdout, re.M).group(1))
+    assert f"test acc {accuracy:.2f}%" in trained.result.stdout
+    rows = [line.split() for line in result.stdout.splitlines()
+            if re.match(r"^  \d ", line)]
+    assert [row[1] for row in rows[:2]] == ["T-shirt/top", "Trouser"]
+    confusion = np.array([[int(n) for n in row[-10:]] for row in rows])
+    assert confusion.shape == (10, 10)
+    y_test = load_dataset().y_test          # rows are the true classes
+    assert confusion.sum(axis=1).tolist() == np.bincount(y_test, minlength=10).tolist()
+    assert np.trace(confusion) / len(y_test) == pytest.approx(accuracy / 100, abs=5e-5)
+
+
+def test_run_classifies_a_png_with_a_probability(trained, tmp_path):
+    data = load_dataset("embedded")
+    image = tmp_path / "trouser.png"
+    save_png(image, data.x_test[data.y_test == 1][0, 0])
+    result = symnet("run", "examples/softmax_regression.nn", "--weights", trained.path,
+                    "--input", image, "--top", 3)
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"^predicted class: (\d) (.+), probability ([\d.]+)$", result.stdout, re.M)
+    assert match, result.stdout
+    assert FASHION_CLASSES[int(match.group(1))] == match.group(2)
+    assert 0 <= float(match.group(3)) <= 1
+    top = re.findall(r"^  (\d) .*  ([\d.]+)$", result.stdout, re.M)
+    assert len(top) == 3 and top[0] == match.group(1, 3)
+    assert [float(p) for _, p in top] == sorted((float(p) for _, p in top), reverse=True)
+
+
+def test_run_takes_a_batch_from_npy(trained, tmp_path):
+    batch = tmp_path / "batch.npy"
+    np.save(batch, load_dataset("embedded").x_test[:4])
+    result = symnet("run", "examples/softmax_regression.nn", "--weights", trained.path,
+                    "--input", batch, "--top", 2)
+    assert result.returncode == 0, result.stderr
+    assert len(re.findall(r"^example \d: \d .+ \([\d.]+\), \d .+ \([\d.]+\)$", result.stdout,
+                          re.M)) == 4
+
+
+def test_eval_with_the_checkpoint_of_another_model_is_one_error_line(trained):
+    line = one_error_line(symnet_process("eval", "examples/mlp.nn", "--weights", trained.path))
+    assert "checkpoint of model 'softmax_regression'" in line
+
+
+def test_a_missing_data_path_is_one_error_line():
+    line = one_error_line(symnet("train", "examples/mlp.nn", "--data", "no/such/data.csv"))
+    assert "no/such/data.csv" in line
+
+
+def test_linreg_on_image_data_asks_for_matching_columns():
+    line = one_error_line(symnet("train", "examples/linreg.nn"))
+    assert "linreg" in line and "--data" in line and "CSV" in line
+
+
+def test_device_cuda_without_a_gpu_is_one_error_line():
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine may have a GPU")
+    line = one_error_line(symnet_process("train", "examples/mlp.nn", "--device", "cuda"))
+    assert "cuda" in line.lower()
+
+
+# ---- regression from a CSV: features, then the target ---------------------------------
+def write_csv(path, x):
+    np.savetxt(path, np.c_[x, 2 * x + 1], delimiter=",", header="x,y", comments="", fmt="%.9g")
+    return path
+
+
+def test_linreg_recovers_a_line_from_a_csv_of_whole_numbers(tmp_path):
+    x = np.random.default_rng(1).integers(0, 2, 120)          # y = 2x + 1
+    ckpt = tmp_path / "linreg.ckpt"
+    result = symnet("train", "examples/linreg.nn", "--data", write_csv(tmp_path / "line.csv", x),
+                    "-o", ckpt, "-q")
+    assert result.returncode == 0, result.stderr
+    params, _ = checkpoint.load(ckpt)
+    assert params["a"] == pytest.approx(2, abs=1e-2) and params["b"] == pytest.approx(1, abs=1e-2)
+
+
+def test_linreg_recovers_a_line_from_a_csv_of_real_numbers(tmp_path):
+    x = np.linspace(-1, 1, 120)
+    ckpt = tmp_path / "linreg.ckpt"
+    result = symnet("train", "examples/linreg.nn", "--data", write_csv(tmp_path / "line.csv", x),
+                    "-o", ckpt, "-q")
+    assert result.returncode == 0, result.stderr
+    params, _ = checkpoint.load(ckpt)
+    assert params["a"] == pytest.approx(2, abs=1e-2) and params["b"] == pytest.approx(1, abs=1e-2)
+
+
+def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    ckpt = tmp_path / "linreg.ckpt"
+    x = np.random.default_rng(1).integers(0, 2, 120)
+    result = symnet("train", "examples/linreg.nn", "--data", write_csv(tmp_path / "line.csv", x),
+                    "--lr", 5, "-o", ckpt, "-q")
+    line = one_error_line(result)
+    epoch = int(re.search(r"loss became (?:inf|nan) at epoch (\d+)", line).group(1))
+    assert f"{ckpt} keeps epoch {epoch - 1}" in line
+    params, meta = checkpoint.load(ckpt)
+    assert meta["extra"]["epoch"] == epoch - 1
+    assert all(np.isfinite(value).all() for value in params.values())
+
+
+def test_ctrl_c_saves_the_weights_and_exits_130(tmp_path):
+    ckpt = tmp_path / "mlp.ckpt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "symnet", "train", "examples/mlp.nn", "--epochs", "100",
+         "--limit", "3000", "-o", str(ckpt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in process.stdout:                     # wait for the first epoch
+        if line.startswith("epoch 1/"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert f"saved the weights to {ckpt}" in err and "Traceback" not in err
+    _, meta = checkpoint.load(ckpt)
+    assert meta["extra"]["interrupted"] is True and 1 <= meta["extra"]["epoch"] < 100
+
+
+# ---- settings: the file's train statement, then the flags ------------------------------
+def settings(**flags):
+    args = SimpleNamespace(**{"optimizer": None, "epochs": None, "batch": None, "lr": None,
+                              "seed": None, **flags})
+    return run_verbs.training_settings(load("examples/mlp.nn"), args)
+
+
+def test_flags_override_the_train_statement():
+    assert settings() == ("sgd", {"lr": 0.1, "epochs": 3, "batch": 64, "seed": 0})
+    assert settings(lr=0.3, epochs=1, seed=7) == \
+        ("sgd", {"lr": 0.3, "epochs": 1, "batch": 64, "seed": 7})
+
+
+def test_another_optimizer_gets_its_own_defaults_not_the_files():
+    optimizer, chosen = settings(optimizer="adam")
+    assert optimizer == "adam"
+    assert chosen == {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "epochs": 3,
+                      "batch": 64, "seed": 0}
+    assert settings(optimizer="momentum", lr=0.05)[1]["lr"] == 0.05
+
+
+# ---- compile ----------------------------------------------------------------------------
+def test_compile_emits_llvm_ir():
+    result = symnet("compile", "examples/mlp.nn", "--emit", "llvm")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r'^define void @"?train_step"?\(', result.stdout, re.M)
+
+
+def test_compile_emits_assembly():
+    result = symnet("compile", "examples/mlp.nn", "--emit", "asm")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^train_step:", result.stdout, re.M)
+
+
+def test_compile_writes_an_elf_object(tmp_path):
+    out = tmp_path / "mlp.o"
+    result = symnet("compile", "examples/mlp.nn", "--emit", "obj", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:4] == b"\x7fELF"
+    assert "--emit obj" in one_error_line(symnet("compile", "examples/mlp.nn", "--emit", "obj"))
+
+
+def test_compile_emits_ptx_that_ptxas_accepts(tmp_path):
+    out = tmp_path / "mlp.ptx"
+    result = symnet("compile", "examples/mlp.nn", "--target", "ptx", "--arch", "sm_90",
+                    "--emit", "ptx", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert ".entry" in out.read_text()
+    if shutil.which("ptxas") is None:
+        pytest.skip("ptxas is not installed")
+    check = subprocess.run(["ptxas", "-arch=sm_90", str(out), "-o", str(tmp_path / "mlp.cubin")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_compile_prints_the_loop_nests():
+    result = symnet("compile", "examples/linreg.nn", "--emit", "schedule")
+    assert result.returncode == 0, result.stderr
+    assert "entry train_step:" in result.stdout
+    assert re.search(r"a\[\] = a\[\] - grad:a\[\]\*hyper:lr\[\]", result.stdout)
+
+
+# ---- cache ------------------------------------------------------------------------------
+def test_cache_info_and_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMNET_CACHE", str(tmp_path / "cache"))
+    cache = tmp_path / "cache"
+    assert symnet("cache", "info").stdout == f"{cache}: 0 compiled model(s), 0 bytes\n"
+    np.save(tmp_path / "zeros.npy", np.zeros(784))            # compiling mlp fills the cache
+    assert symnet("run", "examples/mlp.nn", "--input", tmp_path / "zeros.npy").returncode == 0
+    info = symnet("cache", "info").stdout
+    assert re.match(rf"{re.escape(str(cache))}: 1 compiled model\(s\), [1-9][\d,]* bytes$", info)
+    assert symnet("cache", "clear").stdout == f"removed 1 compiled model(s) from {cache}\n"
+    assert not [p.name for p in cache.iterdir() if p.name.endswith(".symobj")]
+    assert symnet("cache", "info").stdout == f"{cache}: 0 compiled model(s), 0 bytes\n"
+
+
+# ---- the README's demo ------------------------------------------------------------------
+@pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="needs the Debian package "
+                    "dataset-fashion-mnist (the embedded subset is too small for 85%)")
+def test_readme_demo_mlp_reaches_85_percent_on_fashion_mnist(tmp_path, monkeypatch):
+    """`make demo`: three epochs of examples/mlp.nn on the full Fashion-MNIST (a few s)."""
+    monkeypatch.delenv("SYMNET_DATA", raising=False)
+    result = symnet("train", "examples/mlp.nn", "-o", tmp_path / "mlp.ckpt")
+    assert result.returncode == 0, result.stderr
+    epochs = EPOCH_LINE.findall(result.stdout)
+    assert [e[:2] for e in epochs] == [("1", "3"), ("2", "3"), ("3", "3")]
+    assert float(epochs[-1][2]) >= 85.0
