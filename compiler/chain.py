@@ -66,8 +66,8 @@ def render_chains(model, wrt=None, fmt="text", simplify=True):
     comment = "% " if fmt == "latex" else ""
     times = {"text": " * ", "unicode": " · ", "latex": r" \cdot "}[fmt]
     indent = "" if fmt == "latex" else "  "
-    lines = [f"{comment}the chain rule for the loss J of {model.name}, "
-             "one local derivative per step (elementwise, before simplification):"]
+    lines = [f"{comment}the chain rule for the loss J of {model.name}: one factor per step, "
+             "each a local derivative (elementwise), the product left unsimplified:"]
     for param, factors in chain_formulas(model, wrt, simplify):
         whole = Factor("J", param, sympy.S.Zero).label(fmt)
         lines.append(indent + whole + " = " + times.join(f.label(fmt) for f in factors))

@@ -33,8 +33,8 @@ FORMATS = ("dot", "svg", "png")
 
 def to_dot(model, backward=False):
     """The model's computation graph (and, with `backward`, its gradients) as DOT text."""
-    lines = [f"digraph {quote(model.name)} {{",
-             '  rankdir=TB; graph [fontname="Helvetica"]; node [fontname="Helvetica", fontsize=11];']
+    lines = [f"digraph {quote(model.name)} {{", "  rankdir=TB;",
+             '  graph [fontname="Helvetica"]; node [fontname="Helvetica", fontsize=11];']
     drawn = [n for n, attrs in model.graph.nodes(data=True) if attrs["kind"] != "aux"]
     for name in drawn:
         attrs = model.graph.nodes[name]
@@ -75,7 +75,8 @@ def backward_lines(model):
     if not model.params:
         return []
     backward = differentiate(model)
-    lines = ['  subgraph cluster_backward { label="backward"; color="#b03030"; fontcolor="#b03030";']
+    lines = ['  subgraph cluster_backward {',
+             '    label="backward"; color="#b03030"; fontcolor="#b03030";']
     for name, info in backward.tensors.items():
         label = node_label(name, info.shape)
         lines.append(f"    {quote(name)} [label={quote(label)}, {STYLES['grad']}];")
@@ -119,16 +120,15 @@ def write_graph(dot_text, path):
 
 def _atomic_write(path, data):
     """Write to a temporary file beside `path`, then rename it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
+    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".graph-")
-    except OSError as e:
-        raise SymnetError(f"cannot write '{path}': {e.strerror}") from None
-    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".graph-")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    except OSError as e:
+        raise SymnetError(f"cannot write '{path}': {e.strerror or e}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)

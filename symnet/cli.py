@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from compiler import printing, reference
+from compiler import chain, printing, reference
 from compiler.errors import Loc, SymnetError
 from compiler.gradcheck import gradcheck
 from compiler.index_ir import shape_value
@@ -83,6 +83,8 @@ def check_command(args):
 def grad_arguments(parser):
     """symnet grad FILE [--wrt NAME] [--format F] [--at NAME=VALUE,...] [--no-simplify]"""
     parser.add_argument("file", help="the .nn model file")
+    parser.add_argument("--chain", action="store_true",
+                        help="each gradient as the chain rule's product of local derivatives")
     parser.add_argument("--wrt", metavar="NAME", help="only the gradient for this parameter")
     parser.add_argument("--format", choices=printing.FORMATS, default="text",
                         help="how to print formulas (default: text)")
@@ -97,6 +99,9 @@ def grad_command(args):
     """Print the gradient of the loss w.r.t. each parameter, the deltas, and values."""
     model = model_with_loss(args.file)
     simplify = not args.no_simplify
+    if args.chain:
+        print(chain.render_chains(model, wrt=args.wrt, fmt=args.format, simplify=simplify))
+        return 0
     derivation = printing.derive(model, wrt=args.wrt, simplify=simplify)
     comment = "% " if args.format == "latex" else ""
     if not derivation.gradients:

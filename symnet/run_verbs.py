@@ -152,6 +152,8 @@ def train_arguments(parser):
                         help="no progress bar; only the epoch lines")
     parser.add_argument("--dtype", choices=["f32", "f64"], default="f32",
                         help="floating-point type of the native code (default f32)")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="draw the loss and accuracy of each epoch into this PNG file")
     parser.add_argument("--limit", type=positive_int, metavar="N",
                         help="only the first N training examples (the test set stays whole)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
@@ -202,6 +204,10 @@ def train_command(args):
                         stream=sys.stdout, **settings)
     except TrainingError as err:
         raise SymnetError(one_line(err) + what_was_kept(args.output, err.history)) from None
+    if args.plot and history:
+        from runtime.plot import plot_history
+        plot_history(history, args.plot)
+        print(f"plotted {args.plot}")
     if history.interrupted:
         return interrupted(program, extra, history, args.output)
     if args.output:

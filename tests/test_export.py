@@ -1,0 +1,141 @@
+"""Tests for `symnet export` (runtime/export.py): a trained MLP as a C library, built
+with cc and run without Python, against Program.forward on 100 real test images."""
+import ctypes
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from compiler.native import compile
+from compiler.pipeline import load
+from runtime import export
+from runtime.checkpoint import restore, save_program
+from runtime.data import load_dataset
+from runtime.train import train
+from symnet import cli
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None,
+                                reason="no C compiler 'cc': export cannot build libraries")
+FILES = ["libmlp.so", "mlp.o", "mlp.h", "example.c", "Makefile", "README.txt"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(folder, program, images): mlp.nn after one short epoch, exported."""
+    folder = tmp_path_factory.mktemp("export")
+    program = compile(load("examples/mlp.nn"))
+    data = load_dataset("embedded", limit=500)
+    train(program, data, epochs=1, batch=64, quiet=True)
+    save_program(folder / "mlp.npz", program)
+    status = cli.main(["export", "examples/mlp.nn", "--weights", str(folder / "mlp.npz"),
+                       "-o", str(folder / "lib"), "-q"])
+    assert status == 0
+    images = np.ascontiguousarray(data.x_test[:100].reshape(100, 784), dtype=np.float32)
+    images.tofile(folder / "images.f32")
+    return folder, program, images
+
+
+def cc(*args, cwd):
+    result = subprocess.run(["cc", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def run_example(executable, inputs):
+    """(classes, outputs) printed by example.c: one line per example."""
+    result = subprocess.run([str(executable), str(inputs)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = np.array([[float(v) for v in line.split()] for line in result.stdout.splitlines()])
+    return rows[:, 0].astype(int), rows[:, 1:]
+
+
+def test_export_writes_the_library_header_and_example(exported):
+    folder, _, _ = exported
+    assert sorted(p.name for p in (folder / "lib").iterdir()) == sorted(FILES)
+    header = (folder / "lib" / "mlp.h").read_text()
+    assert "#define MLP_INPUT_SIZE 784" in header and "#define MLP_CLASSES 10" in header
+    assert "int mlp_predict(const float* input, float* output);" in header
+    assert "int mlp_forward(int64_t n, const float* input, float** outputs);" in header
+
+
+@pytest.mark.parametrize("linking", ["shared", "static"])
+def test_example_agrees_with_program_forward_on_100_images(exported, linking):
+    folder, program, images = exported
+    lib = folder / "lib"
+    if linking == "shared":
+        cc("-O2", "-o", "example", "example.c", "-L.", "-lmlp", "-Wl,-rpath,$ORIGIN", cwd=lib)
+        executable = lib / "example"
+    else:
+        cc("-O2", "-o", "example_static", "example.c", "mlp.o", "-lm", cwd=lib)
+        executable = lib / "example_static"
+    classes, logits = run_example(executable, folder / "images.f32")
+    expected = program.forward({"x": images})["logits"]
+    assert len(classes) == 100
+    assert (classes == expected.argmax(axis=1)).all()
+    np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_forward_of_a_batch_through_ctypes(exported):
+    folder, program, images = exported
+    library = ctypes.CDLL(str(folder / "lib" / "libmlp.so"))
+    forward = library.mlp_forward
+    forward.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
+    logits = np.full((100, 10), np.nan, dtype=np.float32)
+    outputs = (ctypes.c_void_p * 1)(logits.ctypes.data)
+    assert forward(100, images.ctypes.data, outputs) == 0
+    np.testing.assert_allclose(logits, program.forward({"x": images})["logits"], atol=1e-5)
+    assert forward(3, images.ctypes.data, (ctypes.c_void_p * 1)(None)) == 0   # not wanted
+    predict = library.mlp_predict
+    predict.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    assert predict(images[7].ctypes.data, None) == int(logits[7].argmax())
+
+
+def test_only_the_two_functions_are_exported(exported):
+    folder, _, _ = exported
+    library = ctypes.CDLL(str(folder / "lib" / "libmlp.so"))
+    assert hasattr(library, "mlp_forward") and hasattr(library, "mlp_predict")
+    for hidden in ("mlp_symnet_predict", "predict", "train_step", "kernel_0"):
+        assert not hasattr(library, hidden), hidden
+
+
+def test_weights_come_from_the_checkpoint(exported, tmp_path):
+    """Exporting the file's initial weights gives different logits than the trained ones."""
+    folder, program, images = exported
+    assert cli.main(["export", "examples/mlp.nn", "-o", str(tmp_path), "-q"]) == 0
+    cc("-O2", "-o", "example", "example.c", "mlp.o", "-lm", cwd=tmp_path)
+    _, initial = run_example(tmp_path / "example", folder / "images.f32")
+    fresh = compile(load("examples/mlp.nn"))
+    np.testing.assert_allclose(initial, fresh.forward({"x": images})["logits"], atol=1e-5)
+    restore(folder / "mlp.npz", fresh)
+    assert not np.allclose(initial, fresh.forward({"x": images})["logits"], atol=1e-3)
+
+
+def test_a_model_without_outputs_cannot_be_exported(tmp_path, capsys):
+    assert cli.main(["export", "examples/linreg.nn", "-o", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == ("error: model linreg has no output statement: there "
+                                       "is nothing for the library to compute\n")
+
+
+def test_export_without_a_c_compiler_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export.shutil, "which", lambda name: None)
+    assert cli.main(["export", "examples/perceptron.nn", "-o", str(tmp_path), "-q"]) == 1
+    assert capsys.readouterr().err == "error: export needs a C compiler: no 'cc' on PATH\n"
+
+
+def test_export_refuses_a_checkpoint_of_another_model(exported, tmp_path, capsys):
+    folder, _, _ = exported
+    assert cli.main(["export", "examples/softmax_regression.nn", "--weights",
+                     str(folder / "mlp.npz"), "-o", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "mlp" in err and err.count("\n") == 1
+
+
+def test_c_identifier_and_float_literals_are_exact():
+    assert export.c_identifier("my-net.v2") == "my_net_v2"
+    assert export.c_identifier("2layer") == "model_2layer"
+    values = np.array([0.1, -3.5e-8, 0.0, 1e30], dtype=np.float32)
+    literals = export.float_literals(values, "w").split(", ")
+    assert [np.float32(float.fromhex(t.rstrip("f"))) for t in literals] == list(values)
+    with pytest.raises(export.ExportError, match="inf or nan"):
+        export.float_literals(np.array([np.nan]), "w")
