@@ -24,7 +24,7 @@ from .autodiff import differentiate
 from .errors import SymnetError
 from .index_ir import access_symbol
 from . import functions as F
-from .printing import (Formula, _Inliner, _parameters, _rename_clashing_indices, latex_name,
+from .printing import (Formula, Inliner, parameters_to_differentiate, rename_clashing_indices, latex_name,
                        render, tidy)
 
 
@@ -57,7 +57,7 @@ def chain_formulas(model, wrt=None, simplify=True):
     from dJ/dT (the loss end) down to d(first result)/d(parameter)."""
     if model.loss is None:
         raise SymnetError(f"model '{model.name}' has no loss statement, so it has no chain rule")
-    params = _parameters(model, wrt)
+    params = parameters_to_differentiate(model, wrt)
     return [(p, _chain(model, p, simplify)) for p in params]
 
 
@@ -158,7 +158,7 @@ def _delta(model, param, tensor, simplify):
     definitions = defaultdict(list)
     for c in model.forward + backward.comps:
         definitions[c.out].append(c)
-    return _Inliner(model, definitions, deltas=True).formula(tensor).expr
+    return Inliner(model, definitions, deltas=True).formula(tensor).expr
 
 
 def _read(tensor, index):
@@ -167,4 +167,4 @@ def _read(tensor, index):
 
 def _clear_indices(model, expr):
     """Rename index variables named like a tensor (a convolution's x and the input x)."""
-    return _rename_clashing_indices(model, Formula("", "", (), expr)).expr
+    return rename_clashing_indices(model, Formula("", "", (), expr)).expr

@@ -107,22 +107,22 @@ def delta_formulas(model, wrt=None, simplify=True):
 
 def derive(model, wrt=None, simplify=True):
     """Inline the backward program into formulas; see the module docstring."""
-    wrt = _parameters(model, wrt)
+    wrt = parameters_to_differentiate(model, wrt)
     backward = differentiate(model, wrt=wrt, simplify=simplify)
     definitions = defaultdict(list)
     for c in model.forward + backward.comps:
         definitions[c.out].append(c)
     try:
-        inliner = _Inliner(model, definitions, deltas=False)
+        inliner = Inliner(model, definitions, deltas=False)
         derivation = Derivation({p: inliner.formula(p) for p in wrt}, [])
     except _TooLarge:
-        inliner = _Inliner(model, definitions, deltas=True)
+        inliner = Inliner(model, definitions, deltas=True)
         gradients = {p: inliner.formula(p) for p in wrt}
         derivation = Derivation(gradients, _used_deltas(inliner, list(gradients.values()),
                                                         backward.comps))
     if simplify:
         derivation = _map(derivation, tidy)
-    return _map_formulas(derivation, lambda f: _rename_clashing_indices(model, f))
+    return _map_formulas(derivation, lambda f: rename_clashing_indices(model, f))
 
 
 def render(expr, fmt="text"):
@@ -187,7 +187,7 @@ class _TooLarge(Exception):
     """A fully inlined formula grew past INLINE_LIMIT nodes."""
 
 
-class _Inliner:
+class Inliner:
     """Expands tensor reads into their defining loop nests (see the module docstring).
 
     deltas=False inlines every computed tensor, giving up with _TooLarge past the limit;
@@ -349,7 +349,7 @@ def _pull_constant_exponent(s):
     return sympy.exp(constant) * sympy.Sum(sympy.exp(exponent - constant), *s.limits)
 
 
-def _rename_clashing_indices(model, formula):
+def rename_clashing_indices(model, formula):
     """Rename index variables that share a name with a tensor (conv's x vs input x)."""
     names = {s.name for s in formula.expr.atoms(sympy.Symbol)} | set(model.tensors)
     clashing = [s for s in formula.expr.atoms(sympy.Symbol) | set(formula.index)
@@ -373,7 +373,7 @@ def _map_formulas(derivation, fn):
                       [fn(f) for f in derivation.deltas])
 
 
-def _parameters(model, wrt):
+def parameters_to_differentiate(model, wrt):
     """The parameters to differentiate by: all, one name, or a list of names."""
     if wrt is None:
         return list(model.params)
