@@ -38,6 +38,7 @@ class Program:
         signature = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
         self.entries = {name: library.function(name, None, signature) for name in spec["entries"]}
         self.team = ThreadTeam(default_threads())
+        self.input_names = frozenset(spec["inputs"])
         self.persistent = {}
         for b in spec["buffers"]:
             if b["kind"] in ("param", "const", "state", "hyper"):
@@ -149,11 +150,11 @@ class Program:
         workspace = self._workspace(sizes)
         table = workspace["table"]
         for name, array in arrays.items():       # inputs are read in place, no copy
-            table[self.index[name]] = array.ctypes.data
+            table[self.index[name]] = array.__array_interface__["data"][0]
         batch = max(sizes.values(), default=1)
         parts = self.team.parts if batch >= PARALLEL_MIN_BATCH else 1
-        self.team.run(self.entries[entry], workspace["sizes"].ctypes.data,
-                      ctypes.addressof(table), parts)
+        self.team.run(self.entries[entry], workspace["sizes_address"], workspace["table_address"],
+                      parts)
         self._last = workspace
 
     def _workspace_array(self, name):
@@ -163,7 +164,7 @@ class Program:
         if not isinstance(inputs, dict):
             raise ProgramError("inputs must be a dict of name -> array")
         needed = self.spec["entry_inputs"][entry]
-        unknown = set(inputs) - set(self.spec["inputs"])
+        unknown = inputs.keys() - self.input_names
         if unknown:
             raise ProgramError(f"unknown input '{sorted(unknown)[0]}'; the model's inputs are "
                                f"{', '.join(self.spec['inputs'])}")
@@ -208,12 +209,14 @@ class Program:
                 bad = array[(array < 0) | (array >= classes)].flat[0]
                 raise ProgramError(f"input '{name}' holds class {bad}, outside 0..{classes - 1}")
             return np.ascontiguousarray(array, dtype=np.int32)
+        if array.dtype == self.dtype and array.flags.c_contiguous:
+            return array                        # the common case: used as it is
         if array.dtype.kind not in "fiub":
             raise ProgramError(f"input '{name}' must be numeric, got {array.dtype}")
         return np.ascontiguousarray(array, dtype=self.dtype)
 
     def _workspace(self, sizes):
-        key = tuple(sorted(sizes.items()))
+        key = tuple(sizes[n] for n in self.spec["size_names"])
         if key not in self._workspaces:
             if len(self._workspaces) >= 4:          # keep the plans of a few batch sizes
                 self._workspaces.pop(next(iter(self._workspaces)))
@@ -235,7 +238,8 @@ class Program:
                 arrays[b["name"]] = array
             table[k] = array.ctypes.data
         size_values = np.array([sizes[n] for n in self.spec["size_names"]] or [0], dtype=np.int64)
-        return {"arrays": arrays, "table": table, "sizes": size_values}
+        return {"arrays": arrays, "table": table, "sizes": size_values,
+                "sizes_address": size_values.ctypes.data, "table_address": ctypes.addressof(table)}
 
 
 PARALLEL_MIN_BATCH = 16       # below this, waking a second thread costs more than it saves
@@ -261,6 +265,7 @@ class ThreadTeam:
     def __init__(self, parts):
         self.parts = parts
         self.barrier = np.zeros(16, dtype=np.int64)        # counter, pad, generation
+        self.barrier_address = self.barrier.ctypes.data
         self.job = None
         self.go = [threading.Semaphore(0) for _ in range(parts - 1)]
         self.done = threading.Semaphore(0)
@@ -279,19 +284,21 @@ class ThreadTeam:
             self.go[part - 1].acquire()
             entry, sizes, table, parts = self.job
             if part < parts:
-                entry(sizes, table, part, parts, self.barrier.ctypes.data)
+                entry(sizes, table, part, parts, self.barrier_address)
             self.done.release()
 
     def run(self, entry, sizes, table, parts):
+        if parts <= 1 and not self.workers:     # single-threaded use: nothing to guard
+            return entry(sizes, table, 0, 1, self.barrier_address)
         with self.lock:                 # one step at a time per program
             if parts <= 1:
-                return entry(sizes, table, 0, 1, self.barrier.ctypes.data)
+                return entry(sizes, table, 0, 1, self.barrier_address)
             if not self.workers:
                 self._start()
             self.job = (entry, sizes, table, parts)
             for go in self.go:
                 go.release()
-            entry(sizes, table, 0, parts, self.barrier.ctypes.data)
+            entry(sizes, table, 0, parts, self.barrier_address)
             for _ in self.go:
                 self.done.acquire()
 
