@@ -255,12 +255,30 @@ class KernelEmitter:
 
     def condition(self, g, env):
         if isinstance(g, sympy.And):
-            out = ir.Constant(I1, 1)
-            for a in g.args:
-                out = self.b.and_(out, self.condition(a, env))
+            parts = [self.condition(a, env) for a in g.args]
+            if self.vector and any(isinstance(p.type, ir.VectorType) for p in parts):
+                parts = [p if isinstance(p.type, ir.VectorType) else self.splat_int(p, self.vector[2])
+                         for p in parts]
+            out = parts[0]
+            for p in parts[1:]:
+                out = self.b.and_(out, p)
             return out
         ops = {sympy.Eq: "==", sympy.Ne: "!=", sympy.Lt: "<", sympy.Le: "<=", sympy.Gt: ">", sympy.Ge: ">="}
+        if self.vector and self.vector[0] in g.free_symbols:
+            return self.lane_condition(g, env, ops[type(g)])
         return self.b.icmp_signed(ops[type(g)], self.int_expr(g.lhs, env), self.int_expr(g.rhs, env))
+
+    def lane_condition(self, g, env, op):
+        """A guard on the vectorized index, per lane: (lhs - rhs) at lane k is its value
+        at the first lane plus slope * k, the slope being +-1 (see `vectorizable`)."""
+        variable, first, lanes = self.vector
+        b = self.b
+        difference = sympy.expand(g.lhs - g.rhs)
+        slope = int(sympy.diff(difference, variable))
+        at_first = self.int_expr(difference, {**env, variable: ir.Constant(I64, first)})
+        steps = ir.Constant(ir.VectorType(I64, lanes), [slope * k for k in range(lanes)])
+        values = b.add(self.splat_int(at_first, lanes), steps)
+        return b.icmp_signed(op, values, self.splat_int(ir.Constant(I64, 0), lanes))
 
     # ---- loops -------------------------------------------------------------------------
     @contextmanager
@@ -645,8 +663,13 @@ class KernelEmitter:
         """A row of constant length that every read walks with unit stride (or not at all)."""
         if not isinstance(self.ranges[last], int) or last in c.body.free_symbols:
             return False
-        if any(last in g.free_symbols for g in guards):
-            return False
+        for g in guards:                    # guards on the row index: linear, slope +-1
+            if last in g.free_symbols:
+                difference = sympy.expand(g.lhs - g.rhs)
+                if isinstance(g, (sympy.Eq, sympy.Ne)) or difference.has(fdiv, sympy.Mod) \
+                        or sympy.diff(difference, last) not in (1, -1) \
+                        or last in sympy.diff(difference, last).free_symbols:
+                    return False
         for a in c.accesses.values():
             info = self.m.tensors[a.tensor]
             for k, e in enumerate(a.index):
