@@ -31,11 +31,13 @@ def _compiler_version():
 VERSION = _compiler_version()
 
 
-def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None):
+def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entries=None):
     """(LLVM IR text, plain-data spec, kernels per entry, emitter) for a model.
 
     target: "cpu" (host LLVM), "ptx" (NVPTX; spec["launches"] lists the kernel
-    launches of each entry) or "gpu-emulation" (the PTX kernels on the host)."""
+    launches of each entry) or "gpu-emulation" (the PTX kernels on the host).
+    entries: the entry points to emit (default all); the spec lists all of them, so
+    the others can be compiled later into modules sharing the same buffer table."""
     optimizer = optimizer or model.train.get("optimizer", "sgd")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer '{optimizer}'; expected one of {', '.join(OPTIMIZERS)}")
@@ -54,9 +56,11 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None):
     buffer_index = {name: k for k, name in enumerate(used)}
     kernels = {}
     for entry, comps in lowered.entries.items():
-        kernels[entry] = schedule(comps, lowered.tensors)
-        emitter.entry(entry, kernels[entry], buffer_index)
+        if entries is None or entry in entries:
+            kernels[entry] = schedule(comps, lowered.tensors)
+            emitter.entry(entry, kernels[entry], buffer_index)
     spec = _spec(model, lowered, used, sizes, dtype, optimizer)
+    spec["compiled"] = list(kernels)
     if target in ("ptx", "gpu-emulation"):
         spec["launches"] = emitter.launches
     return emitter.ir(), spec, kernels, emitter
@@ -109,8 +113,12 @@ def class_count(model, label_input):
     return _classes_for(model, label_input)
 
 
-def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache=True, arch=None):
-    """Compile a Model to a runtime Program for the host CPU (or a CUDA GPU)."""
+def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache=True, arch=None,
+            entries=None):
+    """Compile a Model to a runtime Program for the host CPU (or a CUDA GPU).
+
+    entries: the entry points to build now (default: what training needs); any other
+    is built on its first call."""
     if dtype not in ("f32", "f64"):
         raise ValueError(f"dtype must be 'f32' or 'f64', got {dtype!r}")
     if target not in ("cpu", "ptx", "cuda", "gpu-emulation"):
@@ -122,23 +130,36 @@ def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache
         program = CudaProgram(spec, emitter.ptx(), model.params)
         program.model_hash = model_hash(model)
         return program
-    from runtime.jit import NativeLibrary
     from runtime.program import Program
-    front = front_cache_path(model, target, dtype, optimizer, opt_level) if cache else None
-    library, spec = _load_front_cache(front, model.name)
-    if library is None:
-        ir_text, spec, _, _ = compile_ir(model, optimizer, dtype, target)
-        kwargs = {} if cache else {"cache_dir": None}
-        library = NativeLibrary(ir_text, opt_level=opt_level, name=model.name,
-                                cache_key_extra=VERSION, **kwargs)
-        _store_front_cache(front, spec, library.key)
-    program = Program(spec, library, model.params)
+
+    def build(entries):
+        """A module with these entry points: from the caches, else compiled."""
+        from runtime.jit import NativeLibrary
+        front = front_cache_path(model, target, dtype, optimizer, opt_level, entries) if cache else None
+        library, spec = _load_front_cache(front, model.name)
+        if library is None:
+            ir_text, spec, _, _ = compile_ir(model, optimizer, dtype, target, entries=entries)
+            kwargs = {} if cache else {"cache_dir": None}
+            library = NativeLibrary(ir_text, opt_level=opt_level, name=model.name,
+                                    cache_key_extra=VERSION, **kwargs)
+            _store_front_cache(front, spec, library.key)
+        return library, spec
+
+    # What training needs now; predict and value_and_grad on their first call.
+    library, spec = build(tuple(entries) if entries else eager_entries(model))
+    program = Program(spec, library, model.params, loader=lambda entry: build((entry,))[0])
     program.compile_seconds = time.perf_counter() - started
     program.model_hash = model_hash(model)
     return program
 
 
-def front_cache_path(model, target, dtype, optimizer, opt_level):
+def eager_entries(model):
+    if model.loss is not None and model.params:
+        return ("train_step", "evaluate")     # evaluate shares train_step's kernels
+    return ("evaluate",) if model.loss is not None else ("predict",)
+
+
+def front_cache_path(model, target, dtype, optimizer, opt_level, entries=()):
     """Where the spec of this (source, options, host) is kept, so a second process
     skips parsing-to-LLVM entirely; None for models built without source text."""
     from runtime.jit import default_cache_dir, host_target
@@ -147,7 +168,8 @@ def front_cache_path(model, target, dtype, optimizer, opt_level):
         return None
     h = hashlib.sha256()
     for part in (model.source, model.filename, str(sorted(model.params)), target, dtype,
-                 str(optimizer or model.train.get("optimizer", "sgd")), str(opt_level), VERSION,
+                 str(optimizer or model.train.get("optimizer", "sgd")), str(opt_level),
+                 ",".join(entries), VERSION,
                  llvmlite.__version__, *host_target()):
         h.update(part.encode() + b"\0")
     # Parameters' initial values are not compiled in, so the seed is not part of the key.

@@ -29,14 +29,16 @@ def eval_dim(dim, sizes):
 
 
 class Program:
-    def __init__(self, spec, library, params):
+    def __init__(self, spec, library, params, loader=None):
         self.spec = spec
         self.library = library
         self.dtype = _FLOAT[spec["dtype"]]
         self.buffers = {b["name"]: b for b in spec["buffers"]}
         self.index = {b["name"]: k for k, b in enumerate(spec["buffers"])}
-        signature = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-        self.entries = {name: library.function(name, None, signature) for name in spec["entries"]}
+        self.libraries = [library]
+        self.loader = loader            # compiles an entry point not built yet
+        self.entries = {name: library.function(name, None, ENTRY_SIGNATURE)
+                        for name in spec.get("compiled", spec["entries"])}
         self.team = ThreadTeam(default_threads())
         self.input_names = frozenset(spec["inputs"])
         self.persistent = {}
@@ -129,8 +131,16 @@ class Program:
             self.persistent[name][...] = 0
 
     # ---- calls --------------------------------------------------------------------------
+    def _entry(self, name):
+        """The native function of an entry point, compiled on first use if needed."""
+        if name not in self.entries:
+            library = self.loader(name)
+            self.libraries.append(library)
+            self.entries[name] = library.function(name, None, ENTRY_SIGNATURE)
+        return self.entries[name]
+
     def _require(self, entry):
-        if entry not in self.entries:
+        if entry not in self.spec["entries"]:
             why = "no loss statement" if self.spec["loss"] is None else "no parameters"
             raise ProgramError(f"{entry} is not available: the model has {why}")
 
@@ -153,7 +163,7 @@ class Program:
             table[self.index[name]] = array.__array_interface__["data"][0]
         batch = max(sizes.values(), default=1)
         parts = self.team.parts if batch >= PARALLEL_MIN_BATCH else 1
-        self.team.run(self.entries[entry], workspace["sizes_address"], workspace["table_address"],
+        self.team.run(self._entry(entry), workspace["sizes_address"], workspace["table_address"],
                       parts)
         self._last = workspace
 
@@ -242,6 +252,7 @@ class Program:
                 "sizes_address": size_values.ctypes.data, "table_address": ctypes.addressof(table)}
 
 
+ENTRY_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
 PARALLEL_MIN_BATCH = 16       # below this, waking a second thread costs more than it saves
 
 

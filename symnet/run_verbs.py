@@ -74,12 +74,12 @@ def add_data_argument(parser):
 
 
 # ---- shared -------------------------------------------------------------------------
-def compile_program(model, device="cpu", dtype="f32", optimizer=None):
+def compile_program(model, device="cpu", dtype="f32", optimizer=None, entries=None):
     """(Program, seconds). For --device cuda the CUDA runtime is imported only here, so
     a machine without it (or without cuda-bindings) gets one line saying what is missing."""
     started = time.perf_counter()
     if device == "cpu":
-        program = native.compile(model, dtype=dtype, optimizer=optimizer)
+        program = native.compile(model, dtype=dtype, optimizer=optimizer, entries=entries)
         return program, time.perf_counter() - started
     if dtype != "f32":
         raise SymnetError("--device cuda computes in float32; drop --dtype f64")
@@ -324,7 +324,7 @@ def run_arguments(parser):
 def run_command(args):
     """Feed one example (or a batch) through the model and print the outputs."""
     model = load(args.file)
-    program, _ = compile_program(model)
+    program, _ = compile_program(model, entries=("predict",))
     meta = checkpoint.restore(args.weights, program) if args.weights else {}
     x, single = shape_input(load_image(args.input), program.spec, args.input)
     outputs = predict(program, x)

@@ -45,9 +45,15 @@ class EmulatedGPUEmitter(PTXEmitter):
     def entry(self, name, kernels, buffer_index):
         super().entry(name, kernels, buffer_index)
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, PTR]), name)
-        sizes, table = fn.args[:2]         # the emulation runs single-threaded
+        sizes, table, part = fn.args[:3]
         host = KernelEmitter(self, fn, {}, None)     # for its loop builder
         b = host.b
+        # The emulation is sequential: part 0 runs every launch, other parts return.
+        work, idle = fn.append_basic_block("work"), fn.append_basic_block("idle")
+        b.cbranch(b.icmp_signed("==", part, ir.Constant(I64, 0)), work, idle)
+        b.position_at_end(idle)
+        b.ret_void()
+        b.position_at_end(work)
         for launch in self.launches[name]:
             kernel = self.module.globals[launch["kernel"]]
             pointers = []
