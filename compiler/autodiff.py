@@ -174,9 +174,17 @@ def solve_access(index, shape, variables, extents):
             raise IRError(f"cannot invert the index {f} (not affine)")
         numerator = a - rest if coef > 0 else rest - a
         step = abs(int(coef))
-        value = numerator if step == 1 else fdiv(numerator, step)
-        if step != 1:
-            guards.append(sympy.Eq(sympy.Mod(numerator, step), 0))
+        digit = _radix_digit(rest, step, free, v, extents) if coef > 0 else None
+        if digit is not None:
+            # s*y + k = a with 0 <= k < s (pooling with stride = window): one solution,
+            # y = (a - c) // s and k = (a - c) % s; no sum, no divisibility guard.
+            k, offset = digit
+            solution[k] = sympy.Mod(a - offset, step)
+            value = fdiv(a - offset, step)
+        else:
+            value = numerator if step == 1 else fdiv(numerator, step)
+            if step != 1:
+                guards.append(sympy.Eq(sympy.Mod(numerator, step), 0))
         solution[v] = value
         for g in (sympy.Ge(value, 0), sympy.Lt(value, extents[v])):
             if g is sympy.false:
@@ -184,6 +192,20 @@ def solve_access(index, shape, variables, extents):
             if g is not sympy.true:
                 guards.append(g)
     return new_index, solution, guards
+
+
+def _radix_digit(rest, step, free, solved, extents):
+    """(k, c) when rest = k + c with k a free variable ranging over exactly 0..step-1 and
+    c a constant: then step*solved + k + c is a mixed-radix number, invertible."""
+    if step == 1:
+        return None
+    for k in free:
+        if k == solved or sympy.diff(rest, k) != 1:
+            continue
+        offset = sympy.expand(rest - k)
+        if offset.is_Integer and sympy.sympify(extents[k]) == step:
+            return k, offset
+    return None
 
 
 def _pick_variable(f, free, variables):

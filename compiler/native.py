@@ -125,10 +125,15 @@ def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache
         raise ValueError(f"unknown target {target!r}; expected 'cpu' or 'ptx'")
     started = time.perf_counter()
     if target in ("ptx", "cuda"):
-        from runtime.cuda import CudaProgram
+        from runtime.cuda import CudaProgram, open_device
+        device = open_device()          # no GPU: fail before generating any code
+        if arch is None:
+            major, _ = device.capability
+            arch = "sm_90" if major >= 9 else "sm_80"
         _, spec, _, emitter = compile_ir(model, optimizer, dtype, "ptx", arch)
-        program = CudaProgram(spec, emitter.ptx(), model.params)
+        program = CudaProgram(spec, emitter.ptx(), model.params, device=device)
         program.model_hash = model_hash(model)
+        program.compile_seconds = time.perf_counter() - started
         return program
     from runtime.program import Program
 

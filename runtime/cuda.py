@@ -307,6 +307,17 @@ class CudaProgram(Program):
         self.device.download(self._last["address"][name], array)
         return array
 
+    def first_nonfinite(self):
+        """Program's search for where a blow-up started, over buffers downloaded from
+        the device (only called when training has already failed)."""
+        if not getattr(self, "_last", None):
+            return None
+        for b in self.spec["buffers"]:
+            if b["kind"] != "input" and b["dtype"] != "i32" and \
+                    not np.all(np.isfinite(self._workspace_array(b["name"]))):
+                return b["name"]
+        return None
+
     def _dtype(self, name):
         return np.int32 if self.buffers[name]["dtype"] == "i32" else self.dtype
 

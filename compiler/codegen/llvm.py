@@ -409,6 +409,9 @@ class KernelEmitter:
             return self.read(reads[e], env)
         if e.is_Number:
             return const(e)
+        if not e.is_Symbol and e.is_integer and all(x.is_integer for x in e.free_symbols):
+            # Index arithmetic in a body (a pooling window position): exact, in i64.
+            return self.splat(b.sitofp(self.int_expr(e, env), self.m.float))
         if e.is_Symbol:
             return self.splat(b.sitofp(env[e] if e in env else self.size(str(e)), self.m.float))
         if e.is_Add:

@@ -1,0 +1,136 @@
+"""Training steps on an NVIDIA GPU: symnet's PTX target against PyTorch eager on the same GPU.
+
+    python benchmarks/gpu_bench.py                  # mlp and lenet5, batch 64 and 256
+    python benchmarks/gpu_bench.py --steps 500 --batches 64
+
+Both sides start from symnet's initial weights and train with SGD on the same batch
+(random images and labels); their first losses are compared, so the table compares the
+same computation. Each step starts from host memory (the batch is copied to the device
+every step, as a training loop does) and is timed alone, up to a full synchronisation of
+the device (cuCtxSynchronize for symnet, torch.cuda.synchronize for PyTorch), after
+warm-up steps. The table gives the median step; samples/s = batch / median; the ratio is
+symnet samples/s / PyTorch samples/s (above 1: symnet faster). PyTorch's columns show
+"-" when torch does not import or sees no GPU. Without a GPU for symnet the script says
+why and exits with status 1.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench import torch, torch_lenet, torch_mlp  # noqa: E402  (the CPU benchmark's peers)
+from compiler import compile, load  # noqa: E402
+from runtime.cuda import GPUUnavailable, open_device  # noqa: E402
+
+MODELS = {"mlp": ("examples/mlp.nn", torch_mlp, (784,)),
+          "lenet5": ("examples/lenet5.nn", torch_lenet, (1, 28, 28))}
+CLASSES = 10
+
+
+def timed(step, synchronize, steps, warm_up):
+    """Median seconds of `steps` single steps, each ended by a device synchronisation."""
+    for _ in range(warm_up):
+        step()
+    synchronize()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def symnet_case(model, x, y, lr, device, steps, warm_up):
+    """(first loss, median step seconds) of symnet's PTX program."""
+    program = compile(model, target="ptx", optimizer="sgd")
+    program.configure(lr=lr)
+    batch = {"x": x, "y": y}
+    first = program.train_step(batch)
+    return first, timed(lambda: program.train_step(batch), device.synchronize, steps, warm_up)
+
+
+def torch_case(build, params, x, y, lr, steps, warm_up):
+    """(first loss, median step seconds) of the same model in eager PyTorch on the GPU."""
+    net = build(params).cuda()
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    host_x, host_y = torch.from_numpy(x), torch.from_numpy(y).long()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(host_x.cuda()), host_y.cuda())
+        loss.backward()
+        optimizer.step()
+        return loss
+    first = float(step().detach())
+    return first, timed(step, torch.cuda.synchronize, steps, warm_up)
+
+
+def run_case(name, batch, device, args):
+    path, build, shape = MODELS[name]
+    model = load(os.path.join(ROOT, path))
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, *shape), dtype=np.float32)
+    y = rng.integers(0, CLASSES, batch).astype(np.int32)
+    lr = float(model.train.get("lr", 0.05))
+    row = {"case": f"{name} batch {batch}", "batch": batch}
+    row["symnet_loss"], row["symnet"] = symnet_case(model, x, y, lr, device, args.steps,
+                                                    args.warm_up)
+    if torch is not None and torch.cuda.is_available():
+        params = {k: np.asarray(v, np.float32) for k, v in model.params.items()}
+        row["torch_loss"], row["torch"] = torch_case(build, params, x, y, lr, args.steps,
+                                                     args.warm_up)
+    return row
+
+
+def print_table(rows):
+    header = f"{'case':<18} {'symnet ms':>10} {'samples/s':>11} {'torch ms':>10} " \
+             f"{'samples/s':>11} {'ratio':>7}  first losses (symnet / torch)"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        ours = row["batch"] / row["symnet"]
+        theirs = row["batch"] / row["torch"] if "torch" in row else None
+        print(f"{row['case']:<18} {1e3 * row['symnet']:>10.3f} {ours:>11.0f} "
+              + (f"{1e3 * row['torch']:>10.3f} {theirs:>11.0f} {ours / theirs:>7.2f}"
+                 if theirs else f"{'-':>10} {'-':>11} {'-':>7}")
+              + f"  {row['symnet_loss']:.5f} / "
+              + (f"{row['torch_loss']:.5f}" if "torch_loss" in row else "-"))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per case")
+    parser.add_argument("--warm-up", type=int, default=20, help="untimed steps first")
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    args = parser.parse_args(argv)
+    try:
+        device = open_device()
+    except GPUUnavailable as exc:
+        print(f"error: no GPU to benchmark on: {exc}", file=sys.stderr)
+        return 1
+    major, minor = device.capability
+    print(f"device: {device.name} (sm_{major}{minor}, {device.multiprocessors} SMs); "
+          f"torch: {torch.__version__ if torch else '- (not importable)'}"
+          + ("" if torch is None or torch.cuda.is_available() else " (sees no GPU)"))
+    print(f"timing: median of {args.steps} steps after {args.warm_up} warm-up steps, each "
+          "step synchronised\n")
+    rows = [run_case(name, batch, device, args) for name in args.models for batch in args.batches]
+    print_table(rows)
+    mismatched = [r["case"] for r in rows
+                  if "torch_loss" in r and abs(r["symnet_loss"] - r["torch_loss"]) >
+                  1e-3 * abs(r["torch_loss"])]
+    if mismatched:
+        print(f"\nwarning: first losses differ by more than 0.1% in {', '.join(mismatched)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
