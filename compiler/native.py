@@ -126,6 +126,8 @@ def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache
     started = time.perf_counter()
     if target in ("ptx", "cuda"):
         from runtime.cuda import CudaProgram, open_device
+        if dtype != "f32":
+            raise ValueError("the PTX target computes in float32 (dtype='f32')")
         device = open_device()          # no GPU: fail before generating any code
         if arch is None:
             major, _ = device.capability
