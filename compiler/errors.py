@@ -18,10 +18,17 @@ class Loc:
         return f"{self.filename}:{self.line}:{self.col}"
 
 
+def printable(text):
+    """Text safe for a terminal: control and bidi-override characters as escapes."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+
+
 class SymnetError(Exception):
     """An error in the user's model, data or command line: reported, never a traceback."""
 
     def __init__(self, message, loc=None):
+        message = printable(message)
         super().__init__(message)
         self.message = message
         self.loc = loc
@@ -31,7 +38,7 @@ class SymnetError(Exception):
             return f"error: {self.message}"
         text = f"{self.loc}: error: {self.message}"
         if self.loc.line_text:
-            line = self.loc.line_text.rstrip("\n")
+            line = printable(self.loc.line_text.rstrip("\n").replace("\t", " "))
             caret = " " * (self.loc.col - 1) + "^"
             text += f"\n    {line}\n    {caret}"
         return text

@@ -162,17 +162,40 @@ class Builder:
         return out
 
     def sigmoid_argument(self, value):
-        """If value is sigmoid(z) (as an Elem), z as an Elem; else None."""
+        """If value is sigmoid(z) — an Elem, or a tensor stored by one elementwise loop
+        nest — then z as an Elem (for the stable logits form of a loss); else None."""
         from .functions import sigmoid
+        if isinstance(value, str):
+            value = self._stored_elem(value)
         if isinstance(value, Elem) and isinstance(value.expr, sigmoid):
             inner = value.expr.args[0]
             reads = {s: r for s, r in value.reads.items() if s in inner.free_symbols}
             return Elem(value.shape, inner, reads, "logits")
         return None
 
+    def _stored_elem(self, tensor):
+        """The elementwise loop nest that stored `tensor`, back as an Elem, or None."""
+        comp = next((c for c in self.forward if c.out == tensor), None)
+        if comp is None or comp.reduce or comp.guards:
+            return None
+        position = {v: k for k, v in enumerate(comp.index)}
+        reads = {}
+        for s, a in comp.accesses.items():
+            dims = []
+            for e in a.index:
+                if e in position:
+                    dims.append(position[e])
+                elif e == 0:
+                    dims.append(None)
+                else:
+                    return None
+            reads[s] = (a.tensor, tuple(dims))
+        return Elem(self.shape(tensor), comp.body, reads, "stored")
+
     # ---- parameters -----------------------------------------------------------------
     def new_param(self, suffix, shape, init, loc):
         """A layer's own parameter, named after the statement: `h = dense(x, 4)` -> h.W."""
+        check_size(self, shape, f"{self.layer_base}.{suffix}", loc)
         name = self.unique(f"{self.layer_base}.{suffix}")
         self.tensors[name] = TensorInfo(name, tuple(shape), "f32", "param")
         self.graph.add_node(name, kind="param", op="param", shape=tuple(shape), dtype="f32", loc=loc)
@@ -183,8 +206,8 @@ class Builder:
     # ---- sizes ----------------------------------------------------------------------
     def dim(self, d):
         if isinstance(d.value, int):
-            if d.value < 1:
-                self.error(f"dimension must be positive, got {d.value}", d.loc)
+            if not 1 <= d.value <= MAX_SIZE:
+                self.error(f"dimension must be between 1 and {MAX_SIZE}, got {d.value}", d.loc)
             return d.value
         if d.value not in self.sizes:
             self.sizes[d.value] = sympy.Symbol(d.value, integer=True, positive=True)
@@ -195,7 +218,20 @@ class Builder:
         for d in shape:
             if not isinstance(d, int):
                 self.error(f"{what} needs fixed dimensions, got {format_shape(shape)}", loc)
+        check_size(self, shape, what, loc)
         return shape
+
+
+MAX_SIZE = 2 ** 31 - 1          # elements per tensor, and any size argument
+
+
+def check_size(b, shape, what, loc):
+    """A tensor that can be allocated and indexed with 32-bit counts."""
+    count = 1
+    for d in shape:
+        count *= d
+    if count > MAX_SIZE:
+        b.error(f"{what} {format_shape(shape)} has {count} elements, more than {MAX_SIZE}", loc)
 
 
 def _index_names(rank):
@@ -444,8 +480,16 @@ def _train_stmt(b, s):
             b.error(f"unknown training option '{kw.name}'" + _suggest(kw.name, TRAIN_KEYS), kw.loc)
         if isinstance(kw.value, S.Name) and kw.value.id in b.sizes and kw.name == "batch":
             train[kw.name] = "full"          # batch=N: full-batch gradient descent
-        else:
-            train[kw.name] = _number(b, kw.value)
+            continue
+        value = _number(b, kw.value)
+        if kw.name in ("batch", "epochs", "seed") and (value != int(value) or value < (0 if kw.name == "seed" else 1)):
+            b.error(f"{kw.name} must be a whole number{' of at least 1' if kw.name != 'seed' else ''}, "
+                    f"got {_number_text(value)}", kw.value.loc)
+        if kw.name in ("lr", "eps") and not value > 0:
+            b.error(f"{kw.name} must be positive, got {_number_text(value)}", kw.value.loc)
+        if kw.name in ("beta", "beta1", "beta2") and not 0 <= value < 1:
+            b.error(f"{kw.name} must be in [0, 1), got {_number_text(value)}", kw.value.loc)
+        train[kw.name] = value
     b.train = train
 
 
@@ -564,6 +608,13 @@ def _bind_arguments(b, op, call):
     return bound
 
 
+POSITIVE = {"units", "pieces", "filters", "size", "stride", "k"}
+
+
+def _number_text(v):
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def _argument(b, opname, name, kind, e):
     where = f"{opname} argument '{name}'"
     if kind == "tensor":
@@ -575,6 +626,10 @@ def _argument(b, opname, name, kind, e):
         v = _number(b, e) if isinstance(e, (S.Num, S.Neg)) else None
         if v is None or float(v) != int(v):
             b.error(f"{where} must be an integer", e.loc)
+        if abs(v) > MAX_SIZE:
+            b.error(f"{where} is too large ({_number_text(v)})", e.loc)
+        if name in POSITIVE and v < 1:
+            b.error(f"{where} must be at least 1, got {int(v)}", e.loc)
         return int(v)
     if kind == "float":
         if not isinstance(e, (S.Num, S.Neg)):
@@ -600,7 +655,10 @@ def _argument(b, opname, name, kind, e):
                     b.error(f"unknown size '{item.id}'", item.loc)
                 dims.append(b.sizes[item.id])
             else:
-                dims.append(int(_number(b, item)))
+                d = _number(b, item)
+                if d != int(d) or not (d == -1 or 1 <= d <= MAX_SIZE):
+                    b.error(f"{where}: a dimension must be a positive integer or -1", item.loc)
+                dims.append(int(d))
         return dims
     b.error(f"{where}: unsupported", e.loc)
 

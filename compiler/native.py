@@ -190,10 +190,13 @@ def _load_front_cache(path, name):
     try:
         with open(path, encoding="utf-8") as f:
             entry = json.load(f)
+        body = json.dumps({"spec": entry["spec"], "library": entry["library"]}, sort_keys=True)
+        if hashlib.sha256(body.encode()).hexdigest() != entry["sha256"]:
+            return None, None      # damaged or edited: the spec sizes buffers, so rebuild
         library = NativeLibrary.load_cached(entry["library"], name=name)
         return (library, entry["spec"]) if library is not None else (None, None)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, None          # missing or corrupt: rebuild
+    except Exception:              # missing or unreadable in any way: rebuild
+        return None, None
 
 
 def _store_front_cache(path, spec, library_key):
@@ -202,8 +205,10 @@ def _store_front_cache(path, spec, library_key):
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        body = json.dumps({"spec": spec, "library": library_key}, sort_keys=True)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"spec": spec, "library": library_key}, f)
+            json.dump({"spec": spec, "library": library_key,
+                       "sha256": hashlib.sha256(body.encode()).hexdigest()}, f)
         os.replace(tmp, path)
     except OSError:
         pass                       # caching is best effort

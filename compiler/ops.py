@@ -109,6 +109,10 @@ def reduction_op(kind, mean):
     def build(ctx, loc, x, axis=None):
         x = ctx.materialize(x)
         shape = ctx.shape(x)
+        if not shape:                       # a scalar is its own sum and mean
+            if axis is not None:
+                ctx.error(f"axis {axis} is out of range for a scalar", loc)
+            return x
         axes = range(len(shape)) if axis is None else [normalize_axis(ctx, axis, len(shape), loc)]
         count = sympy.Mul(*[sympy.sympify(shape[a]) for a in axes])
         return reduce_axes(ctx, x, axes, kind, ctx.hint(), 1 / count if mean else 1, loc)
@@ -257,6 +261,8 @@ def _flat_features(ctx, x, layer, loc):
     x = ctx.materialize(x)
     shape = ctx.shape(x)
     if len(shape) == 2:
+        if not isinstance(shape[1], int):
+            ctx.error(f"{layer} needs a fixed number of input features, got {format_shape(shape)}", loc)
         return x, shape
     if len(shape) > 2:
         features = sympy.Mul(*[sympy.sympify(d) for d in shape[1:]])

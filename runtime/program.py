@@ -41,13 +41,16 @@ class Program:
                         for name in spec.get("compiled", spec["entries"])}
         self.team = ThreadTeam(default_threads())
         self.input_names = frozenset(spec["inputs"])
+        # One call at a time: the workspace holds a call's results until they are copied.
+        self.lock = threading.RLock()
         self.persistent = {}
         for b in spec["buffers"]:
             if b["kind"] in ("param", "const", "state", "hyper"):
                 shape = tuple(eval_dim(d, {}) for d in b["shape"])
                 self.persistent[b["name"]] = np.zeros(shape, dtype=self.dtype)
         for name, value in spec["consts"].items():
-            self.persistent[name][...] = value
+            if name in self.persistent:         # a const no entry reads has no buffer
+                self.persistent[name][...] = value
         self.set_params(params)
         self.optimizer = dict(spec["optimizer_defaults"])
         self.steps = 0
@@ -64,46 +67,61 @@ class Program:
 
     def forward(self, inputs):
         """The model's outputs for a batch: {name: ndarray}."""
-        self._run("predict", inputs)
-        return {name: self._workspace_array(name).copy() for name in self.spec["outputs"]}
+        with self.lock:
+            self._run("predict", inputs)
+            return {name: self._workspace_array(name).copy() for name in self.spec["outputs"]}
 
     def evaluate(self, inputs):
         """(loss, outputs) for a labelled batch."""
         self._require("evaluate")
-        self._run("evaluate", inputs)
-        outs = {name: self._workspace_array(name).copy() for name in self.spec["outputs"]}
-        return float(self._workspace_array(self.spec["loss"])), outs
+        with self.lock:
+            self._run("evaluate", inputs)
+            outs = {name: self._workspace_array(name).copy() for name in self.spec["outputs"]}
+            return float(self._workspace_array(self.spec["loss"])), outs
 
     def value_and_grad(self, inputs):
         """(loss, {param: gradient}) without changing the parameters."""
         self._require("value_and_grad")
-        self._run("value_and_grad", inputs)
-        grads = {p: self._workspace_array(g).copy() for p, g in self.spec["grads"].items()}
-        return float(self._workspace_array(self.spec["loss"])), grads
+        with self.lock:
+            self._run("value_and_grad", inputs)
+            grads = {p: self._workspace_array(g).copy() for p, g in self.spec["grads"].items()}
+            return float(self._workspace_array(self.spec["loss"])), grads
 
     def train_step(self, inputs):
         """Forward, backward and the optimizer update in one native call; returns the loss."""
         self._require("train_step")
-        arrays, sizes = self._check_inputs("train_step", inputs)
-        self.steps += 1                      # Adam's bias correction counts real steps only
-        self._set_hypers()
-        self._call("train_step", arrays, sizes)
-        return float(self._workspace_array(self.spec["loss"]))
+        with self.lock:
+            arrays, sizes = self._check_inputs("train_step", inputs)
+            self.steps += 1                  # Adam's bias correction counts real steps only
+            self._set_hypers()
+            self._call("train_step", arrays, sizes)
+            return float(self._workspace_array(self.spec["loss"]))
 
     def get_params(self):
-        return {p: self.persistent[p].copy() for p in self.spec["params"]}
+        with self.lock:
+            return {p: self.persistent[p].copy() for p in self.spec["params"]}
 
     def set_params(self, params):
+        """Replace parameter values; all are checked before any is changed."""
+        checked = {}
         for name, value in params.items():
             if name not in self.spec["params"]:
                 raise ProgramError(f"unknown parameter '{name}'; the model has "
                                    f"{', '.join(self.spec['params']) or 'no parameters'}")
-            value = np.asarray(value)
+            try:
+                value = np.asarray(value)
+            except ValueError:
+                raise ProgramError(f"parameter '{name}' is not a rectangular array") from None
+            if value.dtype.kind not in "fiub":
+                raise ProgramError(f"parameter '{name}' must hold real numbers, got {value.dtype}")
             target = self.persistent[name]
             if value.shape != target.shape:
                 raise ProgramError(f"parameter '{name}' has shape {list(value.shape)}, "
                                    f"expected {list(target.shape)}")
-            target[...] = value
+            checked[name] = value
+        with self.lock:
+            for name, value in checked.items():
+                self.persistent[name][...] = value
 
     def first_nonfinite(self):
         """The first tensor holding inf or nan after the last call, in the order the
@@ -192,7 +210,11 @@ class Program:
 
     def _check_array(self, name, value, sizes):
         spec = self.buffers[name]
-        array = np.asarray(value)
+        try:
+            array = np.asarray(value)
+        except ValueError:
+            raise ProgramError(f"input '{name}' is not a rectangular array "
+                               f"(rows of different lengths?)") from None
         declared = spec["shape"]
         if array.ndim != len(declared):
             raise ProgramError(f"input '{name}' has shape {list(array.shape)}, expected "

@@ -4,7 +4,7 @@ import random
 import pytest
 
 from compiler import syntax as ast
-from compiler.errors import SymnetError
+from compiler.errors import printable, SymnetError
 from compiler.parser import MAX_DEPTH, parse_program
 
 LINREG = """\
@@ -318,8 +318,10 @@ def test_error_messages(source, line, col, message):
     assert err.loc.line_text == source_line
     text = err.format().split("\n")
     assert text[0] == f"bad.nn:{line}:{col}: error: {message}"
-    assert text[1] == "    " + source_line
-    assert text[2] == "    " + " " * (col - 1) + "^"
+    # The source line is echoed with control characters escaped (never raw to a terminal).
+    assert text[1] == "    " + printable(source_line)
+    if source_line.isprintable():
+        assert text[2] == "    " + " " * (col - 1) + "^"
 
 
 def test_depth_limit_is_not_hit_by_reasonable_nesting():
