@@ -121,6 +121,7 @@ def write_atomically(path, data):
     """Write bytes to `path` via a temporary file in the same folder and os.replace, so
     an interrupted write never leaves half a file."""
     path = os.path.abspath(path)
+    make_parent_folder(path)                # `-o out/model.ptx` in a fresh clone
     tmp = os.path.join(os.path.dirname(path),
                        f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     try:
@@ -238,7 +239,7 @@ def what_was_kept(path, history):
 
 
 def make_parent_folder(path):
-    """Create the checkpoint's folder now, so that a bad -o fails before training."""
+    """Create the folder of an output file (a checkpoint's before training starts)."""
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     except OSError as err:
