@@ -125,15 +125,12 @@ class Builder:
         comp.group = comp.group or comp.out
         self.forward.append(comp)
         node = self.graph.nodes[comp.out]
-        node["op"] = label or node.get("op_label") or self._op_name()
+        node["op"] = label or self.current_op
         for pos, acc in enumerate(comp.accesses.values()):
             if acc.tensor != comp.out:
                 self.graph.add_edge(acc.tensor, comp.out, pos=pos)
         if comp.argmax:
             self.graph.add_edge(comp.out, comp.argmax, pos=0)
-
-    def _op_name(self):
-        return self.current_op
 
     def custom_vjp(self, output, rule, inputs, always=False):
         self.custom_vjps[output] = CustomVJP(output, rule, list(inputs), always)

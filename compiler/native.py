@@ -13,6 +13,7 @@ import sympy
 
 from .defaults import OPTIMIZERS
 from .lower import lower
+from .reference import classes_of
 from .schedule import schedule
 
 def _compiler_version():
@@ -102,15 +103,9 @@ def _spec(model, lowered, used, sizes, dtype, optimizer):
         "params": list(model.params), "grads": lowered.grads, "optimizer": optimizer,
         "optimizer_defaults": defaults, "hypers": lowered.hypers, "states": lowered.states,
         "consts": {k: v.tolist() for k, v in model.consts.items()},
-        "classes": {name: class_count(model, name) for name, info in model.inputs.items()
+        "classes": {name: classes_of(model, name) for name, info in model.inputs.items()
                     if info.dtype == "i32"},
     }
-
-
-def class_count(model, label_input):
-    """How many classes an i32 input indexes: the extent it is compared against."""
-    from .reference import _classes_for
-    return _classes_for(model, label_input)
 
 
 def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache=True, arch=None,

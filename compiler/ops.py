@@ -120,34 +120,38 @@ def reduction_op(kind, mean):
 
 
 # ---- softmax family and losses -----------------------------------------------------
+def _spread(reduced, shape, axis):
+    """A tensor reduced over `axis`, read back as an Elem of the full shape."""
+    e = Elem.of(reduced, shape[:axis] + shape[axis + 1:])
+    return Elem(shape, e.expr, {k: (t, tuple(d if d < axis else d + 1 for d in dims))
+                                for k, (t, dims) in e.reads.items()})
+
+
 def _max_and_sumexp(ctx, z, axis, loc):
-    """m = max over axis, s = sum of exp(z - m): the stable log-sum-exp pieces."""
+    """m = max over axis, s = sum of exp(z - m): the stable log-sum-exp pieces.
+    Returns the tensors m, e = exp(z - m) and s."""
     shape = ctx.shape(z)
     m = reduce_axes(ctx, z, [axis], "max", ctx.hint() + ".max", loc=loc)
-    m_back = Elem.of(m, shape[:axis] + shape[axis + 1:])
-    m_back = Elem(shape, m_back.expr, {s: (t, tuple(d if d < axis else d + 1 for d in dims))
-                                       for s, (t, dims) in m_back.reads.items()})
-    shifted = elementwise(ctx, lambda a, b: sympy.exp(a - b), [z, m_back], loc, "exp")
+    shifted = elementwise(ctx, lambda a, b: sympy.exp(a - b), [z, _spread(m, shape, axis)], loc, "exp")
     e = ctx.materialize(shifted, ctx.hint() + ".exp")
     s = reduce_axes(ctx, e, [axis], "sum", ctx.hint() + ".sum", loc=loc)
-    s_back = Elem.of(s, shape[:axis] + shape[axis + 1:])
-    s_back = Elem(shape, s_back.expr, {k: (t, tuple(d if d < axis else d + 1 for d in dims))
-                                       for k, (t, dims) in s_back.reads.items()})
-    return m_back, e, s_back
+    return m, e, s
 
 
 def softmax(ctx, loc, z, axis=-1):
     z = ctx.materialize(z)
     axis = normalize_axis(ctx, axis, len(ctx.shape(z)), loc)
     _, e, s = _max_and_sumexp(ctx, z, axis, loc)
-    return elementwise(ctx, lambda a, b: a / b, [e, s], loc, "softmax")
+    return elementwise(ctx, lambda a, b: a / b, [e, _spread(s, ctx.shape(z), axis)], loc, "softmax")
 
 
 def log_softmax(ctx, loc, z, axis=-1):
     z = ctx.materialize(z)
     axis = normalize_axis(ctx, axis, len(ctx.shape(z)), loc)
     m, _, s = _max_and_sumexp(ctx, z, axis, loc)
-    return elementwise(ctx, lambda a, b, c: a - b - sympy.log(c), [z, m, s], loc, "log_softmax")
+    shape = ctx.shape(z)
+    return elementwise(ctx, lambda a, b, c: a - b - sympy.log(c),
+                       [z, _spread(m, shape, axis), _spread(s, shape, axis)], loc, "log_softmax")
 
 
 def onehot(ctx, loc, y, k):
@@ -178,7 +182,7 @@ def cross_entropy(ctx, loc, logits, labels):
         ctx.error(f"cross_entropy with one-hot targets expects {format_shape(zs)}, "
                   f"got {format_shape(ts)}", loc)
     batch = sympy.sympify(zs[0])
-    m, e, s = _max_and_sumexp(ctx, z, 1, loc)
+    m_t, e, s_t = _max_and_sumexp(ctx, z, 1, loc)
     n, k = index_symbols(["n", "k"])
     zr, acc = read(z, (n, k))
     tr, tacc = read(t, (n,) if classes else (n, k))
@@ -188,7 +192,6 @@ def cross_entropy(ctx, loc, logits, labels):
     weight = None
     if not classes:
         weight = reduce_axes(ctx, t, [1], "sum", ctx.hint() + ".tsum", loc=loc)
-    (m_t, _), (s_t, _) = next(iter(m.reads.values())), next(iter(s.reads.values()))
     mr, macc = read(m_t, (n,))
     sr, sacc = read(s_t, (n,))
     pr, pacc = read(picked, (n,))

@@ -94,14 +94,14 @@ def random_inputs(model, batch=3, seed=0):
     for name, info in model.inputs.items():
         shape = tuple(dim_value(d, {s: batch for s in model.size_symbols}) for d in info.shape)
         if info.dtype == "i32":
-            classes = _classes_for(model, name)
+            classes = classes_of(model, name)
             inputs[name] = rng.integers(0, classes, shape).astype(np.int32)
         else:
             inputs[name] = rng.normal(0.0, 1.0, shape)
     return inputs
 
 
-def _classes_for(model, label_input):
+def classes_of(model, label_input):
     """How many classes an i32 input indexes: the width of what it is compared with."""
     for c in model.forward:
         for a in c.accesses.values():

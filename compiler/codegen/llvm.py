@@ -789,11 +789,3 @@ def _linear_bound(g, v, bound_symbols):
     high = 0 if isinstance(g, sympy.LessThan) else -1                # a*v + rest <= high
     return ("upper", high - rest + 1) if a == 1 else ("lower", rest - high)
 
-
-def _provably_in_bounds(e, dim, ranges):
-    span = _interval(e, ranges)
-    if span is None:
-        return False
-    lo_ok = sympy.sympify(span[0]).is_nonnegative
-    hi_ok = (sympy.sympify(dim) - 1 - span[1]).is_nonnegative
-    return bool(lo_ok) and bool(hi_ok)
