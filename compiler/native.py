@@ -58,7 +58,7 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entr
     kernels = {}
     for entry, comps in lowered.entries.items():
         if entries is None or entry in entries:
-            kernels[entry] = schedule(comps, lowered.tensors)
+            kernels[entry] = schedule(comps, lowered.tensors, lanes=emitter.lanes if target == "cpu" else None)
             emitter.entry(entry, kernels[entry], buffer_index)
     spec = _spec(model, lowered, used, sizes, dtype, optimizer)
     spec["compiled"] = list(kernels)

@@ -10,16 +10,24 @@ structure (Halide's algorithm/schedule split):
     reads than any reduction index accumulates into the output row with that index
     innermost (vectorizable `out[n, j] += x[n, i] * W[i, j]`); otherwise the reduction
     is innermost with a register accumulator (`dx[n, i] = sum_j g[n, j] * W[i, j]`).
+  * Vector lanes along a reduction ("wide", CPU only): when the output row is too short
+    to fill a vector (a 5-wide filter's weight gradient) or the reduction is innermost
+    anyway, the sum runs with vector accumulators along a unit-stride reduction index,
+    `tile` neighbouring outputs at once sharing each load, summed across lanes at the end.
 """
 from dataclasses import dataclass, field
 
 import sympy
 
+from .index_ir import fdiv
+
 
 @dataclass
 class Nest:
     comp: object
-    strategy: str                 # "map" | "inner" (register accumulator) | "outer"
+    strategy: str                 # "map" | "inner" (register accumulator) | "outer" | "wide"
+    along: object = None          # wide: the reduction index in vector lanes
+    tile: int = 1                 # wide: outputs along the last index computed together
 
 
 @dataclass
@@ -37,10 +45,14 @@ class Kernel:
         return out
 
 
-def schedule(comps, tensors):
+def schedule(comps, tensors, lanes=None):
+    """Kernels for a list of loop nests; lanes: the target's vector width (None: no
+    vector schedule, as for PTX, where a thread computes one output)."""
     kernels = []
     for c in comps:
         nest = Nest(c, _strategy(c, tensors))
+        if lanes:
+            nest = _widen(nest, tensors, lanes)
         # A nest whose only index runs innermost (a column sum) keeps all its loops.
         own_loops = not c.index or (nest.strategy == "outer" and len(c.index) == 1)
         extent = None if own_loops else tensors[c.out].shape[0]
@@ -103,6 +115,61 @@ def _strategy(c, tensors):
     return "outer" if out_score >= red_score else "inner"
 
 
+def loop_ranges(c, tensors):
+    """Extent of every loop variable of a nest: output dims, then reduction extents."""
+    ranges = {v: e for v, e in zip(c.index, tensors[c.out].shape)}
+    ranges.update(zip(c.rindex, c.rextent))
+    return ranges
+
+
+def vectorizable(c, var, guards, ranges, tensors):
+    """Lanes along `var` work: a constant extent, every read walks its last dimension
+    with unit stride in var (or does not use var), guards in var are linear, slope +-1."""
+    if not isinstance(ranges[var], int) or var in c.body.free_symbols:
+        return False
+    for g in guards:
+        if var in g.free_symbols:
+            difference = sympy.expand(g.lhs - g.rhs)
+            slope = sympy.diff(difference, var)
+            if isinstance(g, (sympy.Eq, sympy.Ne)) or difference.has(fdiv, sympy.Mod) \
+                    or slope not in (1, -1):
+                return False
+    for a in c.accesses.values():
+        for k, e in enumerate(a.index):
+            e = sympy.sympify(e)
+            if var not in e.free_symbols:
+                continue
+            if k != len(a.index) - 1 or tensors[a.tensor].dtype == "i32" or sympy.diff(e, var) != 1 \
+                    or var in (e - var).free_symbols or e.has(fdiv, sympy.Mod):
+                return False
+    return True
+
+
+def _widen(nest, tensors, lanes):
+    """Nest as "wide" when lanes along a reduction index beat the plain strategy: an
+    "outer" row shorter than half a vector, or an "inner" sum along unit stride."""
+    c = nest.comp
+    if c.reduce != "sum" or not c.index:
+        return nest
+    ranges = loop_ranges(c, tensors)
+    along = [r for r in c.rindex if isinstance(ranges[r], int) and ranges[r] >= lanes // 2
+             and unit_stride_score(c, r) > 0 and vectorizable(c, r, c.guards, ranges, tensors)]
+    if not along:
+        return nest
+    along = max(along, key=lambda r: (unit_stride_score(c, r), c.rindex.index(r)))
+    last = c.index[-1]
+    free_last = len(c.index) >= 2 and isinstance(ranges[last], int) \
+        and not any(last in g.free_symbols for g in c.guards)
+    if nest.strategy == "outer":
+        if not free_last or ranges[last] * 2 > lanes or ranges[last] > 8:
+            return nest
+        return Nest(c, "wide", along, ranges[last])
+    if nest.strategy == "inner":
+        tile = next((t for t in (4, 2) if free_last and ranges[last] % t == 0), 1)
+        return Nest(c, "wide", along, tile)
+    return nest
+
+
 def format_schedule(kernels):
     """The loop nests as indented text, like Halide's print_loop_nest."""
     from .index_ir import format_comp
@@ -116,6 +183,10 @@ def format_schedule(kernels):
                 order = inner + list(c.rindex)
             elif n.strategy == "outer":
                 order = inner[:-1] + list(c.rindex) + inner[-1:]
+            elif n.strategy == "wide":
+                tiled = [f"{inner[-1]} (x{n.tile})"] if n.tile > 1 else []
+                order = (inner[:-1] if n.tile > 1 else inner) + [r for r in c.rindex if r != n.along] \
+                    + tiled + [f"{n.along} (vector)"]
             else:
                 order = inner
             lines.append(f"    [{n.strategy}] loops {', '.join(map(str, order)) or '-'}: {format_comp(c)}")

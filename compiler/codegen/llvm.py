@@ -22,6 +22,7 @@ import sympy
 
 from .. import functions as F
 from ..index_ir import fdiv
+from ..schedule import loop_ranges, vectorizable
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
@@ -187,7 +188,7 @@ class KernelEmitter:
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.sizes = {}
         self.dims = {}          # sympy dim expression -> i64 value (hoisted)
-        self.vector = None      # in vector mode: (variable, first lane's value, lanes)
+        self.vector = None      # in vector mode: (variable, first lane's value (int or i64), lanes)
         self.ftype = module.float
 
     def const(self, x):
@@ -231,6 +232,10 @@ class KernelEmitter:
             for a in e.args[1:]:
                 out = b.mul(out, self.int_expr(a, env))
             return out
+        if isinstance(e, (fdiv, sympy.Mod)) and self.nonnegative(e.args[0]) and e.args[1].is_Integer \
+                and e.args[1] > 0:   # the common case: plain unsigned division (a shift for 2)
+            num, den = self.int_expr(e.args[0], env), self.int_expr(e.args[1], env)
+            return b.udiv(num, den) if isinstance(e, fdiv) else b.urem(num, den)
         if isinstance(e, fdiv):          # floor division, also for negative numerators
             num, den = self.int_expr(e.args[0], env), self.int_expr(e.args[1], env)
             q, r = b.sdiv(num, den), b.srem(num, den)
@@ -242,6 +247,25 @@ class KernelEmitter:
             neg = b.icmp_signed("<", r, ir.Constant(I64, 0))
             return b.select(neg, b.add(r, den), r)
         raise NotImplementedError(f"index expression {e}")
+
+    def nonnegative(self, e):
+        span = _interval(e, getattr(self, "ranges", {}))
+        return span is not None and bool(sympy.sympify(span[0]).is_nonnegative)
+
+    def needed(self, guards):
+        """The guards interval analysis cannot prove (`fdiv(h, 2) < 5` for h < 10 is not)."""
+        out = []
+        for g in guards:
+            span = _interval(sympy.expand(g.lhs - g.rhs), self.ranges)
+            lo, hi = (None, None) if span is None else map(sympy.sympify, span)
+            proven = span is not None and (
+                isinstance(g, sympy.GreaterThan) and lo.is_nonnegative
+                or isinstance(g, sympy.StrictGreaterThan) and lo.is_positive
+                or isinstance(g, sympy.LessThan) and hi.is_nonpositive
+                or isinstance(g, sympy.StrictLessThan) and hi.is_negative)
+            if not proven:
+                out.append(g)
+        return tuple(out)
 
     def dim(self, d):
         """A tensor dimension, computed once at the kernel's entry."""
@@ -275,7 +299,7 @@ class KernelEmitter:
         b = self.b
         difference = sympy.expand(g.lhs - g.rhs)
         slope = int(sympy.diff(difference, variable))
-        at_first = self.int_expr(difference, {**env, variable: ir.Constant(I64, first)})
+        at_first = self.int_expr(difference, {**env, variable: _i64(first)})
         steps = ir.Constant(ir.VectorType(I64, lanes), [slope * k for k in range(lanes)])
         values = b.add(self.splat_int(at_first, lanes), steps)
         return b.icmp_signed(op, values, self.splat_int(ir.Constant(I64, 0), lanes))
@@ -366,7 +390,7 @@ class KernelEmitter:
         padding, the row's tail) are never touched and read as 0."""
         variable, first, lanes = self.vector
         b, shape = self.b, self.m.tensors[access.tensor].shape
-        env = {**env, variable: ir.Constant(I64, first)}
+        env = {**env, variable: _i64(first)}
         offset, mask = ir.Constant(I64, 0), None
         for k, (e, d) in enumerate(zip(access.index, shape)):
             i = self.int_expr(e, env)
@@ -545,17 +569,15 @@ class KernelEmitter:
         c = nest.comp
         if nest.strategy != "outer" or len(c.index) < 2:
             return False
-        self.ranges = {v: e for v, e in zip(c.index, self.m.tensors[c.out].shape)}
-        self.ranges.update(zip(c.rindex, c.rextent))
-        return self.vectorizable(c, c.index[-1], c.guards) and \
-            not any(c.index[0] in g.free_symbols for g in c.guards)
+        self.ranges = loop_ranges(c, self.m.tensors)
+        guards = self.needed(c.guards)
+        return self.vectorizable(c, c.index[-1], guards) and not any(c.index[0] in g.free_symbols for g in guards)
 
     def nest_block(self, nest, row0):
         """One loop nest for the rows row0 .. row0 + ROWS - 1 of the kernel."""
         c, b = nest.comp, self.b
         row_var, loops = c.index[0], list(c.index[1:])
-        self.ranges = {v: e for v, e in zip(c.index, self.m.tensors[c.out].shape)}
-        self.ranges.update(zip(c.rindex, c.rextent))
+        self.ranges = loop_ranges(c, self.m.tensors)
         self.facts_lo, self.facts_hi = set(), set()
         if not self.tileable(nest):
             with self.loop(ir.Constant(I64, self.ROWS), "r") as r:
@@ -563,18 +585,26 @@ class KernelEmitter:
             return
         rows = [b.add(row0, ir.Constant(I64, r)) for r in range(self.ROWS)]
         self.loops(loops[:-1], {}, lambda env, guards: self.vector_outer_reduction(
-            c, env, loops[-1], guards, (row_var, rows)), c.guards)
+            c, env, loops[-1], guards, (row_var, rows)), self.needed(c.guards))
 
     def nest(self, nest, env, loops):
         c = nest.comp
-        self.ranges = {v: e for v, e in zip(c.index, self.m.tensors[c.out].shape)}
-        self.ranges.update(zip(c.rindex, c.rextent))
+        self.ranges = loop_ranges(c, self.m.tensors)
         self.facts_lo, self.facts_hi = set(), set()
+        guards = self.needed(c.guards)
         if nest.strategy == "outer":
             self.loops(loops[:-1], env, lambda env, guards: self.outer_reduction(c, env, loops[-1], guards),
-                       c.guards)
+                       guards)
+        elif nest.strategy == "wide" and self.m.lanes:
+            tiled = loops[-1:] if nest.tile > 1 else []
+            self.loops(loops[:len(loops) - len(tiled)], env, lambda env, guards: self.wide_reduction(
+                c, env, nest, tiled[0] if tiled else None, guards), guards)
+        elif nest.strategy == "map" and self.m.lanes and loops and self.m.tensors[c.out].dtype != "i32" \
+                and self.vectorizable(c, loops[-1], guards):
+            self.loops(loops[:-1], env, lambda env, guards: self.vector_map(c, env, loops[-1], guards),
+                       guards)
         else:
-            self.loops(loops, env, lambda env, guards: self.point(c, env, guards), c.guards)
+            self.loops(loops, env, lambda env, guards: self.point(c, env, guards), guards)
 
     def loops(self, variables, env, body, guards=()):
         """Nested loops; guards linear in a loop variable become that loop's bounds."""
@@ -662,27 +692,8 @@ class KernelEmitter:
 
     REGISTERS = 8   # vector accumulators live at once (of 32 AVX-512 registers)
 
-    def vectorizable(self, c, last, guards):
-        """A row of constant length that every read walks with unit stride (or not at all)."""
-        if not isinstance(self.ranges[last], int) or last in c.body.free_symbols:
-            return False
-        for g in guards:                    # guards on the row index: linear, slope +-1
-            if last in g.free_symbols:
-                difference = sympy.expand(g.lhs - g.rhs)
-                if isinstance(g, (sympy.Eq, sympy.Ne)) or difference.has(fdiv, sympy.Mod) \
-                        or sympy.diff(difference, last) not in (1, -1) \
-                        or last in sympy.diff(difference, last).free_symbols:
-                    return False
-        for a in c.accesses.values():
-            info = self.m.tensors[a.tensor]
-            for k, e in enumerate(a.index):
-                e = sympy.sympify(e)
-                if last not in e.free_symbols:
-                    continue
-                if k != len(a.index) - 1 or info.dtype == "i32" or sympy.diff(e, last) != 1 \
-                        or last in (e - last).free_symbols or e.has(fdiv, sympy.Mod):
-                    return False
-        return True
+    def vectorizable(self, c, var, guards):
+        return vectorizable(c, var, guards, self.ranges, self.m.tensors)
 
     def vector_outer_reduction(self, c, env, last, guards, rows=None):
         """Chunks of the output row as vector accumulators, kept in registers across the
@@ -721,6 +732,96 @@ class KernelEmitter:
                 b.call(store, [b.load(slots[k, r], typ=vtype), ptr, ir.Constant(I32, 4), mask])
             self.vector, self.ftype = None, self.m.float
 
+    def vector_map(self, c, env, last, guards):
+        """A map along its row in vector chunks: masked loads, one masked store each."""
+        b, lanes, extent = self.b, self.m.lanes, self.ranges[last]
+        vtype = ir.VectorType(self.m.float, lanes)
+
+        def chunk(first):
+            self.vector, self.ftype = (last, first, lanes), vtype
+            value = self.term(c, env, guards)
+            if c.accumulate:
+                value = b.fadd(self.vector_read(_out_access(c), env), value, flags=FAST)
+            ptr, _ = self.address(c.out, c.index, {**env, last: _i64(first)})
+            self.masked_store(value, ptr, first, extent)
+            self.vector, self.ftype = None, self.m.float
+        self.chunks(extent, str(last), chunk)
+
+    def chunks(self, extent, name, chunk):
+        """chunk(first lane) for each vector of a row of constant length: unrolled when
+        short (lane masks fold to constants), else a loop."""
+        lanes = self.m.lanes
+        count = -(-extent // lanes)
+        if count <= 4:
+            for k in range(count):
+                chunk(k * lanes)
+        else:
+            with self.loop(ir.Constant(I64, extent), name, step=ir.Constant(I64, lanes)) as first:
+                chunk(first)
+
+    def masked_store(self, value, ptr, first, extent):
+        """Store the lanes of `value` whose row position first + lane is below extent."""
+        b, lanes = self.b, self.m.lanes
+        vtype = value.type
+        store = self.m.declare(f"llvm.masked.store.v{lanes}{self.m.suffix}.p0", ir.VoidType(),
+                               [vtype, PTR, I32, ir.VectorType(I1, lanes)])
+        if isinstance(first, int):
+            count = min(lanes, extent - first)
+            mask = ir.Constant(ir.VectorType(I1, lanes), [1] * count + [0] * (lanes - count))
+        else:
+            iota = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+            mask = b.icmp_signed("<", b.add(self.splat_int(first, lanes), iota),
+                                 self.splat_int(ir.Constant(I64, extent), lanes))
+        b.call(store, [value, ptr, ir.Constant(I32, 4), mask])
+
+    def wide_reduction(self, c, env, nest, last, guards):
+        """A sum with vector lanes along the reduction index `nest.along`: one vector
+        accumulator per output of a tile of `nest.tile` neighbours along `last` (they
+        share every load that does not depend on `last`), summed across lanes at the end."""
+        b, lanes, along = self.b, self.m.lanes, nest.along
+        vtype = ir.VectorType(self.m.float, lanes)
+        extent = self.ranges[along]
+        if last is None:
+            self.wide_tile(c, env, [env], along, extent, guards, vtype)
+            return
+        step = ir.Constant(I64, nest.tile)
+        with self.loop(self.dim(self.ranges[last]), str(last), step=step) as base:
+            outputs = [{**env, last: b.add(base, ir.Constant(I64, t))} for t in range(nest.tile)]
+            self.wide_tile(c, env, outputs, along, extent, guards, vtype)
+
+    def wide_tile(self, c, env, outputs, along, extent, guards, vtype):
+        b, lanes = self.b, self.m.lanes
+        self.ftype = vtype
+        slots = [self.alloca(vtype) for _ in outputs]
+        for slot in slots:
+            b.store(self.const(0.0), slot)
+
+        def body(inner, guards):
+            def chunk(first):
+                self.vector = (along, first, lanes)
+                for slot, out in zip(slots, outputs):
+                    term = self.term(c, {**inner, **out}, guards)
+                    b.store(b.fadd(b.load(slot, typ=vtype), term, flags=FAST), slot)
+            self.chunks(extent, str(along), chunk)
+        self.loops([r for r in c.rindex if r != along], env, body, guards)
+        self.vector, self.ftype = None, self.m.float
+        for slot, out in zip(slots, outputs):
+            total = self.lane_sum(b.load(slot, typ=vtype), lanes)
+            ptr, etype = self.address(c.out, c.index, out)
+            if c.accumulate:
+                total = b.fadd(b.load(ptr, typ=etype), total, flags=FAST)
+            b.store(total, ptr)
+
+    def lane_sum(self, v, lanes):
+        """The sum of a vector's lanes by halving shuffles."""
+        b = self.b
+        while lanes > 1:
+            half = lanes // 2
+            low = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, half), list(range(half))))
+            high = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, half), list(range(half, lanes))))
+            v, lanes = b.fadd(low, high, flags=FAST), half
+        return b.extract_element(v, ir.Constant(I32, 0))
+
     def scalar_outer_reduction(self, c, env, last, guards):
         if not c.accumulate:
             def zero(env, _):
@@ -732,6 +833,11 @@ class KernelEmitter:
             ptr, etype = self.address(c.out, c.index, env)
             self.b.store(self.b.fadd(self.b.load(ptr, typ=etype), self.term(c, env, guards), flags=FAST), ptr)
         self.loops(list(c.rindex) + [last], env, body, guards)
+
+
+def _i64(value):
+    """An int or an i64 value as an i64 value."""
+    return value if isinstance(value, ir.Value) else ir.Constant(I64, value)
 
 
 def _out_access(c):

@@ -1,0 +1,77 @@
+"""The schedule's choices (which nests vectorize along what) and, for each vector code
+path, native results against the NumPy reference on shapes that hit its edges: rows
+shorter than a vector, rows of several vectors with a masked tail, rows long enough to
+loop over vectors, zero padding, tiles that divide the extent or not."""
+import numpy as np
+import pytest
+
+from compiler import compile, load, parse, reference
+from compiler.lower import lower
+from compiler.schedule import schedule
+
+LANES = 16
+
+
+def nests(path, entry="train_step", lanes=LANES):
+    model = load(path)
+    lowered = lower(model, "sgd")
+    kernels = schedule(lowered.entries[entry], lowered.tensors, lanes=lanes)
+    return {n.comp.out: n for k in kernels for n in k.nests}
+
+
+def test_convolution_weight_gradients_vectorize_along_the_image_row():
+    found = nests("examples/lenet5.nn")
+    for name, row in (("grad:c1.W", "x"), ("grad:c3.W", "x")):
+        assert found[name].strategy == "wide"
+        assert str(found[name].along) == row
+        assert found[name].tile == 5                   # all five filter columns at once
+
+
+def test_dense_input_gradient_tiles_four_outputs():
+    found = nests("examples/mlp.nn")
+    assert found["grad:h1"].strategy == "wide" and found["grad:h1"].tile == 4
+
+
+def test_forward_products_keep_the_output_row_in_vectors():
+    found = nests("examples/mlp.nn")
+    assert found["h1.dense"].strategy == "outer"
+
+
+def test_no_vector_schedule_without_lanes():
+    found = nests("examples/lenet5.nn", lanes=None)
+    assert "wide" not in {n.strategy for n in found.values()}
+
+
+MODELS = {
+    # 3x3 filters on rows of 7 (less than a vector), 20 (a vector and a tail) and 75
+    # (a loop over vectors), with and without zero padding, two channels.
+    "short": ("model m\ninput x[N, 2, 7, 7]\ninput y[N] : i32\n"
+              "c = relu(conv2d(x, filters=3, size=3, pad=\"same\"))\n"
+              "output z = dense(flatten(c), 4)\nloss cross_entropy(z, y)\n"),
+    "tail": ("model m\ninput x[N, 2, 9, 20]\ninput y[N] : i32\n"
+             "c = tanh(conv2d(x, filters=3, size=3))\n"
+             "output z = dense(flatten(c), 3)\nloss cross_entropy(z, y)\n"),
+    "long": ("model m\ninput x[N, 1, 3, 75]\ninput y[N] : i32\n"
+             "c = relu(conv2d(x, filters=2, size=3, pad=\"same\"))\n"
+             "output z = dense(flatten(c), 6)\nloss cross_entropy(z, y)\n"),
+    # a dense input gradient whose row (7) does not divide into tiles of 4 or 2
+    "odd": ("model m\ninput x[N, 7]\ninput y[N] : i32\nh = sigmoid(dense(x, 37))\n"
+            "output z = dense(h, 3)\nloss cross_entropy(z, y)\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("batch", [1, 5, 17])
+@pytest.mark.parametrize("dtype", ["f64", "f32"])        # 8 and 16 lanes with AVX-512
+def test_vector_paths_match_the_reference(name, batch, dtype):
+    model = parse(MODELS[name], f"{name}.nn")
+    program = compile(model, dtype=dtype, cache=False)
+    inputs = reference.random_inputs(model, batch=batch, seed=batch)
+    loss, grads = program.value_and_grad(inputs)
+    ref_loss, ref_grads = reference.value_and_grad(model, inputs)
+    rtol, atol = (1e-9, 1e-12) if dtype == "f64" else (2e-4, 1e-6)
+    assert loss == pytest.approx(ref_loss, rel=rtol)
+    for param, grad in ref_grads.items():
+        np.testing.assert_allclose(grads[param], grad, rtol=rtol, atol=atol, err_msg=param)
+    out = program.forward(inputs)["z"]
+    np.testing.assert_allclose(out, reference.forward(model, inputs)["z"], rtol=rtol, atol=atol)
