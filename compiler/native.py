@@ -3,6 +3,8 @@
     program = compiler.compile(model)             # float32, the host CPU
     program = compiler.compile(model, dtype="f64")
 """
+import functools
+import gc
 import hashlib
 import json
 import os
@@ -32,6 +34,24 @@ def _compiler_version():
 VERSION = _compiler_version()
 
 
+def _gc_paused(fn):
+    """`fn` with the cyclic garbage collector paused. The front end builds a few hundred
+    thousand objects that stay alive until the IR text is done (sympy expressions,
+    llvmlite.ir instructions): collecting meanwhile frees almost nothing and took 0.13 s
+    of LeNet-5's 0.6 s."""
+    @functools.wraps(fn)
+    def paused(*args, **kwargs):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+    return paused
+
+
+@_gc_paused
 def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entries=None):
     """(LLVM IR text, plain-data spec, kernels per entry, emitter) for a model.
 

@@ -7,9 +7,12 @@ Why this shape:
   * Optimization uses LLVM's new pass manager (the only one llvmlite 0.50
     supports) with a target machine built for the exact host CPU so the
     vectorizers see the real vector width.
-  * Compiling a large model is slow, so finished object code is cached on
-    disk through MCJIT's ObjectCache hooks: a later process with the same key
-    only parses the IR (no passes, no codegen) and links the cached object.
+  * Compiling a large model is slow, so its functions are compiled in parts, side by
+    side in worker processes (llvmlite runs every LLVM call under one lock, so threads
+    cannot), and the objects are linked by MCJIT. LLVM's memory stays in the workers,
+    out of the process that trains.
+  * Finished object code is cached on disk: a later process with the same key skips
+    LLVM entirely and only links the cached objects.
   * This module must not import sympy: it is the runtime half that deployed
     models load.
 """
@@ -21,15 +24,18 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 
 import llvmlite
 import llvmlite.binding as llvm
 
-COMPILER_VERSION = "symnet-jit-1"
-_MAGIC = b"SYMNOBJ1"              # 8-byte magic, followed by sha256(payload)
+COMPILER_VERSION = "symnet-jit-2"
+_MAGIC = b"SYMNOBJ2"              # 8-byte magic, sha256(payload), then the objects:
+                                  # each an 8-byte little-endian length and its bytes
 _HDR = len(_MAGIC) + 32
 _SUFFIX = ".symobj"
 _DEFAULT = object()               # sentinel: "use the default cache dir"
@@ -90,31 +96,32 @@ def _fn_at_line(ir_text: str, lineno: int) -> str | None:
     return name
 
 
-def _parse(ir_text: str, *, verify: bool = True) -> llvm.ModuleRef:
-    """Parse (and verify) IR, raising RuntimeError that names the bad function.
+def _parse(ir_text: str) -> llvm.ModuleRef:
+    """Parse and verify IR, raising RuntimeError that names the bad function.
 
     LLVM's verifier often prints only the offending instruction, so we locate
-    it in each function's text to tell the user *which* function is broken."""
+    it in each function's text to tell the user *which* function is broken.
+    Each module gets a context of its own, freed with it: the global context
+    would keep the constants of every module compiled in this process."""
     _init()
     try:
-        mod = llvm.parse_assembly(ir_text)
+        mod = llvm.parse_assembly(ir_text, context=llvm.create_context())
     except RuntimeError as e:
         m = re.search(r":(\d+):\d+: error", str(e))
         fn = _fn_at_line(ir_text, int(m.group(1))) if m else None
         where = f" in function @{fn}" if fn else ""
         raise RuntimeError(f"invalid LLVM IR{where}: {str(e).strip()}") from None
-    if verify:
-        try:
-            mod.verify()
-        except RuntimeError as e:
-            msg = str(e).strip()
-            named = re.findall(r"function '([^']+)'", msg)
-            defs = [f for f in mod.functions if not f.is_declaration]
-            lines = [ln.strip() for ln in msg.splitlines()[1:] if ln.strip()]
-            named += [f.name for f in defs if any(ln in str(f) for ln in lines)]
-            names = list(dict.fromkeys(named)) or [f.name for f in defs]
-            raise RuntimeError("LLVM IR verification failed in function "
-                               f"{', '.join('@' + n for n in names)}: {msg}") from None
+    try:
+        mod.verify()
+    except RuntimeError as e:
+        msg = str(e).strip()
+        named = re.findall(r"function '([^']+)'", msg)
+        defs = [f for f in mod.functions if not f.is_declaration]
+        lines = [ln.strip() for ln in msg.splitlines()[1:] if ln.strip()]
+        named += [f.name for f in defs if any(ln in str(f) for ln in lines)]
+        names = list(dict.fromkeys(named)) or [f.name for f in defs]
+        raise RuntimeError("LLVM IR verification failed in function "
+                           f"{', '.join('@' + n for n in names)}: {msg}") from None
     if not mod.triple:
         mod.triple = llvm.get_process_triple()
     return mod
@@ -154,6 +161,145 @@ def emit_object(ir_text: str, opt_level: int = 2) -> bytes:
     """Relocatable PIC object file (ELF on Linux); PIC links into PIE and .so."""
     mod, tm = _prepared(ir_text, opt_level, jit=False, reloc="pic")
     return tm.emit_object(mod)
+
+
+# ---- compiling in parts, side by side ---------------------------------------------
+_SPLIT_CHARS = 512 * 1024     # smaller modules compile whole, in this process
+_PARTS = 8                    # a split module: about this many parts
+_DEFINE = re.compile(r'define\s+(?:(?:internal|private)\s+)?(.*?@("[^"]+"|[-\w.$]+)\(.*)$')
+_WORKER = "import sys; sys.path.insert(0, {root!r}); from runtime.jit import _serve; _serve({opt})"
+
+
+def _split(ir_text: str) -> list[str]:
+    """The module as modules of whole functions, largest first, small ones grouped; each
+    declares the functions of the others, and internal functions become external so
+    that MCJIT links calls across parts. Anything unexpected (a global variable, which
+    each part would copy) keeps the module whole."""
+    common, bodies, lines, i = [], {}, ir_text.splitlines(), 0
+    while i < len(lines):
+        if lines[i].startswith("@"):
+            return [ir_text]
+        if not lines[i].startswith("define"):
+            common.append(lines[i])
+            i += 1
+            continue
+        m = _DEFINE.match(lines[i])
+        try:
+            end = lines.index("}", i)           # a body ends at a lone "}"
+        except ValueError:
+            return [ir_text]
+        if not m or m.group(2) in bodies:
+            return [ir_text]
+        bodies[m.group(2)] = (m.group(1), lines[i + 1:end + 1])
+        i = end + 1
+    size = {name: sum(map(len, body)) for name, (_, body) in bodies.items()}
+    groups = []
+    for name in sorted(bodies, key=size.get, reverse=True):
+        if not groups or sum(map(size.get, groups[-1])) >= len(ir_text) // _PARTS:
+            groups.append([])
+        groups[-1].append(name)
+    if len(groups) < 2:
+        return [ir_text]
+    parts = []
+    for group in groups:
+        text = list(common)
+        for name, (head, body) in bodies.items():
+            if name in group:
+                text += ["define " + head] + body
+            else:
+                text.append("declare " + head.rstrip().removesuffix("{"))
+        parts.append("\n".join(text) + "\n")
+    return parts
+
+
+def _compile_part(ir_text: str, opt_level: int) -> bytes:
+    tm = _target_machine(opt_level, jit=True)
+    mod = _parse(ir_text)
+    mod.data_layout = str(tm.target_data)
+    _optimize(mod, tm, opt_level)
+    return tm.emit_object(mod)
+
+
+def _default_jobs() -> int:
+    """One worker per usable CPU; none in a frozen application, whose executable is not
+    a Python interpreter."""
+    if getattr(sys, "frozen", False):
+        return 0
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 0
+
+
+def compile_objects(ir_text: str, opt_level: int = 2, jobs: int | None = None) -> list[bytes]:
+    """Object code of a module for MCJIT. A large one is compiled in parts (`_split`) by
+    `jobs` worker processes (default: one per usable CPU; 0: here, one part after
+    another, giving the same objects)."""
+    parts = _split(ir_text) if len(ir_text) >= _SPLIT_CHARS else [ir_text]
+    if len(parts) > 1:
+        jobs = _default_jobs() if jobs is None else jobs
+        try:
+            objects = (_compile_in_workers(parts, opt_level, jobs) if jobs else
+                       [_compile_part(part, opt_level) for part in parts])
+            if None not in objects:
+                return objects
+        except RuntimeError:
+            pass
+    # Whole and here: also how an invalid module's error names the function in its text.
+    return [_compile_part(ir_text, opt_level)]
+
+
+def _compile_in_workers(parts: list[str], opt_level: int, jobs: int) -> list:
+    """Objects of `parts` (None where a part failed or no worker started). Each worker
+    process takes the largest part left, so the largest function bounds the time."""
+    todo = sorted(range(len(parts)), key=lambda k: len(parts[k]))
+    objects, lock = [None] * len(parts), threading.Lock()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "-c", _WORKER.format(root=root, opt=opt_level)]
+
+    def drive():
+        try:
+            # A worker's errors are reported by compiling the module here: no stderr.
+            with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL) as worker:
+                while True:
+                    with lock:
+                        if not todo:
+                            return
+                        k = todo.pop()
+                    data = parts[k].encode()
+                    worker.stdin.write(len(data).to_bytes(8, "little") + data)
+                    worker.stdin.flush()
+                    head = worker.stdout.read(8)
+                    if len(head) < 8:
+                        break
+                    objects[k] = worker.stdout.read(int.from_bytes(head, "little"))
+        except OSError:
+            pass
+        todo.clear()            # a part failed: the module is compiled whole, here
+
+    threads = [threading.Thread(target=drive, daemon=True) for _ in range(min(jobs, len(parts)))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    finally:
+        todo.clear()            # interrupted: hand out no more parts
+    return objects
+
+
+def _serve(opt_level: int) -> None:
+    """A worker: module texts in, objects out, each after its 8-byte length, until the
+    input ends; a part that does not compile ends the worker (the parent reports why)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's to handle
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    while len(head := inp.read(8)) == 8:
+        try:
+            obj = _compile_part(inp.read(int.from_bytes(head, "little")).decode(), opt_level)
+        except RuntimeError:
+            return
+        out.write(len(obj).to_bytes(8, "little") + obj)
+        out.flush()
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -244,14 +390,15 @@ def cache_stats(cache_dir: str | None = None) -> dict:
 class NativeLibrary:
     """IR text JIT-compiled in-process; functions stay valid while it lives.
 
-    ``from_cache`` tells whether the machine code came from the disk cache."""
+    ``from_cache`` tells whether the machine code came from the disk cache; ``jobs``
+    is how many worker processes compile a large module (`compile_objects`)."""
 
     def __init__(self, ir_text: str, *, opt_level: int = 2,
                  cache_dir: str | None = _DEFAULT, name: str = "symnet",
-                 cache_key_extra: str = ""):
+                 cache_key_extra: str = "", jobs: int | None = None):
         if not 0 <= opt_level <= 3:
             raise ValueError(f"opt_level must be 0..3, got {opt_level}")
-        self.name, self.opt_level, self.from_cache = name, opt_level, False
+        self.name, self.opt_level = name, opt_level
         triple, cpu, feats = host_target()
         if cache_dir is _DEFAULT:
             cache_dir = default_cache_dir()
@@ -263,55 +410,61 @@ class NativeLibrary:
         self.key = h.hexdigest()
         self.cache_path = (os.path.join(cache_dir, self.key + _SUFFIX)
                            if cache_dir else None)
-        cached = _read_entry(self.cache_path) if self.cache_path else None
-
-        tm = _target_machine(opt_level, jit=True)
-        # A cache hit means this exact IR was verified and optimized before:
-        # parse only and let the object cache hand MCJIT the finished code.
-        mod = _parse(ir_text, verify=cached is None)
-        mod.name = name
-        mod.data_layout = str(tm.target_data)
-        if cached is None:
-            _optimize(mod, tm, opt_level)
-        self._engine = llvm.create_mcjit_compiler(mod, tm)  # owns mod and tm
-        if self.cache_path:
-            self._engine.set_object_cache(
-                self._notify, lambda _m: cached if cached is not None else None)
-        self._engine.finalize_object()
-        self.from_cache = cached is not None
+        # A hit means this exact IR was verified and compiled before: link only.
+        payload = _read_entry(self.cache_path) if self.cache_path else None
+        self.from_cache = payload is not None
+        if payload is None:
+            objects = compile_objects(ir_text, opt_level, jobs)
+            payload = b"".join(len(o).to_bytes(8, "little") + o for o in objects)
+            self._store(payload)
+        self._link(payload)
 
     @classmethod
     def load_cached(cls, key: str, *, cache_dir=_DEFAULT, name: str = "symnet"):
         """The library stored under `key` by an earlier build, or None.
 
-        No IR is needed: MCJIT is given an empty module and the object cache supplies
-        the machine code, so a warm start skips every compiler stage."""
+        No IR is needed: the cached objects are linked, so a warm start skips every
+        compiler stage."""
         cache_dir = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
         if not cache_dir:
             return None
         path = os.path.join(cache_dir, key + _SUFFIX)
-        cached = _read_entry(path)
-        if cached is None:
+        payload = _read_entry(path)
+        if payload is None:
             return None
-        _init()
         self = cls.__new__(cls)
         self.name, self.opt_level, self.from_cache = name, None, True
         self.cache_dir, self.key, self.cache_path = cache_dir, key, path
-        tm = _target_machine(2, jit=True)
-        mod = llvm.parse_assembly("")
-        mod.name = name
-        mod.data_layout = str(tm.target_data)
-        self._engine = llvm.create_mcjit_compiler(mod, tm)
-        self._engine.set_object_cache(lambda _m, _o: None, lambda _m: cached)
-        self._engine.finalize_object()
+        self._link(payload)
         return self
 
-    def _notify(self, _module, obj: bytes) -> None:
-        """MCJIT compiled fresh code: persist it (best effort, never fatal)."""
+    def _link(self, payload: bytes) -> None:
+        """Load and link the payload's objects with MCJIT."""
+        objects, at = [], 0
+        while at < len(payload):
+            size = int.from_bytes(payload[at:at + 8], "little")
+            objects.append(payload[at + 8:at + 8 + size])
+            at += 8 + size
+        _init()
+        tm = _target_machine(2, jit=True)
+        mod = llvm.parse_assembly("")
+        mod.name = self.name
+        mod.data_layout = str(tm.target_data)
+        self._engine = llvm.create_mcjit_compiler(mod, tm)  # owns mod and tm
+        for obj in objects[1:]:
+            self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        # The first object stands in for the empty module's code through the object
+        # cache: running LLVM's code generator even on nothing costs 5 MiB.
+        self._engine.set_object_cache(lambda _m, _o: None, lambda _m: objects[0])
+        self._engine.finalize_object()
+
+    def _store(self, payload: bytes) -> None:
+        """Persist freshly compiled code (best effort, never fatal)."""
+        if not self.cache_path:
+            return
         try:
             os.makedirs(self.cache_dir, exist_ok=True)
-            _atomic_write(self.cache_path,
-                          _MAGIC + hashlib.sha256(obj).digest() + obj)
+            _atomic_write(self.cache_path, _MAGIC + hashlib.sha256(payload).digest() + payload)
         except OSError:
             pass
 

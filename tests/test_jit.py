@@ -257,3 +257,79 @@ def test_no_sympy_import():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "False", r.stderr
+
+
+# ---- a large module: compiled in parts, by worker processes ----------------------------
+# An internal function called from another part: the split makes it external.
+CALLS = r"""
+define internal void @scale(i64 %n, float %a, ptr noalias %y) noinline {
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [ 0, %entry ], [ %i1, %loop ]
+  %py = getelementptr inbounds float, ptr %y, i64 %i
+  %v = load float, ptr %py
+  %s = fmul float %a, %v
+  store float %s, ptr %py
+  %i1 = add i64 %i, 1
+  %c = icmp slt i64 %i1, %n
+  br i1 %c, label %loop, label %done
+done:
+  ret void
+}
+
+define void @axpy_twice(i64 %n, float %a, ptr noalias %x, ptr noalias %y)
+{
+  call void @axpy(i64 %n, float %a, ptr %x, ptr %y)
+  call void @scale(i64 %n, float 2.0, ptr %y)
+  ret void
+}
+"""
+
+
+@pytest.fixture
+def split_everything(monkeypatch):
+    """Any module counts as large: each function is a part of its own."""
+    monkeypatch.setattr(jit, "_SPLIT_CHARS", 0)
+    monkeypatch.setattr(jit, "_PARTS", 1000)
+
+
+def _check_calls(lib):
+    x, y = np.arange(5, dtype=np.float32), np.ones(5, dtype=np.float32)
+    axpy_twice = lib.function("axpy_twice", None, [ctypes.c_int64, ctypes.c_float, FP, FP])
+    axpy_twice(5, 3.0, _ptr(x), _ptr(y))
+    np.testing.assert_array_equal(y, 2 * (1 + 3 * np.arange(5)))
+
+
+def test_workers_compile_what_this_process_compiles(tmp_path, split_everything):
+    parts = jit._split(IR + CALLS)
+    assert len(parts) == 5 and all("define internal" not in p for p in parts)
+    payloads = []
+    for jobs in (0, 2):          # in this process, part after part; two worker processes
+        d = str(tmp_path / f"jobs{jobs}")
+        lib = jit.NativeLibrary(IR + CALLS, cache_dir=d, jobs=jobs)
+        _check(lib)
+        _check_calls(lib)
+        payloads.append(open(lib.cache_path, "rb").read())
+        again = jit.NativeLibrary(IR + CALLS, cache_dir=d)
+        assert again.from_cache
+        _check_calls(again)
+    assert payloads[0] == payloads[1]
+
+
+def test_modules_with_globals_stay_whole(split_everything):
+    text = IR + CALLS + "\n@count = internal global i64 0\n"
+    assert jit._split(text) == [text]
+    _check_calls(jit.NativeLibrary(text, cache_dir=None, jobs=2))
+
+
+@pytest.mark.parametrize("jobs", [0, 2])
+def test_errors_in_parts_name_the_function_in_the_module(split_everything, jobs):
+    """The line is the module's (16), not its part's (20)."""
+    bad = (IR + CALLS).replace("%s = fadd float %ax, %vy", "%s = fadd float %ax, %nosuch")
+    with pytest.raises(RuntimeError, match=r"invalid LLVM IR in function @axpy: .*\n<string>:16:"):
+        jit.NativeLibrary(bad, cache_dir=None, jobs=jobs)
+    broken = (IR + CALLS).replace("%s = fmul float %a, %v",
+                                  "%s = fmul float %a, %v2\n  %v2 = fadd float %v, 1.0")
+    with pytest.raises(RuntimeError, match=r"verification failed in function @scale\b"):
+        jit.NativeLibrary(broken, cache_dir=None, jobs=jobs)

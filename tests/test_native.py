@@ -1,13 +1,16 @@
 """Native code for every example against the NumPy reference: float64 to 1e-9,
 float32 to 1e-4; one train_step with SGD equals params - lr * grad; batch sizes change
-freely; threads give the same numbers as one thread."""
+freely; threads give the same numbers as one thread; code compiled in parts by worker
+processes is the code compiled here."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from compiler import compile, load, reference
-from runtime.program import ThreadTeam
+from compiler.native import compile_ir, eager_entries
+from runtime import jit
+from runtime.program import Program, ThreadTeam
 
 EXAMPLES = sorted(Path("examples").glob("*.nn"))
 
@@ -62,3 +65,21 @@ def test_two_threads_compute_what_one_thread_does():
     assert one[0] == two[0]
     for name in one[1]:
         assert np.array_equal(one[1][name], two[1][name])
+
+
+def test_worker_processes_compile_what_this_process_compiles():
+    """A large module is compiled in parts by worker processes; compiled here, part after
+    part, the objects are the same bytes and training gives the same numbers."""
+    model = load("examples/mlp.nn")
+    ir_text, spec, _, _ = compile_ir(model, "sgd", entries=eager_entries(model))
+    assert len(jit._split(ir_text)) > 1
+    assert jit.compile_objects(ir_text, jobs=0) == jit.compile_objects(ir_text, jobs=2)
+    inputs = reference.random_inputs(model, batch=20, seed=5)
+    trained = []
+    for jobs in (0, 2):
+        library = jit.NativeLibrary(ir_text, cache_dir=None, jobs=jobs)
+        program = Program(spec, library, model.params)
+        trained.append(([program.train_step(inputs) for _ in range(3)], program.get_params()))
+    assert trained[0][0] == trained[1][0]
+    for name, value in trained[0][1].items():
+        assert np.array_equal(value, trained[1][1][name])
