@@ -584,17 +584,18 @@ class KernelEmitter:
                 self.nest(nest, {row_var: b.add(row0, r)}, loops)
             return
         rows = [b.add(row0, ir.Constant(I64, r)) for r in range(self.ROWS)]
-        self.loops(loops[:-1], {}, lambda env, guards: self.vector_outer_reduction(
-            c, env, loops[-1], guards, (row_var, rows)), self.needed(c.guards))
+        self.tiled_outer(c, {}, loops, self.needed(c.guards), [(row_var, rows)])
 
     def nest(self, nest, env, loops):
         c = nest.comp
         self.ranges = loop_ranges(c, self.m.tensors)
         self.facts_lo, self.facts_hi = set(), set()
         guards = self.needed(c.guards)
-        if nest.strategy == "outer":
-            self.loops(loops[:-1], env, lambda env, guards: self.outer_reduction(c, env, loops[-1], guards),
-                       guards)
+        if nest.strategy == "outer" and self.m.lanes and self.vectorizable(c, loops[-1], guards):
+            self.tiled_outer(c, env, loops, guards, [])
+        elif nest.strategy == "outer":
+            self.loops(loops[:-1], env, lambda env, guards: self.scalar_outer_reduction(
+                c, env, loops[-1], guards), guards)
         elif nest.strategy == "wide" and self.m.lanes:
             tiled = loops[-1:] if nest.tile > 1 else []
             self.loops(loops[:len(loops) - len(tiled)], env, lambda env, guards: self.wide_reduction(
@@ -684,27 +685,52 @@ class KernelEmitter:
             ptr, _ = self.address(c.argmax, c.index, env)
             self.b.store(self.b.trunc(self.b.load(where, typ=I64), I32), ptr)
 
-    def outer_reduction(self, c, env, last, guards):
-        """out[..., j] (+)= sum_r body with j innermost: vectorizes along the output row."""
-        if self.m.lanes and self.vectorizable(c, last, guards):
-            return self.vector_outer_reduction(c, env, last, guards)
-        return self.scalar_outer_reduction(c, env, last, guards)
+    REGISTERS = 16  # vector accumulators live at once (of 32 AVX-512 registers)
+    OUTPUT_TILES = (4, 3, 2)
 
-    REGISTERS = 8   # vector accumulators live at once (of 32 AVX-512 registers)
+    def tiled_outer(self, c, env, loops, guards, tiles):
+        """The loops over loops[:-1], one of them stepping by a tile of outputs computed
+        together (see output_tile), each point a vector_outer_reduction along loops[-1]."""
+        outer, last = loops[:-1], loops[-1]
+        per_point = len(tiles[0][1]) if tiles else 1
+        var, size = self.output_tile(outer, guards, self.REGISTERS // per_point)
+        if var is None:
+            self.loops(outer, env, lambda env, guards: self.vector_outer_reduction(
+                c, env, last, guards, tiles), guards)
+            return
+        with self.loop(self.dim(self.ranges[var]), str(var), step=ir.Constant(I64, size)) as base:
+            values = [self.b.add(base, ir.Constant(I64, t)) for t in range(size)]
+            self.loops([v for v in outer if v != var], env, lambda env, guards: self.vector_outer_reduction(
+                c, env, last, guards, tiles + [(var, values)]), guards)
+
+    def output_tile(self, variables, guards, budget):
+        """(variable, size): neighbouring outputs along an outer index computed together,
+        so more accumulators hide the FMA latency and a load that does not depend on
+        the index (the input row, for a filter index) serves all of them; (None, 1) if none."""
+        for v in variables:
+            extent = self.ranges[v]
+            if isinstance(extent, int) and not any(v in g.free_symbols for g in guards):
+                for size in self.OUTPUT_TILES:
+                    if size <= budget and extent % size == 0:
+                        return v, size
+        return None, 1
 
     def vectorizable(self, c, var, guards):
         return vectorizable(c, var, guards, self.ranges, self.m.tensors)
 
-    def vector_outer_reduction(self, c, env, last, guards, rows=None):
+    def vector_outer_reduction(self, c, env, last, guards, tiles=()):
         """Chunks of the output row as vector accumulators, kept in registers across the
         whole reduction (a register tile), then stored with a masked store.
 
-        rows = (row variable, [row values]) computes several rows at once: reads that do
-        not depend on the row (the weights) are loaded once for all of them."""
+        tiles = [(variable, [values]), ...] computes every combination at once (several
+        rows, several filters): a read that does not depend on a tiled variable (the
+        weights, for rows) is loaded once for all of its values."""
         b, lanes, extent = self.b, self.m.lanes, self.ranges[last]
         vtype = ir.VectorType(self.m.float, lanes)
         chunks = -(-extent // lanes)
-        envs = [env] if rows is None else [{**env, rows[0]: value} for value in rows[1]]
+        envs = [env]
+        for var, values in tiles:
+            envs = [{**e, var: value} for e in envs for value in values]
         group_size = max(1, self.REGISTERS // len(envs))
         store = self.m.declare(f"llvm.masked.store.v{lanes}{self.m.suffix}.p0", ir.VoidType(),
                                [vtype, PTR, I32, ir.VectorType(I1, lanes)])
