@@ -39,7 +39,7 @@ class Program:
         self.loader = loader            # compiles an entry point not built yet
         self.entries = {name: library.function(name, None, ENTRY_SIGNATURE)
                         for name in spec.get("compiled", spec["entries"])}
-        self.team = ThreadTeam(default_threads())
+        self.team = ThreadTeam(default_threads(), _spin_wait(library))
         self.input_names = frozenset(spec["inputs"])
         # One call at a time: the workspace holds a call's results until they are copied.
         self.lock = threading.RLock()
@@ -274,6 +274,15 @@ class Program:
                 "sizes_address": size_values.ctypes.data, "table_address": ctypes.addressof(table)}
 
 
+def _spin_wait(library):
+    """The generated code's polling wait for idle workers, if the library has one."""
+    try:
+        return library.function("symnet_spin_wait", ctypes.c_int64,
+                                [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64])
+    except Exception:               # an older or foreign library: workers just sleep
+        return None
+
+
 ENTRY_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
 PARALLEL_MIN_BATCH = 16       # below this, waking a second thread costs more than it saves
 
@@ -293,15 +302,25 @@ class ThreadTeam:
     """Persistent worker threads that call one native entry together with the caller.
 
     ctypes releases the GIL during the call, so the parts run in parallel; the native
-    code splits each kernel's rows by part and synchronises with its own barrier."""
+    code splits each kernel's rows by part, synchronises with its own barrier and ends
+    with one, so the caller's call returns when every part is done. Between steps an
+    idle worker polls the job counter in native code (`spin_wait`, no GIL held) for
+    about a millisecond, then sleeps on a semaphore: training loops call step after
+    step, and waking a sleeping thread (on a virtual machine, a sleeping core) costs
+    more than a small step."""
 
-    def __init__(self, parts):
+    POLLS = 20000
+
+    def __init__(self, parts, spin_wait=None):
         self.parts = parts
         self.barrier = np.zeros(16, dtype=np.int64)        # counter, pad, generation
         self.barrier_address = self.barrier.ctypes.data
+        self.counter = np.zeros(8, dtype=np.int64)         # [0]: jobs posted so far
+        self.counter_address = self.counter.ctypes.data
+        self.spin_wait = spin_wait
         self.job = None
-        self.go = [threading.Semaphore(0) for _ in range(parts - 1)]
-        self.done = threading.Semaphore(0)
+        self.sleeping = [False] * parts
+        self.wake = [threading.Semaphore(0) for _ in range(parts - 1)]
         self.lock = threading.Lock()
         self.workers = []
 
@@ -313,12 +332,20 @@ class ThreadTeam:
             self.workers.append(worker)
 
     def _work(self, part):
+        seen = 0
         while True:
-            self.go[part - 1].acquire()
+            if self.spin_wait is not None:
+                self.spin_wait(self.counter_address, seen, self.POLLS)
+            while int(self.counter[0]) == seen:
+                # Flag first, then look again: a job posted in between is never missed.
+                self.sleeping[part] = True
+                if int(self.counter[0]) == seen:
+                    self.wake[part - 1].acquire()
+                self.sleeping[part] = False
+            seen = int(self.counter[0])
             entry, sizes, table, parts = self.job
             if part < parts:
                 entry(sizes, table, part, parts, self.barrier_address)
-            self.done.release()
 
     def run(self, entry, sizes, table, parts):
         if parts <= 1 and not self.workers:     # single-threaded use: nothing to guard
@@ -329,11 +356,11 @@ class ThreadTeam:
             if not self.workers:
                 self._start()
             self.job = (entry, sizes, table, parts)
-            for go in self.go:
-                go.release()
-            entry(sizes, table, 0, parts, self.barrier_address)
-            for _ in self.go:
-                self.done.acquire()
+            self.counter[0] += 1
+            for part in range(1, self.parts):
+                if self.sleeping[part]:
+                    self.wake[part - 1].release()
+            entry(sizes, table, 0, parts, self.barrier_address)   # returns when all parts are done
 
 
 def _fmt(shape):

@@ -71,6 +71,7 @@ class LLVMEmitter:
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, PTR]), name)
         sizes, table, part, parts, barrier = fn.args
         kernel_fns = [self.kernel(k) for k in kernels]
+        self.spin_wait()
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         for k, (kernel_fn, buffers) in enumerate(kernel_fns):
             if k:
@@ -80,8 +81,36 @@ class LLVMEmitter:
                 slot = b.gep(table, [ir.Constant(I64, buffer_index[t])], inbounds=True, source_etype=PTR)
                 args.append(b.load(slot, typ=PTR))
             b.call(kernel_fn, args)
+        # Every part returns only when all are done: the caller's return means the step is over.
+        b.call(self.barrier(), [barrier, parts])
         b.ret_void()
         return fn
+
+    def spin_wait(self):
+        """Exported `i64 symnet_spin_wait(i64* word, i64 seen, i64 polls)`: polls *word
+        until it differs from seen (returns it) or `polls` polls passed (returns seen).
+        The runtime's idle worker threads wait here for the next step a little while
+        before they sleep: waking a sleeping thread costs tens of microseconds."""
+        if "symnet_spin_wait" in self.module.globals:
+            return
+        fn = ir.Function(self.module, ir.FunctionType(I64, [PTR, I64, I64]), "symnet_spin_wait")
+        word, seen, polls = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        head, body, done = (fn.append_basic_block(n) for n in ("head", "body", "done"))
+        b.branch(head)
+        b.position_at_end(head)
+        k = b.phi(I64)
+        k.add_incoming(ir.Constant(I64, 0), fn.entry_basic_block)
+        now = b.load_atomic(word, "acquire", 8, typ=I64)
+        changed = b.icmp_signed("!=", now, seen)
+        b.cbranch(b.or_(changed, b.icmp_signed(">=", k, polls)), done, body)
+        b.position_at_end(body)
+        if llvm.get_process_triple().startswith("x86_64"):
+            b.call(self.declare("llvm.x86.sse2.pause", ir.VoidType(), []), [])
+        k.add_incoming(b.add(k, ir.Constant(I64, 1)), body)
+        b.branch(head)
+        b.position_at_end(done)
+        b.ret(now)
 
     def barrier(self):
         """`barrier(i64* state, i64 parts)`: all parts wait here until every part arrived.
