@@ -7,6 +7,7 @@ import pytest
 
 from compiler import compile, load, parse, reference
 from compiler.lower import lower
+from compiler.native import compile_ir
 from compiler.schedule import schedule
 
 LANES = 16
@@ -75,3 +76,18 @@ def test_vector_paths_match_the_reference(name, batch, dtype):
         np.testing.assert_allclose(grads[param], grad, rtol=rtol, atol=atol, err_msg=param)
     out = program.forward(inputs)["z"]
     np.testing.assert_allclose(out, reference.forward(model, inputs)["z"], rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", ["f64", "f32"])
+@pytest.mark.parametrize("batch", [1, 6, 37])
+def test_a_weight_matrix_larger_than_the_cache_runs_in_panels(dtype, batch):
+    # 300 x 512 weights (600 KiB in f32) exceed PANEL_BYTES: column panels of B, every
+    # row of a thread's share per panel; rows in blocks of 4 plus leftovers.
+    model = parse("model mm\ninput A[N, 300]\nparam B[300, 512] ~ normal(0, 1)\noutput C = A @ B\n", "mm.nn")
+    ir_text, _, _, _ = compile_ir(model, dtype=dtype)
+    assert "panel.head" in ir_text
+    program = compile(model, dtype=dtype, cache=False)
+    A = np.random.default_rng(batch).standard_normal((batch, 300))
+    B = program.get_params()["B"].astype(np.float64)
+    rtol = 1e-10 if dtype == "f64" else 1e-4
+    np.testing.assert_allclose(program.forward({"A": A})["C"], A @ B, rtol=rtol, atol=rtol * 30)

@@ -52,6 +52,7 @@ class LLVMEmitter:
         self.tensors = tensors
         self.size_names = list(size_names)
         self.float = ir.FloatType() if dtype == "f32" else ir.DoubleType()
+        self.float_bytes = 4 if dtype == "f32" else 8
         self.suffix = "f32" if dtype == "f32" else "f64"
         self.module = ir.Module(name=name)
         self.module.triple = self.triple
@@ -230,6 +231,7 @@ class KernelEmitter:
         self.sizes = {}
         self.dims = {}          # sympy dim expression -> i64 value (hoisted)
         self.vector = None      # in vector mode: (variable, first lane's value (int or i64), lanes)
+        self.columns = None     # in a panel: the first lanes of the row chunks to compute
         self.ftype = module.float
 
     def const(self, x):
@@ -587,19 +589,54 @@ class KernelEmitter:
             extent = self.dim(self.kernel.extent)
             first = b.sdiv(b.mul(extent, part), parts)
             stop = b.sdiv(b.mul(extent, b.add(part, ir.Constant(I64, 1))), parts)
-            if self.m.lanes and any(self.tileable(n) for n in self.kernel.nests):
-                # Blocks of ROWS rows: a register tile reuses each weight vector it loads
-                # for every row of the block; the leftover rows go one at a time.
-                rows = ir.Constant(I64, self.ROWS)
-                blocked = b.add(first, b.mul(b.sdiv(b.sub(stop, first), rows), rows))
-                with self.loop(blocked, "rows", start=first, step=rows) as row0:
-                    for nest in self.kernel.nests:
-                        self.nest_block(nest, row0)
-                first = blocked
-            with self.loop(stop, "row", start=first) as row:
-                for nest in self.kernel.nests:
-                    self.nest(nest, {nest.comp.index[0]: row}, list(nest.comp.index[1:]))
+            width = self.panel_width()
+            if width is None:
+                self.rows(first, stop)
+            else:
+                # A weight matrix larger than the cache, in panels of columns: all of
+                # this part's rows sweep one panel while it stays in the L2 cache.
+                c = self.kernel.nests[0].comp
+                self.ranges = loop_ranges(c, self.m.tensors)
+                with self.loop(self.dim(self.ranges[c.index[-1]]), "panel", step=ir.Constant(I64, width)) as base:
+                    self.columns = [b.add(base, ir.Constant(I64, k)) for k in range(0, width, self.m.lanes)]
+                    self.rows(first, stop)
+                self.columns = None
         b.ret_void()
+
+    def rows(self, first, stop):
+        """The kernel's nests for rows first .. stop - 1."""
+        b = self.b
+        if self.m.lanes and any(self.tileable(n) for n in self.kernel.nests):
+            # Blocks of ROWS rows: a register tile reuses each weight vector it loads
+            # for every row of the block; the leftover rows go one at a time.
+            rows = ir.Constant(I64, self.ROWS)
+            blocked = b.add(first, b.mul(b.sdiv(b.sub(stop, first), rows), rows))
+            with self.loop(blocked, "rows", start=first, step=rows) as row0:
+                for nest in self.kernel.nests:
+                    self.nest_block(nest, row0)
+            first = blocked
+        with self.loop(stop, "row", start=first) as row:
+            for nest in self.kernel.nests:
+                self.nest(nest, {nest.comp.index[0]: row}, list(nest.comp.index[1:]))
+
+    PANEL_BYTES = 512 * 1024    # half of a typical per-core L2 cache
+
+    def panel_width(self):
+        """Columns per panel for a lone matrix-product-like nest whose row-independent
+        operand (K x row length) exceeds PANEL_BYTES; None to run whole rows."""
+        nests = self.kernel.nests
+        if len(nests) != 1 or len(nests[0].comp.index) != 2 or not self.m.lanes \
+                or not self.tileable(nests[0]):
+            return None
+        c = nests[0].comp
+        extent, depth = self.ranges[c.index[-1]], 1
+        for e in c.rextent:
+            depth = depth * e if isinstance(e, int) and isinstance(depth, int) else None
+        width = self.m.lanes * (self.REGISTERS // self.ROWS)
+        if depth is None or extent % width or extent == width \
+                or depth * extent * self.m.float_bytes <= self.PANEL_BYTES:
+            return None
+        return width
 
     ROWS = 4        # rows per register tile
 
@@ -766,35 +803,31 @@ class KernelEmitter:
         weights, for rows) is loaded once for all of its values."""
         b, lanes, extent = self.b, self.m.lanes, self.ranges[last]
         vtype = ir.VectorType(self.m.float, lanes)
-        chunks = -(-extent // lanes)
+        starts = self.columns or list(range(0, extent, lanes))      # first lane of each chunk
         envs = [env]
         for var, values in tiles:
             envs = [{**e, var: value} for e in envs for value in values]
         group_size = max(1, self.REGISTERS // len(envs))
-        store = self.m.declare(f"llvm.masked.store.v{lanes}{self.m.suffix}.p0", ir.VoidType(),
-                               [vtype, PTR, I32, ir.VectorType(I1, lanes)])
-        for group in range(0, chunks, group_size):
-            members = [(k, r) for k in range(group, min(chunks, group + group_size))
+        for group in range(0, len(starts), group_size):
+            members = [(k, r) for k in range(group, min(len(starts), group + group_size))
                        for r in range(len(envs))]
             self.ftype = vtype
             slots = {}
             for k, r in members:
                 slots[k, r] = self.alloca(vtype)
-                self.vector = (last, k * lanes, lanes)
+                self.vector = (last, starts[k], lanes)
                 start = self.vector_read(_out_access(c), envs[r]) if c.accumulate else self.const(0.0)
                 b.store(start, slots[k, r])
 
             def body(inner, guards):
                 for k, r in members:
-                    self.vector = (last, k * lanes, lanes)
+                    self.vector = (last, starts[k], lanes)
                     term = self.term(c, {**inner, **envs[r]}, guards)
                     b.store(b.fadd(b.load(slots[k, r], typ=vtype), term, flags=FAST), slots[k, r])
             self.loops(list(c.rindex), env, body, guards)
             for k, r in members:
-                count = min(lanes, extent - k * lanes)
-                mask = ir.Constant(ir.VectorType(I1, lanes), [1] * count + [0] * (lanes - count))
-                ptr, _ = self.address(c.out, c.index, {**envs[r], last: ir.Constant(I64, k * lanes)})
-                b.call(store, [b.load(slots[k, r], typ=vtype), ptr, ir.Constant(I32, 4), mask])
+                ptr, _ = self.address(c.out, c.index, {**envs[r], last: _i64(starts[k])})
+                self.masked_store(b.load(slots[k, r], typ=vtype), ptr, starts[k], extent)
             self.vector, self.ftype = None, self.m.float
 
     def vector_map(self, c, env, last, guards):
