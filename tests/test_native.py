@@ -67,6 +67,24 @@ def test_two_threads_compute_what_one_thread_does():
         assert np.array_equal(one[1][name], two[1][name])
 
 
+@pytest.mark.parametrize("path", ["examples/mlp.nn", "examples/lenet5.nn"])
+def test_two_threads_train_as_one_thread_does(path):
+    # Barriers are elided between independent kernels: updates must still wait for
+    # every read of the old weights. (Batch 40: each part's rows are whole 4-row tiles,
+    # as with one thread, so the sums run in the same order and agree bit for bit.)
+    model = load(path)
+    inputs = reference.random_inputs(model, batch=40, seed=5)
+    params = {}
+    for threads in (1, 2):
+        program = compile(model, optimizer="sgd", cache=False)
+        program.team = ThreadTeam(threads, program.team.spin_wait)
+        losses = [program.train_step(inputs) for _ in range(3)]
+        params[threads] = (losses, program.get_params())
+    assert params[1][0] == params[2][0]
+    for name, value in params[1][1].items():
+        assert np.array_equal(value, params[2][1][name]), name
+
+
 def test_worker_processes_compile_what_this_process_compiles():
     """A large module is compiled in parts by worker processes; compiled here, part after
     part, the objects are the same bytes and training gives the same numbers."""

@@ -74,9 +74,18 @@ class LLVMEmitter:
         kernel_fns = [self.kernel(k) for k in kernels]
         self.spin_wait()
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        for k, (kernel_fn, buffers) in enumerate(kernel_fns):
-            if k:
+        written, read = set(), set()        # by the kernels since the last barrier
+        for kernel, (kernel_fn, buffers) in zip(kernels, kernel_fns):
+            writes = kernel.writes
+            reads = {t for n in kernel.nests for t in n.comp.reads}
+            # A barrier only where this kernel touches what those kernels wrote, or
+            # writes what they read: independent kernels (a bias's column sum on part
+            # 0, the next layer's gradient on all parts) run side by side.
+            if (reads | writes) & written or writes & read:
                 b.call(self.barrier(), [barrier, parts])
+                written, read = set(), set()
+            written |= writes
+            read |= reads
             args = [sizes, part, parts]
             for t in buffers:
                 slot = b.gep(table, [ir.Constant(I64, buffer_index[t])], inbounds=True, source_etype=PTR)
