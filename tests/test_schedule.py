@@ -14,7 +14,10 @@ LANES = 16
 
 
 def nests(path, entry="train_step", lanes=LANES):
-    model = load(path)
+    return nests_of(load(path), entry, lanes)
+
+
+def nests_of(model, entry, lanes=LANES):
     lowered = lower(model, "sgd")
     kernels = schedule(lowered.entries[entry], lowered.tensors, lanes=lanes)
     return {n.comp.out: n for k in kernels for n in k.nests}
@@ -91,3 +94,16 @@ def test_a_weight_matrix_larger_than_the_cache_runs_in_panels(dtype, batch):
     B = program.get_params()["B"].astype(np.float64)
     rtol = 1e-10 if dtype == "f64" else 1e-4
     np.testing.assert_allclose(program.forward({"A": A})["C"], A @ B, rtol=rtol, atol=rtol * 30)
+
+
+@pytest.mark.parametrize("dtype", ["f64", "f32"])
+def test_a_vector_sum_of_shifted_reads_zero_pads(dtype):
+    # k < 20 (the union of what the reads need); x[n, k + 3] past the row reads 0, and
+    # the lanes past k's extent (20 = 16 + 4) add nothing.
+    src = ("model m\ninput x[N, 20]\nop tails(A)[n] = sum(k: A[n, k] + A[n, k + 3])\n"
+           "output s = tails(x)\n")
+    model = parse(src, "tails.nn")
+    assert nests_of(model, "predict")["s"].strategy == "wide"
+    x = np.random.default_rng(0).standard_normal((5, 20))
+    out = compile(model, dtype=dtype, cache=False).forward({"x": x})["s"]
+    np.testing.assert_allclose(out, x.sum(1) + x[:, 3:].sum(1), rtol=1e-5)

@@ -241,6 +241,7 @@ class KernelEmitter:
         self.dims = {}          # sympy dim expression -> i64 value (hoisted)
         self.vector = None      # in vector mode: (variable, first lane's value (int or i64), lanes)
         self.columns = None     # in a panel: the first lanes of the row chunks to compute
+        self.preloaded = {}     # access symbol -> value already computed (shifted rows)
         self.ftype = module.float
 
     def const(self, x):
@@ -479,6 +480,8 @@ class KernelEmitter:
         b = self.b
         const = self.const
         val = lambda x: self.value(x, env, reads, memo)
+        if e in self.preloaded:
+            return self.preloaded[e]
         if e in reads:
             return self.read(reads[e], env)
         if e.is_Number:
@@ -894,21 +897,30 @@ class KernelEmitter:
         step = ir.Constant(I64, nest.tile)
         with self.loop(self.dim(self.ranges[last]), str(last), step=step) as base:
             outputs = [{**env, last: b.add(base, ir.Constant(I64, t))} for t in range(nest.tile)]
-            self.wide_tile(c, env, outputs, along, extent, guards, vtype)
+            self.wide_tile(c, env, outputs, along, extent, guards, vtype, last)
 
-    def wide_tile(self, c, env, outputs, along, extent, guards, vtype):
+    def wide_tile(self, c, env, outputs, along, extent, guards, vtype, last=None):
         b, lanes = self.b, self.m.lanes
         self.ftype = vtype
         slots = [self.alloca(vtype) for _ in outputs]
         for slot in slots:
             b.store(self.const(0.0), slot)
 
+        zero_beyond = self.zero_beyond_extent(c, along, extent)
+        shifts = self.shifted_accesses(c, along, last)
+
         def body(inner, guards):
             def chunk(first):
                 self.vector = (along, first, lanes)
-                for slot, out in zip(slots, outputs):
+                shifted = self.shifted_reads(c, shifts, {**inner, **outputs[0]}, len(outputs), extent)
+                for t, (slot, out) in enumerate(zip(slots, outputs)):
+                    self.preloaded = {sym: values[t] for sym, values in shifted.items()}
                     term = self.term(c, {**inner, **out}, guards)
+                    if not zero_beyond:     # lanes past the sum's extent must add nothing
+                        term = b.select(self.lane_condition(sympy.StrictLessThan(along, extent), {}, "<"),
+                                        term, self.const(0.0))
                     b.store(b.fadd(b.load(slot, typ=vtype), term, flags=FAST), slot)
+                self.preloaded = {}
             self.chunks(extent, str(along), chunk)
         self.loops([r for r in c.rindex if r != along], env, body, guards)
         self.vector, self.ftype = None, self.m.float
@@ -918,6 +930,47 @@ class KernelEmitter:
             if c.accumulate:
                 total = b.fadd(b.load(ptr, typ=etype), total, flags=FAST)
             b.store(total, ptr)
+
+    def zero_beyond_extent(self, c, along, extent):
+        """Whether a factor of the body reads 0 in every lane past the sum's extent: a
+        read indexed by `along` alone in a last dimension of exactly that extent (its
+        masked load zeroes them)."""
+        factors = c.body.args if c.body.is_Mul else (c.body,)
+        for sym in factors:
+            a = c.accesses.get(sym)
+            if a is not None and sympy.sympify(a.index[-1]) == along \
+                    and sympy.sympify(self.m.tensors[a.tensor].shape[-1]) == extent:
+                return True
+        return False
+
+    def shifted_accesses(self, c, along, last):
+        """Reads of a tile along `last` whose last index is along + last (+ const): the
+        tile's vectors are one row shifted by 0..T-1 lanes (a filter's columns)."""
+        if last is None:
+            return []
+        out = []
+        for sym, a in c.accesses.items():
+            index = [sympy.expand(e) for e in a.index]
+            if sympy.diff(index[-1], along) == 1 and sympy.diff(index[-1], last) == 1 \
+                    and not any(last in e.free_symbols for e in index[:-1]):
+                out.append(sym)
+        return out
+
+    def shifted_reads(self, c, shifts, env, count, extent):
+        """{access symbol: [vector for tile member t]}: one row read as two vectors and
+        shifted t lanes by shuffles, instead of `count` unaligned loads."""
+        b, lanes = self.b, self.m.lanes
+        variable, first, _ = self.vector
+        out = {}
+        for sym in shifts:
+            low = self.vector_read(c.accesses[sym], env)
+            self.vector = (variable, b.add(_i64(first), ir.Constant(I64, lanes)), lanes)
+            high = self.vector_read(c.accesses[sym], env)
+            self.vector = (variable, first, lanes)
+            out[sym] = [low] + [b.shuffle_vector(low, high, ir.Constant(ir.VectorType(I32, lanes),
+                                                                         list(range(t, t + lanes))))
+                                for t in range(1, count)]
+        return out
 
     def lane_sum(self, v, lanes):
         """The sum of a vector's lanes by halving shuffles."""
