@@ -728,6 +728,8 @@ class KernelEmitter:
 
     def term(self, c, env, guards):
         """The body at one point, zero where a remaining guard fails."""
+        if self.vector:
+            guards = [g for g in guards if not self.restates_a_read(c, g)]
         value = self.value(c.body, env, c.accesses, {})
         if guards:
             ok = self.condition(sympy.And(*guards), env)
@@ -930,6 +932,24 @@ class KernelEmitter:
             if c.accumulate:
                 total = b.fadd(b.load(ptr, typ=etype), total, flags=FAST)
             b.store(total, ptr)
+
+    def restates_a_read(self, c, g):
+        """A guard on the vector index that says only `i >= 0` or `i < dim` of the last
+        index i of a read the body is a multiple of: its masked load is already 0 there
+        (a convolution's input gradient, `w - kx` inside the gradient's row). It differs
+        from the guard only where another factor is inf or NaN: a step already diverged."""
+        if self.vector[0] not in g.free_symbols or not isinstance(g, (sympy.GreaterThan, sympy.StrictLessThan)):
+            return False
+        difference = sympy.expand(g.lhs - g.rhs)
+        for sym in c.body.args if c.body.is_Mul else (c.body,):
+            a = c.accesses.get(sym)
+            if a is None:
+                continue
+            last, dim = sympy.expand(a.index[-1]), sympy.sympify(self.m.tensors[a.tensor].shape[-1])
+            if isinstance(g, sympy.GreaterThan) and difference == last \
+                    or isinstance(g, sympy.StrictLessThan) and sympy.expand(difference - last + dim) == 0:
+                return True
+        return False
 
     def zero_beyond_extent(self, c, along, extent):
         """Whether a factor of the body reads 0 in every lane past the sum's extent: a
