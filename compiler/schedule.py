@@ -123,9 +123,11 @@ def loop_ranges(c, tensors):
 
 
 def vectorizable(c, var, guards, ranges, tensors):
-    """Lanes along `var` work: a constant extent, every read walks its last dimension
-    with unit stride in var (or does not use var), guards in var are linear, slope +-1."""
-    if not isinstance(ranges[var], int) or var in c.body.free_symbols:
+    """Lanes along `var` work: a constant extent; every read walks its last dimension
+    with unit stride in var, or at half or quarter rate (`fdiv(var + c, 2)`: pooling's
+    gradient), or does not use var; var appears in the body only in integer index
+    arithmetic (evaluated per lane); guards in var are linear, slope +-1."""
+    if not isinstance(ranges[var], int) or not _only_in_integer_parts(c.body, var):
         return False
     for g in guards:
         if var in g.free_symbols:
@@ -139,10 +141,27 @@ def vectorizable(c, var, guards, ranges, tensors):
             e = sympy.sympify(e)
             if var not in e.free_symbols:
                 continue
-            if k != len(a.index) - 1 or tensors[a.tensor].dtype == "i32" or sympy.diff(e, var) != 1 \
-                    or var in (e - var).free_symbols or e.has(fdiv, sympy.Mod):
+            if k != len(a.index) - 1 or lane_step(e, var) is None:
                 return False
     return True
+
+
+def lane_step(e, var):
+    """1 if index e is var + (terms without var), k if it is fdiv(var + c, k) with k in
+    (2, 4) (a divisor of every vector width) and an integer c; else None."""
+    if isinstance(e, fdiv) and e.args[1] in (2, 4):
+        offset = sympy.expand(e.args[0] - var)
+        return int(e.args[1]) if offset.is_Integer else None
+    offset = sympy.expand(e - var)
+    return 1 if var not in offset.free_symbols and not offset.has(fdiv, sympy.Mod) else None
+
+
+def _only_in_integer_parts(e, var):
+    if var not in e.free_symbols:
+        return True
+    if e.is_integer and all(s.is_integer for s in e.free_symbols):
+        return True               # index arithmetic (`Mod(w, 2)`, `k`): computed per lane
+    return all(_only_in_integer_parts(a, var) for a in e.args) if e.args else False
 
 
 def _widen(nest, tensors, lanes):

@@ -58,6 +58,11 @@ MODELS = {
     "long": ("model m\ninput x[N, 1, 3, 75]\ninput y[N] : i32\n"
              "c = relu(conv2d(x, filters=2, size=3, pad=\"same\"))\n"
              "output z = dense(flatten(c), 6)\nloss cross_entropy(z, y)\n"),
+    # pooling's gradient reads at half rate (fdiv(w, 2)) and compares argmax lanes with
+    # per-lane index arithmetic (2*Mod(h, 2) + Mod(w, 2)); rows of 9 and 22
+    "pool": ("model m\ninput x[N, 2, 9, 22]\ninput y[N] : i32\n"
+             "c = relu(conv2d(x, filters=2, size=3, pad=\"same\"))\n"
+             "output z = dense(flatten(maxpool(c, 2)), 3)\nloss cross_entropy(z, y)\n"),
     # a dense input gradient whose row (7) does not divide into tiles of 4 or 2
     "odd": ("model m\ninput x[N, 7]\ninput y[N] : i32\nh = sigmoid(dense(x, 37))\n"
             "output z = dense(h, 3)\nloss cross_entropy(z, y)\n"),

@@ -22,7 +22,7 @@ import sympy
 
 from .. import functions as F
 from ..index_ir import fdiv
-from ..schedule import loop_ranges, vectorizable
+from ..schedule import lane_step, loop_ranges, vectorizable
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
@@ -447,6 +447,7 @@ class KernelEmitter:
             stride = self.stride(shape, k)
             offset = b.add(offset, b.mul(i, stride) if stride is not None else i)
             if k == len(shape) - 1:
+                rate = lane_step(sympy.sympify(e), variable)
                 iota = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
                 lane = b.add(self.splat_int(i, lanes), iota)
                 ok = b.and_(b.icmp_signed(">=", lane, self.splat_int(ir.Constant(I64, 0), lanes)),
@@ -457,10 +458,20 @@ class KernelEmitter:
             else:
                 continue
             mask = ok if mask is None else b.and_(mask, ok)
-        ptr = b.gep(self.pointers[access.tensor], [offset], source_etype=self.m.float)
-        load = self.m.declare(f"llvm.masked.load.v{lanes}{self.m.suffix}.p0", self.ftype,
-                              [PTR, I32, ir.VectorType(I1, lanes), self.ftype])
-        return b.call(load, [ptr, ir.Constant(I32, 4), mask, self.const(0)])
+        integer = self.m.tensors[access.tensor].dtype == "i32"
+        etype, suffix = (I32, "i32") if integer else (self.m.float, self.m.suffix)
+        vtype = ir.VectorType(etype, lanes)
+        ptr = b.gep(self.pointers[access.tensor], [offset], source_etype=etype)
+        load = self.m.declare(f"llvm.masked.load.v{lanes}{suffix}.p0", vtype,
+                              [PTR, I32, ir.VectorType(I1, lanes), vtype])
+        value = b.call(load, [ptr, ir.Constant(I32, 4), mask, Splat(vtype, 0)])
+        if rate > 1:
+            # fdiv(var + c, rate): lane l holds element (first + c + l) // rate, first
+            # being a multiple of the vector width: each loaded element `rate` times.
+            c = int(sympy.expand(sympy.sympify(access.index[-1]).args[0] - variable))
+            spread = [(c + l) // rate - c // rate for l in range(lanes)]
+            value = b.shuffle_vector(value, value, ir.Constant(ir.VectorType(I32, lanes), spread))
+        return b.sitofp(value, self.ftype) if integer else value
 
     def splat_int(self, value, lanes):
         """Any scalar in every lane."""
@@ -486,6 +497,15 @@ class KernelEmitter:
             return self.read(reads[e], env)
         if e.is_Number:
             return const(e)
+        integer = e.is_integer and all(x.is_integer for x in e.free_symbols)
+        if self.vector and self.vector[0] in e.free_symbols and integer:
+            # Index arithmetic in the vector index (`Mod(w, 2)`): its value in each lane.
+            variable, first, lanes = self.vector
+            values = Splat(ir.VectorType(I64, lanes), ir.Undefined)
+            for lane in range(lanes):
+                at = self.int_expr(e, {**env, variable: b.add(_i64(first), ir.Constant(I64, lane))})
+                values = b.insert_element(values, at, ir.Constant(I32, lane))
+            return b.sitofp(values, self.ftype)
         if not e.is_Symbol and e.is_integer and all(x.is_integer for x in e.free_symbols):
             # Index arithmetic in a body (a pooling window position): exact, in i64.
             return self.splat(b.sitofp(self.int_expr(e, env), self.m.float))
