@@ -178,7 +178,7 @@ class Program:
         workspace = self._workspace(sizes)
         table = workspace["table"]
         for name, array in arrays.items():       # inputs are read in place, no copy
-            table[self.index[name]] = array.__array_interface__["data"][0]
+            table[self.index[name]] = array.ctypes.data
         batch = max(sizes.values(), default=1)
         parts = self.team.parts if batch >= PARALLEL_MIN_BATCH else 1
         self.team.run(self._entry(entry), workspace["sizes_address"], workspace["table_address"],

@@ -58,3 +58,20 @@ def test_without_torch_its_columns_show_a_dash(cache, tmp_path):
     cells = row_cells(out, "MLP predict, batch 1")
     assert TIME.match(cells["symnet"])
     assert cells["torch"] == cells["torch.compile"] == cells["vs torch"] == "-"
+
+
+def test_kernel_profile_lists_every_kernel_of_the_step(cache):
+    from compiler import load
+    from compiler.lower import lower
+    from compiler.schedule import schedule
+    model = load(os.path.join(ROOT, "examples/mlp.nn"))
+    lowered = lower(model, "sgd")
+    count = len(schedule(lowered.entries["train_step"], lowered.tensors))
+    done = subprocess.run([sys.executable, "benchmarks/kernels.py", "examples/mlp.nn", "--batch", "8",
+                           "--repeat", "3"], cwd=ROOT, env={**os.environ, "SYMNET_CACHE": cache},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if re.match(r"^\| \d+ \|", line)]
+    assert sorted(int(r.split("|")[1]) for r in rows) == list(range(count))
+    shares = [int(r.split("|")[3].strip().rstrip("%")) for r in rows]
+    assert 95 <= sum(shares) <= 105            # rounded shares of the kernels' sum
