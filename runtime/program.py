@@ -41,6 +41,7 @@ class Program:
                         for name in spec.get("compiled", spec["entries"])}
         self.team = ThreadTeam(default_threads(), _spin_wait(library))
         self.input_names = frozenset(spec["inputs"])
+        self.size_names = frozenset(spec["size_names"])
         # One call at a time: the workspace holds a call's results until they are copied.
         self.lock = threading.RLock()
         self.persistent = {}
@@ -210,6 +211,16 @@ class Program:
 
     def _check_array(self, name, value, sizes):
         spec = self.buffers[name]
+        if type(value) is np.ndarray and value.dtype == self.dtype and spec["dtype"] != "i32" \
+                and value.flags.c_contiguous and value.ndim == len(spec["shape"]):
+            # The common case, checked with the least Python: predict at batch 1 is
+            # mostly this call's overhead.
+            for got, want in zip(value.shape, spec["shape"]):
+                if isinstance(want, int) and got != want or not isinstance(want, int) \
+                        and (want not in self.size_names or sizes.setdefault(want, got) != got):
+                    break             # the full checks below say what is wrong
+            else:
+                return value
         try:
             array = np.asarray(value)
         except ValueError:
