@@ -211,18 +211,8 @@ class Program:
 
     def _check_array(self, name, value, sizes):
         spec = self.buffers[name]
-        if type(value) is np.ndarray and value.dtype == self.dtype and spec["dtype"] != "i32" \
-                and value.flags.c_contiguous and value.ndim == len(spec["shape"]):
-            # The common case, checked with the least Python: predict at batch 1 is
-            # mostly this call's overhead.
-            for got, want in zip(value.shape, spec["shape"]):
-                if isinstance(want, int) and got != want or not isinstance(want, int) \
-                        and (want not in self.size_names or sizes.setdefault(want, got) != got):
-                    break             # the full checks below say what is wrong
-            else:
-                return value
-        try:
-            array = np.asarray(value)
+        try:                           # an ndarray as it is: predict at batch 1 is mostly this call
+            array = value if type(value) is np.ndarray else np.asarray(value)
         except ValueError:
             raise ProgramError(f"input '{name}' is not a rectangular array "
                                f"(rows of different lengths?)") from None
@@ -235,7 +225,7 @@ class Program:
                 if got != want:
                     raise ProgramError(f"input '{name}' has shape {list(array.shape)}, "
                                        f"expected {_fmt(declared)}")
-            elif want in self.spec["size_names"]:
+            elif want in self.size_names:
                 if sizes.setdefault(want, got) != got:
                     raise ProgramError(f"input '{name}' has {want}={got}, but another input "
                                        f"has {want}={sizes[want]}")

@@ -6,44 +6,11 @@ import pytest
 from compiler import syntax as ast
 from compiler.errors import printable, SymnetError
 from compiler.parser import MAX_DEPTH, parse_program
+from test_spec_examples import PROGRAMS
 
-LINREG = """\
-# linear regression, the first slide of every course
-model linreg
-input x[N]
-input y[N]
-param a = 0.4
-param b = 0.1
-yhat = a * x + b
-loss mean((y - yhat) ^ 2)
-train sgd(lr=0.5, batch=N, epochs=100)
-"""
-
-LENET = """\
-model lenet5
-input x[N, 1, 28, 28]
-input y[N] : i32
-c1 = relu(conv2d(x, filters=6, size=5, pad="same"))
-s2 = maxpool(c1, 2)
-c3 = relu(conv2d(s2, filters=16, size=5))
-s4 = maxpool(c3, 2)
-f5 = relu(dense(flatten(s4), 120))
-f6 = relu(dense(f5, 84))
-output logits = dense(f6, 10)
-loss cross_entropy(logits, y)
-train sgd(lr=0.05, batch=64, epochs=5)
-"""
-
-CUSTOM = """\
-# a custom op and function, with derived gradients
-model custom
-input x[N, 4]
-param W[4, 3] ~ glorot
-fn swish(z) = z * sigmoid(z)
-op sqdense(A, B)[n, j] = sum(i: A[n, i] * B[i, j] ^ 2)
-output h = swish(sqdense(x, W))
-loss mean(h)
-"""
+# The language spec's three programs (linear regression, LeNet-5, a custom op), kept once
+# in test_spec_examples.py.
+LINREG, LENET, CUSTOM = PROGRAMS
 
 
 def expr_of(source):

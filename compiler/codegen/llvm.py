@@ -242,6 +242,8 @@ class KernelEmitter:
         self.vector = None      # in vector mode: (variable, first lane's value (int or i64), lanes)
         self.columns = None     # in a panel: the first lanes of the row chunks to compute
         self.preloaded = {}     # access symbol -> value already computed (shifted rows)
+        self.ranges = {}        # loop variable -> extent, for the nest being emitted
+        self.guards = {}        # id(comprehension) -> its guards interval analysis cannot prove
         self.ftype = module.float
 
     def const(self, x):
@@ -299,7 +301,7 @@ class KernelEmitter:
         raise NotImplementedError(f"index expression {e}")
 
     def nonnegative(self, e):
-        span = _interval(e, getattr(self, "ranges", {}))
+        span = _interval(e, self.ranges)
         return span is not None and bool(sympy.sympify(span[0]).is_nonnegative)
 
     def needed(self, guards):
@@ -506,7 +508,7 @@ class KernelEmitter:
                 at = self.int_expr(e, {**env, variable: b.add(_i64(first), ir.Constant(I64, lane))})
                 values = b.insert_element(values, at, ir.Constant(I32, lane))
             return b.sitofp(values, self.ftype)
-        if not e.is_Symbol and e.is_integer and all(x.is_integer for x in e.free_symbols):
+        if not e.is_Symbol and integer:
             # Index arithmetic in a body (a pooling window position): exact, in i64.
             return self.splat(b.sitofp(self.int_expr(e, env), self.m.float))
         if e.is_Symbol:
@@ -628,7 +630,7 @@ class KernelEmitter:
                 # A weight matrix larger than the cache, in panels of columns: all of
                 # this part's rows sweep one panel while it stays in the L2 cache.
                 c = self.kernel.nests[0].comp
-                self.ranges = loop_ranges(c, self.m.tensors)
+                self.enter(c)
                 with self.loop(self.dim(self.ranges[c.index[-1]]), "panel", step=ir.Constant(I64, width)) as base:
                     self.columns = [b.add(base, ir.Constant(I64, k)) for k in range(0, width, self.m.lanes)]
                     self.rows(first, stop)
@@ -672,33 +674,37 @@ class KernelEmitter:
 
     ROWS = 4        # rows per register tile
 
+    def enter(self, c):
+        """Start emitting nest c: its loop ranges, no facts yet; returns the guards left
+        to check (interval analysis runs once per nest)."""
+        self.ranges = loop_ranges(c, self.m.tensors)
+        self.facts_lo, self.facts_hi = set(), set()
+        if id(c) not in self.guards:
+            self.guards[id(c)] = self.needed(c.guards)
+        return self.guards[id(c)]
+
     def tileable(self, nest):
         """A row reduction that vectorizes along its row with no guard on the row index."""
         c = nest.comp
         if nest.strategy != "outer" or len(c.index) < 2:
             return False
-        self.ranges = loop_ranges(c, self.m.tensors)
-        guards = self.needed(c.guards)
+        guards = self.enter(c)
         return self.vectorizable(c, c.index[-1], guards) and not any(c.index[0] in g.free_symbols for g in guards)
 
     def nest_block(self, nest, row0):
         """One loop nest for the rows row0 .. row0 + ROWS - 1 of the kernel."""
         c, b = nest.comp, self.b
         row_var, loops = c.index[0], list(c.index[1:])
-        self.ranges = loop_ranges(c, self.m.tensors)
-        self.facts_lo, self.facts_hi = set(), set()
         if not self.tileable(nest):
             with self.loop(ir.Constant(I64, self.ROWS), "r") as r:
                 self.nest(nest, {row_var: b.add(row0, r)}, loops)
             return
         rows = [b.add(row0, ir.Constant(I64, r)) for r in range(self.ROWS)]
-        self.tiled_outer(c, {}, loops, self.needed(c.guards), [(row_var, rows)])
+        self.tiled_outer(c, {}, loops, self.enter(c), [(row_var, rows)])
 
     def nest(self, nest, env, loops):
         c = nest.comp
-        self.ranges = loop_ranges(c, self.m.tensors)
-        self.facts_lo, self.facts_hi = set(), set()
-        guards = self.needed(c.guards)
+        guards = self.enter(c)
         if nest.strategy == "outer" and self.m.lanes and self.vectorizable(c, loops[-1], guards):
             self.tiled_outer(c, env, loops, guards, [])
         elif nest.strategy == "outer":
@@ -748,8 +754,6 @@ class KernelEmitter:
 
     def term(self, c, env, guards):
         """The body at one point, zero where a remaining guard fails."""
-        if self.vector:
-            guards = [g for g in guards if not self.restates_a_read(c, g)]
         value = self.value(c.body, env, c.accesses, {})
         if guards:
             ok = self.condition(sympy.And(*guards), env)
@@ -837,6 +841,7 @@ class KernelEmitter:
         weights, for rows) is loaded once for all of its values."""
         b, lanes, extent = self.b, self.m.lanes, self.ranges[last]
         vtype = ir.VectorType(self.m.float, lanes)
+        guards = self.unmasked(c, guards, last)
         starts = self.columns or list(range(0, extent, lanes))      # first lane of each chunk
         envs = [env]
         for var, values in tiles:
@@ -868,6 +873,7 @@ class KernelEmitter:
         """A map along its row in vector chunks: masked loads, one masked store each."""
         b, lanes, extent = self.b, self.m.lanes, self.ranges[last]
         vtype = ir.VectorType(self.m.float, lanes)
+        guards = self.unmasked(c, guards, last)
 
         def chunk(first):
             self.vector, self.ftype = (last, first, lanes), vtype
@@ -910,19 +916,18 @@ class KernelEmitter:
         """A sum with vector lanes along the reduction index `nest.along`: one vector
         accumulator per output of a tile of `nest.tile` neighbours along `last` (they
         share every load that does not depend on `last`), summed across lanes at the end."""
-        b, lanes, along = self.b, self.m.lanes, nest.along
-        vtype = ir.VectorType(self.m.float, lanes)
-        extent = self.ranges[along]
         if last is None:
-            self.wide_tile(c, env, [env], along, extent, guards, vtype)
+            self.wide_tile(c, env, [env], nest.along, guards)
             return
         step = ir.Constant(I64, nest.tile)
         with self.loop(self.dim(self.ranges[last]), str(last), step=step) as base:
-            outputs = [{**env, last: b.add(base, ir.Constant(I64, t))} for t in range(nest.tile)]
-            self.wide_tile(c, env, outputs, along, extent, guards, vtype, last)
+            outputs = [{**env, last: self.b.add(base, ir.Constant(I64, t))} for t in range(nest.tile)]
+            self.wide_tile(c, env, outputs, nest.along, guards, last)
 
-    def wide_tile(self, c, env, outputs, along, extent, guards, vtype, last=None):
-        b, lanes = self.b, self.m.lanes
+    def wide_tile(self, c, env, outputs, along, guards, last=None):
+        b, lanes, extent = self.b, self.m.lanes, self.ranges[along]
+        vtype = ir.VectorType(self.m.float, lanes)
+        guards = self.unmasked(c, guards, along)
         self.ftype = vtype
         slots = [self.alloca(vtype) for _ in outputs]
         for slot in slots:
@@ -934,13 +939,14 @@ class KernelEmitter:
         def body(inner, guards):
             def chunk(first):
                 self.vector = (along, first, lanes)
-                shifted = self.shifted_reads(c, shifts, {**inner, **outputs[0]}, len(outputs), extent)
+                shifted = self.shifted_reads(c, shifts, {**inner, **outputs[0]}, len(outputs))
+                # Lanes past the sum's extent must add nothing.
+                inside = None if zero_beyond else self.lane_condition(sympy.StrictLessThan(along, extent), {}, "<")
                 for t, (slot, out) in enumerate(zip(slots, outputs)):
                     self.preloaded = {sym: values[t] for sym, values in shifted.items()}
                     term = self.term(c, {**inner, **out}, guards)
-                    if not zero_beyond:     # lanes past the sum's extent must add nothing
-                        term = b.select(self.lane_condition(sympy.StrictLessThan(along, extent), {}, "<"),
-                                        term, self.const(0.0))
+                    if inside is not None:
+                        term = b.select(inside, term, self.const(0.0))
                     b.store(b.fadd(b.load(slot, typ=vtype), term, flags=FAST), slot)
                 self.preloaded = {}
             self.chunks(extent, str(along), chunk)
@@ -953,35 +959,31 @@ class KernelEmitter:
                 total = b.fadd(b.load(ptr, typ=etype), total, flags=FAST)
             b.store(total, ptr)
 
-    def restates_a_read(self, c, g):
-        """A guard on the vector index that says only `i >= 0` or `i < dim` of the last
-        index i of a read the body is a multiple of: its masked load is already 0 there
-        (a convolution's input gradient, `w - kx` inside the gradient's row). It differs
-        from the guard only where another factor is inf or NaN: a step already diverged."""
-        if self.vector[0] not in g.free_symbols or not isinstance(g, (sympy.GreaterThan, sympy.StrictLessThan)):
-            return False
-        difference = sympy.expand(g.lhs - g.rhs)
+    def factor_rows(self, c):
+        """(last index, last dimension) of each read the body is a multiple of: where
+        such a read's masked load gives 0, so does the body."""
         for sym in c.body.args if c.body.is_Mul else (c.body,):
             a = c.accesses.get(sym)
-            if a is None:
-                continue
-            last, dim = sympy.expand(a.index[-1]), sympy.sympify(self.m.tensors[a.tensor].shape[-1])
-            if isinstance(g, sympy.GreaterThan) and difference == last \
-                    or isinstance(g, sympy.StrictLessThan) and sympy.expand(difference - last + dim) == 0:
-                return True
-        return False
+            if a is not None:
+                yield sympy.expand(a.index[-1]), sympy.sympify(self.m.tensors[a.tensor].shape[-1])
+
+    def unmasked(self, c, guards, var):
+        """The guards on vector index var still needed: one saying only `i >= 0` or
+        `i < dim` of a factor read's last index i is already its masked load's work (a
+        convolution's input gradient, `w - kx` inside the gradient's row). Dropping it
+        changes the result only where another factor is inf or NaN: a diverged step."""
+        def restated(g):
+            if var not in g.free_symbols or not isinstance(g, (sympy.GreaterThan, sympy.StrictLessThan)):
+                return False
+            difference = sympy.expand(g.lhs - g.rhs)
+            return any(difference == last if isinstance(g, sympy.GreaterThan) else difference == last - dim
+                       for last, dim in self.factor_rows(c))
+        return tuple(g for g in guards if not restated(g))
 
     def zero_beyond_extent(self, c, along, extent):
         """Whether a factor of the body reads 0 in every lane past the sum's extent: a
-        read indexed by `along` alone in a last dimension of exactly that extent (its
-        masked load zeroes them)."""
-        factors = c.body.args if c.body.is_Mul else (c.body,)
-        for sym in factors:
-            a = c.accesses.get(sym)
-            if a is not None and sympy.sympify(a.index[-1]) == along \
-                    and sympy.sympify(self.m.tensors[a.tensor].shape[-1]) == extent:
-                return True
-        return False
+        read indexed by `along` alone in a last dimension of exactly that extent."""
+        return any(last == along and dim == extent for last, dim in self.factor_rows(c))
 
     def shifted_accesses(self, c, along, last):
         """Reads of a tile along `last` whose last index is along + last (+ const): the
@@ -996,7 +998,7 @@ class KernelEmitter:
                 out.append(sym)
         return out
 
-    def shifted_reads(self, c, shifts, env, count, extent):
+    def shifted_reads(self, c, shifts, env, count):
         """{access symbol: [vector for tile member t]}: one row read as two vectors and
         shifted t lanes by shuffles, instead of `count` unaligned loads."""
         b, lanes = self.b, self.m.lanes
