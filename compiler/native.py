@@ -16,6 +16,7 @@ import sympy
 from .defaults import OPTIMIZERS
 from .lower import lower
 from .reference import classes_of
+from .gpu_schedule import gpu_schedule
 from .schedule import schedule
 
 def _compiler_version():
@@ -78,7 +79,10 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entr
     kernels = {}
     for entry, comps in lowered.entries.items():
         if entries is None or entry in entries:
-            kernels[entry] = schedule(comps, lowered.tensors, lanes=emitter.lanes if target == "cpu" else None)
+            if target == "cpu":
+                kernels[entry] = schedule(comps, lowered.tensors, lanes=emitter.lanes)
+            else:
+                kernels[entry] = gpu_schedule(comps, lowered.tensors)
             emitter.entry(entry, kernels[entry], buffer_index)
     spec = _spec(model, lowered, used, sizes, dtype, optimizer)
     spec["compiled"] = list(kernels)

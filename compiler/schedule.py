@@ -83,7 +83,11 @@ def _fusible(kernel, c, extent):
 
 def unit_stride_score(c, var):
     """How many reads (and the write) walk memory contiguously as `var` grows."""
-    accesses = list(c.accesses.values()) + [_Write(c.out, c.index)]
+    return contiguous_reads(list(c.accesses.values()) + [_Write(c.out, c.index)], var)
+
+
+def contiguous_reads(accesses, var):
+    """How many of `accesses` walk memory contiguously as `var` grows."""
     score = 0
     for a in accesses:
         if a.index:

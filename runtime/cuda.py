@@ -3,8 +3,9 @@
     program = compiler.compile(model, target="ptx")     # a CudaProgram
     loss = program.train_step({"x": xb, "y": yb})
 
-The compiler emits one kernel per loop nest, each a grid-stride loop over the elements
-of its output, and lists every entry's launches in spec["launches"]. A CudaProgram keeps
+The compiler emits one kernel per launch of the GPU schedule (compiler/gpu_schedule.py),
+each striding over its work (elements, or tiles) whatever the grid, and lists every
+entry's launches in spec["launches"] with the blocks each wants. A CudaProgram keeps
 every buffer on the device: parameters, constants, optimizer state and hyperparameters
 once, the rest once per batch size (the static memory plan, as on the CPU). A call
 uploads its inputs, queues the entry's kernels in order on the default stream (no host
@@ -41,10 +42,11 @@ def resident_blocks(multiprocessors, threads_per_multiprocessor):
     return max(1, multiprocessors * max(1, threads_per_multiprocessor // BLOCK))
 
 
-def grid_size(total, max_blocks):
-    """Blocks for a kernel over `total` elements: one thread per element up to what the
-    device holds at once; 0 (no launch) for an empty output."""
-    return min(math.ceil(total / BLOCK), max_blocks)
+def grid_size(blocks, max_blocks):
+    """The grid of a launch that wants `blocks` blocks (spec["launches"]: a thread per
+    element, a block per element or per tile): at most what the device holds at once,
+    since every kernel strides over its work; 0 (no launch) for an empty output."""
+    return min(blocks, max_blocks)
 
 
 def layout(sizes, align=ALIGN):
@@ -346,7 +348,7 @@ class CudaProgram(Program):
         Each kernel's parameters are (sizes, its buffers...), as the PTX emitter declares."""
         planned = []
         for function, launch in kernels:
-            grid = grid_size(eval_dim(launch["total"], sizes), self.device.max_blocks)
+            grid = grid_size(eval_dim(launch["blocks"], sizes), self.device.max_blocks)
             if grid:
                 pointers = [sizes_address] + [address[name] for name in launch["buffers"]]
                 values, addresses = kernel_params(pointers)

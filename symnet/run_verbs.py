@@ -25,6 +25,7 @@ from compiler import native
 from compiler.defaults import OPTIMIZERS
 from compiler.errors import SymnetError
 from compiler.pipeline import load
+from compiler.gpu_schedule import format_gpu_schedule
 from compiler.schedule import format_schedule
 from runtime import checkpoint, jit
 from runtime.checkpoint import CheckpointError
@@ -422,7 +423,7 @@ def compile_command(args):
         "asm": lambda: jit.emit_assembly(ir_text, level),
         "obj": lambda: jit.emit_object(ir_text, level),
         "ptx": lambda: emitter.ptx(level),
-        "schedule": lambda: format_kernels(kernels),
+        "schedule": lambda: format_kernels(kernels, emitter.tensors, target),
     }[emit]()
     if args.output:
         data = code if isinstance(code, bytes) else code.encode()
@@ -433,9 +434,11 @@ def compile_command(args):
     return 0
 
 
-def format_kernels(kernels):
-    """Every entry point's kernels as loop nests, under a heading per entry."""
-    return "\n\n".join(f"entry {entry}:\n{format_schedule(ks)}" for entry, ks in kernels.items())
+def format_kernels(kernels, tensors, target="cpu"):
+    """Every entry point's kernels as loop nests (for the GPU: its launches), under a
+    heading per entry."""
+    show = (lambda ks: format_gpu_schedule(ks, tensors)) if target == "ptx" else format_schedule
+    return "\n\n".join(f"entry {entry}:\n{show(ks)}" for entry, ks in kernels.items())
 
 
 # ---- cache --------------------------------------------------------------------------

@@ -1,29 +1,50 @@
 """The GPU kernels run on the CPU, to test the grid mapping where no GPU is present.
 
-Each PTX kernel is emitted for the host with its four index registers (tid, ntid,
-ctaid, nctaid) as arguments; each entry point loops over a small grid (few blocks and
-threads, so that the grid-stride loop wraps) and calls the kernels in launch order.
-The result is an ordinary host module with the CPU Program's entry signature, so it
-is checked against the reference evaluator exactly like the CPU backend.
+Each PTX kernel is emitted for the host as a function computing one *block*:
+`kernel(sizes, buffers..., ctaid, nctaid)`. Its phases (ptx.py) become loops over the
+block's BLOCK threads, run one after another, so a barrier between phases holds by
+construction; shared memory is an array on the stack of the block's call, and values
+a thread keeps across phases (a tile's accumulators) are arrays indexed by thread.
+Each entry point calls every launch's kernel for each of a small grid of blocks (so
+grid-stride loops wrap), in launch order: an ordinary host module with the CPU
+Program's entry signature, checked against the reference evaluator like the CPU backend.
 """
+from contextlib import contextmanager
+
 import llvmlite.ir as ir
 
+from ..gpu_schedule import BLOCK
 from .llvm import I64, PTR, KernelEmitter, LLVMEmitter
 from .ptx import GPUKernelEmitter, PTXEmitter
 
-GRID, BLOCK = 3, 32
+GRID = 3
 
 
 class EmulatedKernelEmitter(GPUKernelEmitter):
     def special(self, name):
-        position = {"tid": 0, "ntid": 1, "ctaid": 2, "nctaid": 3}[name]
-        return self.fn.args[-4 + position]
+        return {"ctaid": self.fn.args[-2], "nctaid": self.fn.args[-1]}[name]
+
+    @contextmanager
+    def threads(self):
+        with self.loop(ir.Constant(I64, BLOCK), "thread") as tid:
+            yield tid
+
+    def sync(self):
+        pass                       # phases run one after another
+
+    def shared(self, count):
+        return self.array(count)
+
+    def private(self, count):
+        base = self.array(BLOCK * count)
+        return lambda tid, k: self.at(base, self.b.add(self.b.mul(tid, ir.Constant(I64, count)),
+                                                       ir.Constant(I64, k)))
 
 
 class EmulatedGPUEmitter(PTXEmitter):
     triple = LLVMEmitter.triple
     kernel_emitter = EmulatedKernelEmitter
-    extra_args = [I64] * 4
+    extra_args = [I64] * 2
 
     def __init__(self, tensors, size_names, dtype="f32", name="symnet"):
         super().__init__(tensors, size_names, dtype, name, arch="sm_80")
@@ -61,7 +82,5 @@ class EmulatedGPUEmitter(PTXEmitter):
                 slot = b.gep(table, [ir.Constant(I64, buffer_index[t])], inbounds=True, source_etype=PTR)
                 pointers.append(b.load(slot, typ=PTR))
             with host.loop(ir.Constant(I64, GRID), "block") as block:
-                with host.loop(ir.Constant(I64, BLOCK), "thread") as thread:
-                    b.call(kernel, [sizes] + pointers + [thread, ir.Constant(I64, BLOCK), block,
-                                                         ir.Constant(I64, GRID)])
+                b.call(kernel, [sizes] + pointers + [block, ir.Constant(I64, GRID)])
         b.ret_void()

@@ -1,27 +1,36 @@
 """The same loop nests for NVIDIA GPUs: LLVM IR for nvptx64-nvidia-cuda, then PTX text.
 
 Only what differs from the CPU emitter is here:
-  * each loop nest is its own `.entry` kernel; its output elements are spread over
-    the grid (a grid-stride loop over the flattened output index), and each thread
-    runs the nest's reduction in registers — so every launch is fully parallel and
-    needs no synchronisation (accumulating nests run as later launches);
+  * each launch of the GPU schedule (compiler/gpu_schedule.py: a head loop nest and
+    its elementwise tails) is one `.entry` kernel; grid and block indices replace the
+    outer loops, by the head's strategy: a thread per element, a block per element
+    (a reduction split over the block's threads, added up by a tree in shared
+    memory), or a block per tile of a contraction (operands staged in shared memory);
   * an entry point is not a function but a launch list, run by runtime/cuda.py with
     every buffer resident on the device;
   * exp and log use the hardware's ex2/lg2 (there is no libm on the device).
+
+A kernel is written as *phases* (`with self.threads() as tid:`), separated by block
+barriers (`self.sync()`); what lies outside a phase is the same for every thread of
+the block (the tile, the reduction chunk). On the GPU a phase is just this thread's
+code; gpu_emulation.py runs each phase as a loop over the block's threads, which is
+what lets the same kernels run, barriers and shared memory included, on the CPU.
 """
 import math
+from contextlib import contextmanager
 
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 import sympy
 
-from .llvm import I64, PTR, KernelEmitter, LLVMEmitter
+from ..gpu_schedule import BLOCK
+from .llvm import FAST, I64, PTR, KernelEmitter, LLVMEmitter
 
 I32 = ir.IntType(32)
 DATA_LAYOUT = "e-i64:64-i128:128-v16:16-v32:32-n16:32:64"
 ARCHES = ("sm_80", "sm_90")
 PTX_VERSION = "+ptx80"
-BLOCK = 256
+SHARED = 3                        # NVPTX's address space of shared memory
 
 
 class PTXEmitter(LLVMEmitter):
@@ -37,33 +46,37 @@ class PTXEmitter(LLVMEmitter):
         self.arch = arch
         self.launches = {}
 
+    def vector_lanes(self):
+        return None               # a GPU thread computes scalars; the grid is the vector
+
     def entry(self, name, kernels, buffer_index):
-        launches = []
-        for kernel in kernels:
-            for nest in kernel.nests:
-                launches.append(self.gpu_kernel(nest))
-        self.launches[name] = launches
+        """The launch list of an entry point: one launch per GPU kernel, in order."""
+        self.launches[name] = [self.gpu_kernel(k) for k in kernels]
 
     kernel_emitter = None        # set below: GPUKernelEmitter
     extra_args = []
 
-    def gpu_kernel(self, nest):
-        c = nest.comp
+    def gpu_kernel(self, kernel):
+        # The forward pass appears in several entries: its kernels are emitted once.
+        key = (tuple(id(c) for c in kernel.comps), kernel.strategy)
+        if key in self.emitted:
+            return self.emitted[key]
         buffers = []
-        for t in [c.out] + c.reads + ([c.argmax] if c.argmax else []):
-            if t not in buffers:
-                buffers.append(t)
+        for c in kernel.comps:
+            for t in [c.out] + c.reads + ([c.argmax] if c.argmax else []):
+                if t not in buffers:
+                    buffers.append(t)
         args = [PTR] * (1 + len(buffers)) + self.extra_args
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), args),
-                         f"k{self.kernel_count}_{_identifier(c.out)}")
+                         f"k{self.kernel_count}_{_identifier(kernel.head.out)}")
         self.kernel_count += 1
         self.mark_kernel(fn)
         for arg in fn.args[1:1 + len(buffers)]:
             arg.add_attribute("noalias")
-        self.kernel_emitter(self, fn, dict(zip(buffers, fn.args[1:])), None).emit_nest(c)
-        total = sympy.Mul(*[sympy.sympify(d) for d in self.tensors[c.out].shape])
-        return {"kernel": fn.name, "buffers": buffers,
-                "total": int(total) if total.is_Integer else str(total)}
+        self.kernel_emitter(self, fn, dict(zip(buffers, fn.args[1:])), kernel).emit()
+        self.emitted[key] = {"kernel": fn.name, "buffers": buffers, "strategy": kernel.strategy,
+                             "blocks": kernel.blocks(self.tensors)}
+        return self.emitted[key]
 
     def mark_kernel(self, fn):
         fn.calling_convention = "ptx_kernel"
@@ -89,31 +102,201 @@ class PTXEmitter(LLVMEmitter):
 
 
 class GPUKernelEmitter(KernelEmitter):
+    """Emits one launch: its head by the head's strategy, the tails at each head element."""
+
+    # ---- the hooks the emulation replaces ------------------------------------------------
     def special(self, name):
-        """A thread/block index register (tid, ntid, ctaid, nctaid)."""
+        """A block index register: ctaid (this block), nctaid (blocks in the grid)."""
         full = f"llvm.nvvm.read.ptx.sreg.{name}.x"
         fn = self.m.module.globals.get(full) or ir.Function(self.m.module, ir.FunctionType(I32, []), full)
         return self.b.zext(self.b.call(fn, []), I64)
 
-    def emit_nest(self, c):
-        self.ranges = {v: e for v, e in zip(c.index, self.m.tensors[c.out].shape)}
-        self.ranges.update(zip(c.rindex, c.rextent))
-        self.facts_lo, self.facts_hi = set(), set()
-        b = self.b
-        block = self.special("ntid")
-        first = b.add(b.mul(self.special("ctaid"), block), self.special("tid"))
-        stride = b.mul(self.special("nctaid"), block)
-        total = ir.Constant(I64, 1)
-        for d in self.m.tensors[c.out].shape:
-            total = b.mul(total, self.dim(d))
-        with self.loop(total, "element", start=first, step=stride) as linear:
-            env = {}
-            rest = linear
-            for v, d in reversed(list(zip(c.index, self.m.tensors[c.out].shape))):
-                env[v] = b.urem(rest, self.dim(d))
-                rest = b.udiv(rest, self.dim(d))
-            self.point(c, env, c.guards)
-        b.ret_void()
+    @contextmanager
+    def threads(self):
+        """A phase run by every thread of the block; yields the thread's index."""
+        yield self.special("tid")
+
+    def sync(self):
+        """A block barrier: every thread has finished the phase before."""
+        self.b.call(self.m.declare("llvm.nvvm.barrier0", ir.VoidType(), []), [])
+
+    def shared(self, count):
+        """`count` floats of the block's shared memory."""
+        array = ir.ArrayType(self.m.float, count)
+        name = self.m.module.get_unique_name(f"{self.fn.name}_shared")
+        memory = ir.GlobalVariable(self.m.module, array, name, addrspace=SHARED)
+        memory.linkage = "internal"
+        memory.initializer = ir.Constant(array, ir.Undefined)
+        memory.align = 16
+        with self.b.goto_entry_block():
+            return self.b.addrspacecast(memory, PTR)
+
+    def private(self, count):
+        """`count` floats per thread kept across phases; returns slot(tid, k) -> pointer.
+        On the GPU, registers (constant k after unrolling)."""
+        base = self.array(count)
+        return lambda tid, k: self.at(base, ir.Constant(I64, k))
+
+    # ---- kernel -----------------------------------------------------------------------------
+    def emit(self):
+        {"thread": self.thread_strategy, "block": self.block_strategy,
+         "tile": self.tile_strategy}[self.kernel.strategy]()
+        self.b.ret_void()
+
+    def element(self, linear, variables):
+        """Index values of a row-major linear position over `variables` (the first one
+        is not reduced: the position is in range)."""
+        env, rest = {}, linear
+        for k, v in reversed(list(enumerate(variables))):
+            if k == 0:
+                env[v] = rest
+            else:
+                extent = self.dim(self.ranges[v])
+                env[v], rest = self.b.urem(rest, extent), self.b.udiv(rest, extent)
+        return env
+
+    def extent(self, variables):
+        out = ir.Constant(I64, 1)
+        for v in variables:
+            out = self.b.mul(out, self.dim(self.ranges[v]))
+        return out
+
+    def tails(self, env):
+        """The tails at the head element `env`, in order (each its own variables)."""
+        head = self.kernel.head
+        for c in self.kernel.tails:
+            at = {v: env[h] for v, h in zip(c.index, head.index)}
+            self.point(c, at, self.enter(c))
+        self.enter(head)
+
+    def thread_strategy(self):
+        """Each thread strides over the head's elements, computing each whole."""
+        c, b = self.kernel.head, self.b
+        guards = self.enter(c)
+        block, blocks = self.special("ctaid"), self.special("nctaid")
+        total = self.extent(c.index)
+        with self.threads() as tid:
+            first = b.add(b.mul(block, ir.Constant(I64, BLOCK)), tid)
+            stride = b.mul(blocks, ir.Constant(I64, BLOCK))
+            with self.loop(total, "element", start=first, step=stride) as linear:
+                env = self.element(linear, c.index)
+                self.point(c, env, guards)
+                self.tails(env)
+
+    def block_strategy(self):
+        """Each block strides over the head's elements; for each, its threads take every
+        BLOCK-th term of the reduction, then add their partial sums in a tree."""
+        c, b = self.kernel.head, self.b
+        guards = self.enter(c)
+        partial = self.shared(BLOCK)
+        with self.loop(self.extent(c.index), "element", start=self.special("ctaid"),
+                       step=self.special("nctaid")) as linear:
+            env = self.element(linear, c.index)
+            with self.threads() as tid:
+                acc = self.alloca(self.m.float)
+                b.store(ir.Constant(self.m.float, 0.0), acc)
+                with self.loop(self.extent(c.rindex), "term", start=tid, step=ir.Constant(I64, BLOCK)) as r:
+                    term = self.term(c, {**env, **self.element(r, c.rindex)}, guards)
+                    b.store(b.fadd(b.load(acc, typ=self.m.float), term, flags=FAST), acc)
+                b.store(b.load(acc, typ=self.m.float), self.at(partial, tid))
+            self.sync()
+            half = BLOCK // 2
+            while half:
+                with self.threads() as tid:
+                    with b.if_then(b.icmp_unsigned("<", tid, ir.Constant(I64, half))):
+                        other = b.load(self.at(partial, b.add(tid, ir.Constant(I64, half))), typ=self.m.float)
+                        mine = self.at(partial, tid)
+                        b.store(b.fadd(b.load(mine, typ=self.m.float), other, flags=FAST), mine)
+                self.sync()
+                half //= 2
+            with self.threads() as tid:
+                with b.if_then(b.icmp_unsigned("==", tid, ir.Constant(I64, 0))):
+                    self.store(c, env, b.load(self.at(partial, ir.Constant(I64, 0)), typ=self.m.float))
+                    self.tails(env)
+
+    def tile_strategy(self):
+        """Each block strides over TM x TN tiles of the output; per chunk of TK reduction
+        steps, all threads stage A's and B's chunk in shared memory, then each thread
+        multiplies out its RM x RN register tile from there."""
+        c, t, b = self.kernel.head, self.kernel.tile, self.b
+        needed = self.enter(c)
+        a_guards = tuple(g for g in t.a_guards if g in needed)
+        b_guards = tuple(g for g in t.b_guards if g in needed)
+        a_tile, b_tile = self.shared(t.tk * t.tm), self.shared(t.tk * t.tn)
+        acc = self.private(t.rm * t.rn)
+        rows, cols, depth = self.extent(t.rows), self.extent(t.cols), self.extent(c.rindex)
+        col_tiles = b.udiv(b.add(cols, ir.Constant(I64, t.tn - 1)), ir.Constant(I64, t.tn))
+        row_tiles = b.udiv(b.add(rows, ir.Constant(I64, t.tm - 1)), ir.Constant(I64, t.tm))
+        zero = ir.Constant(self.m.float, 0.0)
+        across = t.tn // t.rn                      # threads along a tile's columns
+        with self.loop(b.mul(row_tiles, col_tiles), "tile", start=self.special("ctaid"),
+                       step=self.special("nctaid")) as tile:
+            m0 = b.mul(b.udiv(tile, col_tiles), ir.Constant(I64, t.tm))
+            n0 = b.mul(b.urem(tile, col_tiles), ir.Constant(I64, t.tn))
+            with self.threads() as tid:
+                for k in range(t.rm * t.rn):
+                    b.store(zero, acc(tid, k))
+            with self.loop(depth, "chunk", step=ir.Constant(I64, t.tk)) as k0:
+                with self.threads() as tid:
+                    self.stage(a_tile, t.a, a_guards, t.rows, t.tm, t.a_k_fastest, m0, rows, k0, depth, tid)
+                    self.stage(b_tile, t.b, b_guards, t.cols, t.tn, t.b_k_fastest, n0, cols, k0, depth, tid)
+                self.sync()
+                with self.threads() as tid:
+                    ty, tx = b.udiv(tid, ir.Constant(I64, across)), b.urem(tid, ir.Constant(I64, across))
+                    for k in range(t.tk):
+                        a = [b.load(self.at(a_tile, b.add(ty, ir.Constant(I64, k * t.tm + i * (t.tm // t.rm)))),
+                                    typ=self.m.float) for i in range(t.rm)]
+                        w = [b.load(self.at(b_tile, b.add(tx, ir.Constant(I64, k * t.tn + j * across))),
+                                    typ=self.m.float) for j in range(t.rn)]
+                        for i in range(t.rm):
+                            for j in range(t.rn):
+                                slot = acc(tid, i * t.rn + j)
+                                b.store(b.fadd(b.load(slot, typ=self.m.float), b.fmul(a[i], w[j], flags=FAST),
+                                               flags=FAST), slot)
+                self.sync()
+            with self.threads() as tid:
+                ty, tx = b.udiv(tid, ir.Constant(I64, across)), b.urem(tid, ir.Constant(I64, across))
+                for i in range(t.rm):
+                    for j in range(t.rn):
+                        m = b.add(m0, b.add(ty, ir.Constant(I64, i * (t.tm // t.rm))))
+                        n = b.add(n0, b.add(tx, ir.Constant(I64, j * across)))
+                        inside = b.and_(b.icmp_unsigned("<", m, rows), b.icmp_unsigned("<", n, cols))
+                        with b.if_then(inside):
+                            env = {**self.element(m, t.rows), **self.element(n, t.cols)}
+                            self.store(c, env, b.load(acc(tid, i * t.rn + j), typ=self.m.float))
+                            self.tails(env)
+
+    def stage(self, tile, side, guards, variables, width, k_fastest, first, extent, k0, depth, tid):
+        """This thread's share of a TK x width chunk of one side, into shared memory laid
+        out [k][position]: the side's factors at (first + position, k0 + k), 0 past
+        the output's or the reduction's end."""
+        b, c, tk = self.b, self.kernel.head, self.kernel.tile.tk
+        for s in range(tk * width // BLOCK):
+            e = b.add(tid, ir.Constant(I64, s * BLOCK))
+            if k_fastest:
+                k, position = b.urem(e, ir.Constant(I64, tk)), b.udiv(e, ir.Constant(I64, tk))
+            else:
+                position, k = b.urem(e, ir.Constant(I64, width)), b.udiv(e, ir.Constant(I64, width))
+            slot = self.at(tile, b.add(b.mul(k, ir.Constant(I64, width)), position))
+            outer, r = b.add(first, position), b.add(k0, k)
+            inside = b.and_(b.icmp_unsigned("<", outer, extent), b.icmp_unsigned("<", r, depth))
+            with b.if_else(inside) as (then, otherwise):
+                with then:
+                    env = {**self.element(outer, variables), **self.element(r, c.rindex)}
+                    value = self.value(side, env, c.accesses, {})
+                    if guards:
+                        value = b.select(self.condition(sympy.And(*guards), env), value, self.const(0.0))
+                    b.store(value, slot)
+                with otherwise:
+                    b.store(ir.Constant(self.m.float, 0.0), slot)
+
+    def array(self, count):
+        """`count` floats on the stack (in registers where the indices are constants)."""
+        with self.b.goto_entry_block():
+            return self.b.alloca(self.m.float, size=ir.Constant(I64, count))
+
+    def at(self, memory, k):
+        return self.b.gep(memory, [k], inbounds=True, source_etype=self.m.float)
 
 
 PTXEmitter.kernel_emitter = GPUKernelEmitter

@@ -1,0 +1,248 @@
+"""GPU scheduling: which loop nests share a launch, and how a launch maps its work onto
+blocks of BLOCK threads (the PTX target's counterpart of schedule.py).
+
+Every launch is a *head* loop nest plus *tails*: elementwise loop nests over the same
+output shape that read what the kernel wrote only at the element they compute (bias +
+ReLU after a product, softmax's steps, an optimizer's update after its weight
+gradient). Whichever thread stores an element of the head computes the tails at that
+element right after, so a group is one launch and the intermediate values stay in
+that thread's cache lines. The head's strategy:
+
+  thread  each thread computes whole output elements (a grid-stride loop over them),
+          running a short reduction in a register: maps, pooling, a softmax's row;
+  block   one block per output element: its threads split the reduction, each keeping
+          a partial sum, then a tree in shared memory adds the partials (weight and
+          bias gradients summed over the batch and the image: few outputs, long sums);
+  tile    a contraction as a matrix product C[m, n] = sum_r A[m, r] * B[r, n], where A
+          is the product of the factors that read the output's "row" indices and B of
+          those that read its "column" indices (a dense layer: rows (n), columns (j);
+          a convolution: rows (n, y, x), columns (o), reduction (c, ky, kx), A being the
+          input read through the filter window: an implicit im2col). A block computes a
+          TM x TN tile of outputs, each thread an RM x RN register tile; the reduction
+          runs in chunks of TK, each chunk of A and B staged in shared memory by all
+          threads together and read from there RM (RN) times.
+
+The choice uses sizes at a nominal batch (NOMINAL) and a rough model of an H100-class
+GPU (SLOTS blocks resident at once); any grid computes the same result, so the model
+only affects speed.
+"""
+import math
+from dataclasses import dataclass, field
+
+import sympy
+
+from .index_ir import N
+from .schedule import contiguous_reads
+
+BLOCK = 256                 # threads per block, for every launch
+NOMINAL = 128               # the batch size the choices are made for
+SLOTS = 1024                # blocks of BLOCK threads an H100/H200 runs at once (132 SMs x 8)
+TREE = 30                   # a block reduction's fixed cost (its tree), in thread steps
+TK = 16                     # reduction chunk of a tile
+TILES = [(64, 64, 4, 4), (32, 32, 2, 2), (64, 16, 2, 2), (16, 16, 1, 1)]
+                            # (TM, TN, RM, RN), (TM/RM) * (TN/RN) = BLOCK, most reuse first
+
+
+@dataclass
+class Tile:
+    """A contraction seen as a matrix product (see the module's docstring)."""
+    rows: tuple             # output variables flattened into the row index m (last fastest)
+    cols: tuple             # output variables flattened into the column index n
+    a: sympy.Expr           # the factors reading rows and reduction variables
+    b: sympy.Expr           # the factors reading columns and reduction variables
+    a_guards: tuple
+    b_guards: tuple
+    tm: int
+    tn: int
+    rm: int
+    rn: int
+    a_k_fastest: bool       # stage A with consecutive threads along the reduction
+    b_k_fastest: bool       # (when memory is contiguous along it), else along m / n
+
+    @property
+    def tk(self):
+        return TK
+
+
+@dataclass
+class GPUKernel:
+    head: object            # Comprehension
+    strategy: str           # "thread" | "block" | "tile"
+    tails: list = field(default_factory=list)
+    tile: Tile = None
+
+    @property
+    def comps(self):
+        return [self.head] + self.tails
+
+    def blocks(self, tensors):
+        """The grid this launch wants, as an int or a Python expression in the sizes:
+        threads for every element, a block per element, or a block per tile."""
+        if self.strategy == "tile":
+            ranges = _ranges(self.head, tensors)
+            rows, cols = _extent(self.tile.rows, ranges), _extent(self.tile.cols, ranges)
+            return _product(_ceil(rows, self.tile.tm), _ceil(cols, self.tile.tn))
+        elements = _elements(self.head, tensors)
+        if self.strategy == "block":
+            return int(elements) if elements.is_Integer else str(elements)
+        return _ceil(elements, BLOCK)
+
+
+def gpu_schedule(comps, tensors):
+    """The launches for a list of loop nests, in order."""
+    kernels = []
+    for c in comps:
+        last = kernels[-1] if kernels else None
+        if last is not None and c.reduce is None and _elementwise_fusible(last, c, tensors):
+            last.tails.append(c)
+        else:
+            strategy, tile = choose_strategy(c, tensors)
+            kernels.append(GPUKernel(c, strategy, [], tile))
+    return kernels
+
+
+def _elementwise_fusible(kernel, c, tensors):
+    """c can run at the head's elements: same shape, and it reads what the kernel writes
+    only at its own element, and overwrites nothing the kernel reads elsewhere."""
+    shape = [sympy.sympify(d) for d in tensors[c.out].shape]
+    if shape != [sympy.sympify(d) for d in tensors[kernel.head.out].shape]:
+        return False
+    written = {n.out for n in kernel.comps} | ({kernel.head.argmax} if kernel.head.argmax else set())
+    if any(a.tensor in written and tuple(a.index) != tuple(c.index) for a in c.accesses.values()):
+        return False
+    for n in kernel.comps:
+        if any(a.tensor == c.out and tuple(a.index) != tuple(n.index) for a in n.accesses.values()):
+            return False
+    return True
+
+
+# ---- strategies ---------------------------------------------------------------------------
+def choose_strategy(c, tensors):
+    """("thread" | "block" | "tile", Tile or None) for one loop nest."""
+    if c.reduce is None:
+        return "thread", None
+    elements, terms = _elements(c, tensors, NOMINAL), _terms(c, NOMINAL)
+    if c.reduce == "sum":
+        tile = contraction_tile(c, tensors)
+        if tile is not None:
+            return "tile", tile
+        # Thread: `terms` steps in waves of SLOTS * BLOCK threads; block: terms / BLOCK
+        # steps and a tree, in waves of SLOTS blocks (worth it only for sums long enough
+        # to keep half a block busy).
+        per_thread = terms * math.ceil(elements / (SLOTS * BLOCK))
+        per_block = (terms / BLOCK + TREE) * math.ceil(elements / SLOTS)
+        if terms >= BLOCK // 2 and per_block < per_thread:
+            return "block", None
+    return "thread", None
+
+
+def contraction_tile(c, tensors):
+    """A Tile for a sum whose body is (factors of rows, reduction) x (factors of columns,
+    reduction), with enough outputs and terms to fill tiles; else None."""
+    if c.reduce != "sum" or len(c.index) < 2 or c.argmax:
+        return None
+    ranges = _ranges(c, tensors)
+    outs = set(c.index)
+    factors = sympy.Mul.make_args(c.body)
+    uses = [_variables(f, c) for f in factors]
+    guard_uses = [g.free_symbols & (outs | set(c.rindex)) for g in c.guards]
+    # Output variables that appear together in a factor or a guard must be on one side.
+    groups = []
+    for used in uses + guard_uses:
+        joined = [g for g in groups if g & used & outs]
+        merged = set(used & outs).union(*joined)
+        groups = [g for g in groups if g not in joined] + ([merged] if merged else [])
+    reduction = set(c.rindex)
+    sided = [g for g in groups if any(u & g and u & reduction for u in uses)]
+    if len(sided) != 2:
+        return None
+    first = next(g for g in sided if c.index[0] in g) if any(c.index[0] in g for g in sided) else sided[0]
+    second = sided[1] if sided[0] is first else sided[0]
+    rows = tuple(v for v in c.index if v not in second)
+    cols = tuple(v for v in c.index if v in second)
+    a = sympy.Mul(*[f for f, u in zip(factors, uses) if not u & second])
+    b = sympy.Mul(*[f for f, u in zip(factors, uses) if u & second])
+    a_guards = tuple(g for g, u in zip(c.guards, guard_uses) if not u & second)
+    b_guards = tuple(g for g, u in zip(c.guards, guard_uses) if u & second)
+    rows_n, cols_n = _extent(rows, ranges, NOMINAL), _extent(cols, ranges, NOMINAL)
+    if cols_n < 12 or rows_n < 16 or _terms(c, NOMINAL) < TK or rows_n * cols_n < 4096:
+        return None
+    tm, tn, rm, rn = _tile_shape(rows_n, cols_n)
+    return Tile(rows, cols, a, b, a_guards, b_guards, tm, tn, rm, rn,
+                _k_fastest(c, a, rows), _k_fastest(c, b, cols))
+
+
+def _tile_shape(rows, cols):
+    """The shape with the most reuse that still gives every multiprocessor a block
+    (SLOTS / 8); failing that, the one with the most blocks."""
+    def tiles(shape):
+        return math.ceil(rows / shape[0]) * math.ceil(cols / shape[1])
+    for shape in TILES:
+        if tiles(shape) >= SLOTS // 8 and cols > shape[1] // 2:
+            return shape
+    return max(TILES, key=lambda shape: (tiles(shape), -shape[2]))
+
+
+def _k_fastest(c, side, outer):
+    """Stage a side with the reduction index fastest when its reads walk memory along the
+    last reduction variable more than along the last of its own output variables."""
+    reads = [a for s, a in c.accesses.items() if s in side.free_symbols]
+    return contiguous_reads(reads, c.rindex[-1]) > contiguous_reads(reads, outer[-1])
+
+
+# ---- sizes ----------------------------------------------------------------------------------
+def _variables(factor, c):
+    """Index variables a factor depends on, through its reads or directly."""
+    out = set()
+    for s in factor.free_symbols:
+        if s in c.accesses:
+            for e in c.accesses[s].index:
+                out |= sympy.sympify(e).free_symbols
+        else:
+            out.add(s)
+    return out & (set(c.index) | set(c.rindex))
+
+
+def _ranges(c, tensors):
+    ranges = {v: sympy.sympify(e) for v, e in zip(c.index, tensors[c.out].shape)}
+    ranges.update({v: sympy.sympify(e) for v, e in zip(c.rindex, c.rextent)})
+    return ranges
+
+
+def _extent(variables, ranges, batch=None):
+    out = sympy.Mul(*[ranges[v] for v in variables])
+    return int(out.subs(N, batch)) if batch is not None else out
+
+
+def _elements(c, tensors, batch=None):
+    return _extent(c.index, _ranges(c, tensors), batch)
+
+
+def _terms(c, batch):
+    return int(sympy.Mul(*[sympy.sympify(e) for e in c.rextent]).subs(N, batch))
+
+
+def _ceil(expr, divisor):
+    """ceil(expr / divisor) as an int, or as Python text when expr has sizes in it."""
+    expr = sympy.sympify(expr)
+    return -(-int(expr) // divisor) if expr.is_Integer else f"({expr} + {divisor - 1}) // {divisor}"
+
+
+def _product(x, y):
+    return x * y if isinstance(x, int) and isinstance(y, int) else f"({x}) * ({y})"
+
+
+def format_gpu_schedule(kernels, tensors):
+    """The launches as text: strategy, grid, and the loop nests of each."""
+    from .index_ir import format_comp
+    lines = []
+    for k, kernel in enumerate(kernels):
+        how = kernel.strategy
+        if kernel.tile is not None:
+            t = kernel.tile
+            how += (f" {t.tm}x{t.tn} (rows {', '.join(map(str, t.rows))}; columns "
+                    f"{', '.join(map(str, t.cols))}), {t.rm}x{t.rn} per thread, chunks of {t.tk}")
+        lines.append(f"launch {k}: {how}, blocks {kernel.blocks(tensors)}")
+        for c in kernel.comps:
+            lines.append(f"    {format_comp(c)}")
+    return "\n".join(lines)
