@@ -165,14 +165,20 @@ def contraction_tile(c, tensors):
     a_guards = tuple(g for g, u in zip(c.guards, guard_uses) if not u & second)
     b_guards = tuple(g for g, u in zip(c.guards, guard_uses) if u & second)
     rows_n, cols_n = _extent(rows, ranges, NOMINAL), _extent(cols, ranges, NOMINAL)
-    if cols_n < 12 or rows_n < 16 or _terms(c, NOMINAL) < TK or rows_n * cols_n < 4096:
+    if not worth_tiling(rows_n, cols_n, _terms(c, NOMINAL)):
         return None
-    tm, tn, rm, rn = _tile_shape(rows_n, cols_n)
+    tm, tn, rm, rn = tile_shape(rows_n, cols_n)
     return Tile(rows, cols, a, b, a_guards, b_guards, tm, tn, rm, rn,
                 _k_fastest(c, a, rows), _k_fastest(c, b, cols))
 
 
-def _tile_shape(rows, cols):
+def worth_tiling(rows, cols, terms):
+    """Enough columns to fill most of a 16-wide tile, outputs for many tiles, and a
+    reduction of at least one chunk; a narrower product runs a thread per element."""
+    return cols >= 12 and rows >= 16 and terms >= TK and rows * cols >= 4096
+
+
+def tile_shape(rows, cols):
     """The shape with the most reuse that still gives every multiprocessor a block
     (SLOTS / 8); failing that, the one with the most blocks."""
     def tiles(shape):

@@ -109,3 +109,41 @@ def test_generator_is_deterministic_and_varied():
                " @ ", "cross_entropy(", "mse(", "binary_cross_entropy(sigmoid(", "op op",
                "swish(", "gate(", "axis=0"]:
         assert op in texts, f"no generated model uses {op!r}"
+
+
+GPU_RELATIVE = 1e-4          # float32, against the float64 reference
+GPU_SEEDS = range(0, COUNT, 3)
+
+
+@pytest.fixture(params=["default", "tile", "block"])
+def gpu_policy(request, monkeypatch):
+    """The GPU schedule as chosen, or with every contraction tiled (16x16), or with every
+    sum reduced by a block: each strategy meets every kind of loop nest."""
+    from compiler import gpu_schedule
+    if request.param == "tile":
+        monkeypatch.setattr(gpu_schedule, "worth_tiling", lambda rows, cols, terms: True)
+        monkeypatch.setattr(gpu_schedule, "tile_shape", lambda rows, cols: (16, 16, 1, 1))
+    elif request.param == "block":
+        choose = gpu_schedule.choose_strategy
+        monkeypatch.setattr(gpu_schedule, "choose_strategy", lambda c, tensors: (
+            ("block", None) if c.reduce == "sum" else choose(c, tensors)))
+    return request.param
+
+
+@pytest.mark.parametrize("seed", GPU_SEEDS)
+def test_gpu_kernels_emulated_equal_reference(seed, gpu_policy):
+    """The PTX target's kernels, run on the CPU block by block (target "gpu-emulation")."""
+    generated, model = build(seed, smooth=seed % 2 == 1)
+    program = compiler.compile(model, target="gpu-emulation", cache=False)
+    context = f"\npolicy {gpu_policy}, model:\n{generated.text}"
+    inputs = generated.inputs(17, seed=seed)
+    outputs, expected = program.forward(inputs), reference.forward(model, inputs)
+    for name in expected:
+        assert relative_error(outputs[name], expected[name], 1e-4) < GPU_RELATIVE, f"output {name}{context}"
+    loss, grads = program.value_and_grad(inputs)
+    expected_loss, expected_grads = reference.value_and_grad(model, inputs)
+    assert relative_error(loss, expected_loss, 1e-4) < GPU_RELATIVE, f"loss{context}"
+    floor = max(1e-3 * max(largest(g) for g in expected_grads.values()), 1e-4)
+    for name in expected_grads:
+        assert relative_error(grads[name], expected_grads[name], floor) < GPU_RELATIVE, \
+            f"gradient of {name}{context}"
