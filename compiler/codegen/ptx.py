@@ -222,7 +222,8 @@ class GPUKernelEmitter(KernelEmitter):
         needed = self.enter(c)
         a_guards = tuple(g for g in t.a_guards if g in needed)
         b_guards = tuple(g for g in t.b_guards if g in needed)
-        a_tile, b_tile = self.shared(t.tk * t.tm), self.shared(t.tk * t.tn)
+        # Rows of width + 1 floats: staging along k then writes 16 different banks.
+        a_tile, b_tile = self.shared(t.tk * (t.tm + 1)), self.shared(t.tk * (t.tn + 1))
         acc = self.private(t.rm * t.rn)
         rows, cols, depth = self.extent(t.rows), self.extent(t.cols), self.extent(c.rindex)
         col_tiles = b.udiv(b.add(cols, ir.Constant(I64, t.tn - 1)), ir.Constant(I64, t.tn))
@@ -244,9 +245,9 @@ class GPUKernelEmitter(KernelEmitter):
                 with self.threads() as tid:
                     ty, tx = b.udiv(tid, ir.Constant(I64, across)), b.urem(tid, ir.Constant(I64, across))
                     for k in range(t.tk):
-                        a = [b.load(self.at(a_tile, b.add(ty, ir.Constant(I64, k * t.tm + i * (t.tm // t.rm)))),
+                        a = [b.load(self.at(a_tile, b.add(ty, ir.Constant(I64, k * (t.tm + 1) + i * (t.tm // t.rm)))),
                                     typ=self.m.float) for i in range(t.rm)]
-                        w = [b.load(self.at(b_tile, b.add(tx, ir.Constant(I64, k * t.tn + j * across))),
+                        w = [b.load(self.at(b_tile, b.add(tx, ir.Constant(I64, k * (t.tn + 1) + j * across))),
                                     typ=self.m.float) for j in range(t.rn)]
                         for i in range(t.rm):
                             for j in range(t.rn):
@@ -268,7 +269,7 @@ class GPUKernelEmitter(KernelEmitter):
 
     def stage(self, tile, side, guards, variables, width, k_fastest, first, extent, k0, depth, tid):
         """This thread's share of a TK x width chunk of one side, into shared memory laid
-        out [k][position]: the side's factors at (first + position, k0 + k), 0 past
+        out [k][position] (rows padded to width + 1): the side's factors at (first + position, k0 + k), 0 past
         the output's or the reduction's end."""
         b, c, tk = self.b, self.kernel.head, self.kernel.tile.tk
         for s in range(tk * width // BLOCK):
@@ -277,7 +278,7 @@ class GPUKernelEmitter(KernelEmitter):
                 k, position = b.urem(e, ir.Constant(I64, tk)), b.udiv(e, ir.Constant(I64, tk))
             else:
                 position, k = b.urem(e, ir.Constant(I64, width)), b.udiv(e, ir.Constant(I64, width))
-            slot = self.at(tile, b.add(b.mul(k, ir.Constant(I64, width)), position))
+            slot = self.at(tile, b.add(b.mul(k, ir.Constant(I64, width + 1)), position))
             outer, r = b.add(first, position), b.add(k0, k)
             inside = b.and_(b.icmp_unsigned("<", outer, extent), b.icmp_unsigned("<", r, depth))
             with b.if_else(inside) as (then, otherwise):
