@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from compiler import compile, load, reference
+from compiler import compile, gpu_schedule, load, reference
 from runtime import cuda
 from runtime.cuda import CudaError, CudaProgram, GPUUnavailable
 from runtime.data import load_dataset
@@ -68,6 +68,29 @@ def test_forward_and_gradients_match_the_cpu(name, batch):
     for key in expected_grads:
         assert_close(grads[key], expected_grads[key])
     assert gpu.evaluate(inputs)[0] == pytest.approx(cpu.evaluate(inputs)[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["tile 64x64", "tile 32x32", "tile 64x16", "tile 16x16", "block"])
+def test_every_tile_shape_and_block_reductions_match_the_cpu(policy, monkeypatch):
+    """The shared-memory kernels on real hardware, each shape forced on every contraction
+    of LeNet-5 and MLP (tests/test_ptx.py runs the same through the emulation)."""
+    if policy == "block":
+        choose = gpu_schedule.choose_strategy
+        monkeypatch.setattr(gpu_schedule, "choose_strategy", lambda c, tensors: (
+            ("block", None) if c.reduce == "sum" else choose(c, tensors)))
+    else:
+        shape = next(s for s in gpu_schedule.TILES if f"{s[0]}x{s[1]}" == policy.split()[1])
+        monkeypatch.setattr(gpu_schedule, "worth_tiling", lambda rows, cols, terms: True)
+        monkeypatch.setattr(gpu_schedule, "tile_shape", lambda rows, cols: shape)
+    for name in ("mlp", "lenet5"):
+        m = model(name)
+        gpu, cpu = compile(m, target="ptx", cache=False), compile(m, cache=False)
+        inputs = reference.random_inputs(m, batch=37, seed=37)
+        loss, grads = gpu.value_and_grad(inputs)
+        expected_loss, expected_grads = cpu.value_and_grad(inputs)
+        assert loss == pytest.approx(expected_loss, rel=1e-4)
+        for key in expected_grads:
+            assert_close(grads[key], expected_grads[key])
 
 
 @pytest.mark.parametrize("optimizer, settings", [
