@@ -58,10 +58,7 @@ class Tile:
     rn: int
     a_k_fastest: bool       # stage A with consecutive threads along the reduction
     b_k_fastest: bool       # (when memory is contiguous along it), else along m / n
-
-    @property
-    def tk(self):
-        return TK
+    tk: int = TK            # reduction steps staged at once
 
 
 @dataclass
@@ -156,8 +153,7 @@ def contraction_tile(c, tensors):
     sided = [g for g in groups if any(u & g and u & reduction for u in uses)]
     if len(sided) != 2:
         return None
-    first = next(g for g in sided if c.index[0] in g) if any(c.index[0] in g for g in sided) else sided[0]
-    second = sided[1] if sided[0] is first else sided[0]
+    second = sided[0] if c.index[0] in sided[1] else sided[1]      # the batch index in rows
     rows = tuple(v for v in c.index if v not in second)
     cols = tuple(v for v in c.index if v in second)
     a = sympy.Mul(*[f for f, u in zip(factors, uses) if not u & second])

@@ -23,7 +23,7 @@ import numpy as np
 
 from .program import Program, eval_dim
 
-BLOCK = 256      # threads per block (compiler/codegen/ptx.py's BLOCK); any grid is correct
+BLOCK = 256      # threads per block: compiler/gpu_schedule.py's BLOCK, which the kernels assume
 ALIGN = 256      # each buffer of a block starts on this boundary, like cuMemAlloc's own
 
 

@@ -106,7 +106,7 @@ class GPUKernelEmitter(KernelEmitter):
 
     # ---- the hooks the emulation replaces ------------------------------------------------
     def special(self, name):
-        """A block index register: ctaid (this block), nctaid (blocks in the grid)."""
+        """An index register: tid (this thread), ctaid (this block), nctaid (blocks in the grid)."""
         full = f"llvm.nvvm.read.ptx.sreg.{name}.x"
         fn = self.m.module.globals.get(full) or ir.Function(self.m.module, ir.FunctionType(I32, []), full)
         return self.b.zext(self.b.call(fn, []), I64)
