@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from .index_ir import N
-from .schedule import contiguous_reads
+from .schedule import contiguous_reads, loop_ranges
 
 BLOCK = 256                 # threads per block, for every launch
 NOMINAL = 128               # the batch size the choices are made for
@@ -76,7 +76,7 @@ class GPUKernel:
         """The grid this launch wants, as an int or a Python expression in the sizes:
         threads for every element, a block per element, or a block per tile."""
         if self.strategy == "tile":
-            ranges = _ranges(self.head, tensors)
+            ranges = loop_ranges(self.head, tensors)
             rows, cols = _extent(self.tile.rows, ranges), _extent(self.tile.cols, ranges)
             return _product(_ceil(rows, self.tile.tm), _ceil(cols, self.tile.tn))
         elements = _elements(self.head, tensors)
@@ -138,7 +138,7 @@ def contraction_tile(c, tensors):
     reduction), with enough outputs and terms to fill tiles; else None."""
     if c.reduce != "sum" or len(c.index) < 2 or c.argmax:
         return None
-    ranges = _ranges(c, tensors)
+    ranges = loop_ranges(c, tensors)
     outs = set(c.index)
     factors = sympy.Mul.make_args(c.body)
     uses = [_variables(f, c) for f in factors]
@@ -205,19 +205,13 @@ def _variables(factor, c):
     return out & (set(c.index) | set(c.rindex))
 
 
-def _ranges(c, tensors):
-    ranges = {v: sympy.sympify(e) for v, e in zip(c.index, tensors[c.out].shape)}
-    ranges.update({v: sympy.sympify(e) for v, e in zip(c.rindex, c.rextent)})
-    return ranges
-
-
 def _extent(variables, ranges, batch=None):
-    out = sympy.Mul(*[ranges[v] for v in variables])
+    out = sympy.Mul(*[sympy.sympify(ranges[v]) for v in variables])
     return int(out.subs(N, batch)) if batch is not None else out
 
 
 def _elements(c, tensors, batch=None):
-    return _extent(c.index, _ranges(c, tensors), batch)
+    return _extent(c.index, loop_ranges(c, tensors), batch)
 
 
 def _terms(c, batch):

@@ -230,6 +230,9 @@ class GPUKernelEmitter(KernelEmitter):
         row_tiles = b.udiv(b.add(rows, ir.Constant(I64, t.tm - 1)), ir.Constant(I64, t.tm))
         zero = ir.Constant(self.m.float, 0.0)
         across = t.tn // t.rn                      # threads along a tile's columns
+
+        def place(tid):                            # (row, column) of a thread in the tile
+            return b.udiv(tid, ir.Constant(I64, across)), b.urem(tid, ir.Constant(I64, across))
         with self.loop(b.mul(row_tiles, col_tiles), "tile", start=self.special("ctaid"),
                        step=self.special("nctaid")) as tile:
             m0 = b.mul(b.udiv(tile, col_tiles), ir.Constant(I64, t.tm))
@@ -243,7 +246,7 @@ class GPUKernelEmitter(KernelEmitter):
                     self.stage(b_tile, t.b, b_guards, t.cols, t.tn, t.b_k_fastest, n0, cols, k0, depth, tid)
                 self.sync()
                 with self.threads() as tid:
-                    ty, tx = b.udiv(tid, ir.Constant(I64, across)), b.urem(tid, ir.Constant(I64, across))
+                    ty, tx = place(tid)
                     for k in range(t.tk):
                         a = [b.load(self.at(a_tile, b.add(ty, ir.Constant(I64, k * (t.tm + 1) + i * (t.tm // t.rm)))),
                                     typ=self.m.float) for i in range(t.rm)]
@@ -256,7 +259,7 @@ class GPUKernelEmitter(KernelEmitter):
                                                flags=FAST), slot)
                 self.sync()
             with self.threads() as tid:
-                ty, tx = b.udiv(tid, ir.Constant(I64, across)), b.urem(tid, ir.Constant(I64, across))
+                ty, tx = place(tid)
                 for i in range(t.rm):
                     for j in range(t.rn):
                         m = b.add(m0, b.add(ty, ir.Constant(I64, i * (t.tm // t.rm))))
