@@ -167,18 +167,26 @@ def emit_object(ir_text: str, opt_level: int = 2) -> bytes:
 _SPLIT_CHARS = 512 * 1024     # smaller modules compile whole, in this process
 _PARTS = 8                    # a split module: about this many parts
 _DEFINE = re.compile(r'define\s+(?:(?:internal|private)\s+)?(.*?@("[^"]+"|[-\w.$]+)\(.*)$')
+_SCALAR_GLOBAL = re.compile(r'(@("[^"]+"|[-\w.$]+)) = global (i64|i32|float|double) \S+$')
 _WORKER = "import sys; sys.path.insert(0, {root!r}); from runtime.jit import _serve; _serve({opt})"
 
 
 def _split(ir_text: str) -> list[str]:
     """The module as modules of whole functions, largest first, small ones grouped; each
     declares the functions of the others, and internal functions become external so
-    that MCJIT links calls across parts. Anything unexpected (a global variable, which
-    each part would copy) keeps the module whole."""
+    that MCJIT links calls across parts. A scalar global variable is defined in the first
+    part and declared in the others; anything unexpected keeps the module whole."""
     common, bodies, lines, i = [], {}, ir_text.splitlines(), 0
+    globals_, declared = [], []
     while i < len(lines):
         if lines[i].startswith("@"):
-            return [ir_text]
+            m = _SCALAR_GLOBAL.match(lines[i])
+            if not m:
+                return [ir_text]
+            globals_.append(lines[i])
+            declared.append(f"{m.group(1)} = external global {m.group(3)}")
+            i += 1
+            continue
         if not lines[i].startswith("define"):
             common.append(lines[i])
             i += 1
@@ -201,8 +209,8 @@ def _split(ir_text: str) -> list[str]:
     if len(groups) < 2:
         return [ir_text]
     parts = []
-    for group in groups:
-        text = list(common)
+    for k, group in enumerate(groups):
+        text = common + (globals_ if k == 0 else declared)
         for name, (head, body) in bodies.items():
             if name in group:
                 text += ["define " + head] + body

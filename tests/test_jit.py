@@ -323,6 +323,38 @@ def test_modules_with_globals_stay_whole(split_everything):
     _check_calls(jit.NativeLibrary(text, cache_dir=None, jobs=2))
 
 
+COUNTER = r"""
+@count = global i64 5
+
+define void @bump() {
+  %v = load i64, ptr @count
+  %w = add i64 %v, 1
+  store i64 %w, ptr @count
+  ret void
+}
+
+define i64 @read() {
+  %v = load i64, ptr @count
+  ret i64 %v
+}
+"""
+
+
+@pytest.mark.parametrize("jobs", [0, 2])
+def test_a_scalar_global_is_one_variable_across_parts(split_everything, jobs):
+    """Defined in the first part, declared in the others: both functions see one @count."""
+    parts = jit._split(IR + CALLS + COUNTER)
+    assert len(parts) == 7
+    assert sum("@count = global i64 5" in p for p in parts) == 1
+    assert sum("@count = external global i64" in p for p in parts) == 6
+    lib = jit.NativeLibrary(IR + CALLS + COUNTER, cache_dir=None, jobs=jobs)
+    bump, read = lib.function("bump", None, []), lib.function("read", ctypes.c_int64, [])
+    bump()
+    bump()
+    assert read() == 7
+    _check_calls(lib)
+
+
 @pytest.mark.parametrize("jobs", [0, 2])
 def test_errors_in_parts_name_the_function_in_the_module(split_everything, jobs):
     """The line is the module's (16), not its part's (20)."""

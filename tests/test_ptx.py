@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import sympy
 
-from compiler import compile, load, reference
+from compiler import compile, load, parse, reference
 from compiler import gpu_schedule
-from compiler.codegen.gpu_emulation import EmulatedGPUEmitter
+from compiler.codegen.gpu_emulation import EmulatedGPUEmitter, EmulatedKernelEmitter, race_report
 from compiler.gpu_schedule import BLOCK as GPU_BLOCK
 from compiler.native import compile_ir
 from runtime import cuda
@@ -187,6 +187,55 @@ def test_every_tile_shape_matches_reference(shape, monkeypatch):
         assert loss == pytest.approx(expected_loss, rel=1e-4)
         for key in expected_grads:
             assert_close(grads[key], expected_grads[key])
+        assert race_report(program) is None
+
+
+PROBE = """
+model probe
+input x[N, 20]
+input y[N] : i32
+output logits = dense(x, 10)
+loss cross_entropy(logits, y)
+"""
+
+
+@pytest.mark.parametrize("policy, guarded", [
+    ("block", {"grad_logits_W": 9, "grad_logits_b": 9}),
+    ("tile", {"logits_dense": 2, "grad_logits_W": 2})])
+def test_the_emulation_sees_every_missing_barrier(policy, guarded, monkeypatch):
+    """The emulation's racecheck: with every barrier, no race; with any one barrier of
+    these kernels left out, a race in that kernel. (A block reduction has a barrier
+    before the tree and after each of its 8 steps; a tile, after staging a chunk and
+    after using it. At batch 37 each block here meets several elements or chunks, so
+    every barrier guards something.)"""
+    if policy == "tile":
+        monkeypatch.setattr(gpu_schedule, "worth_tiling", lambda rows, cols, terms: True)
+        monkeypatch.setattr(gpu_schedule, "tile_shape", lambda rows, cols: (16, 16, 1, 1))
+    m = parse(PROBE)
+    inputs = reference.random_inputs(m, batch=37, seed=5)
+    barrier = EmulatedKernelEmitter.sync
+
+    def races_without(dropped):
+        """The kernels' barriers in order, and the race report with barrier `dropped` left out."""
+        seen = []
+
+        def sync(self):
+            seen.append(self.fn.name.split("_", 1)[1])
+            if len(seen) - 1 != dropped:
+                barrier(self)
+        monkeypatch.setattr(EmulatedKernelEmitter, "sync", sync)
+        program = compile(m, target="gpu-emulation", entries=("value_and_grad",), cache=False)
+        program.value_and_grad(inputs)
+        return seen, race_report(program)
+    kernels, report = races_without(None)
+    assert report is None
+    checked = 0
+    for n, kernel in enumerate(kernels):
+        if kernel in guarded:
+            _, report = races_without(n)
+            assert report is not None and report.endswith("_" + kernel), (n, kernel)
+            checked += 1
+    assert checked == sum(guarded.values())
 
 
 def test_a_map_joins_a_launch_only_at_its_own_element():
@@ -251,6 +300,7 @@ def test_emulated_grid_matches_reference(name, batch):
         assert sorted(grads) == sorted(expected_grads)
         for key in expected_grads:
             assert_close(grads[key], expected_grads[key])
+    assert race_report(program) is None
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if model(n).loss and model(n).params])

@@ -132,7 +132,9 @@ def gpu_policy(request, monkeypatch):
 
 @pytest.mark.parametrize("seed", GPU_SEEDS)
 def test_gpu_kernels_emulated_equal_reference(seed, gpu_policy):
-    """The PTX target's kernels, run on the CPU block by block (target "gpu-emulation")."""
+    """The PTX target's kernels, run on the CPU block by block (target "gpu-emulation"),
+    with no shared-memory race."""
+    from compiler.codegen.gpu_emulation import race_report
     generated, model = build(seed, smooth=seed % 2 == 1)
     program = compiler.compile(model, target="gpu-emulation", cache=False)
     context = f"\npolicy {gpu_policy}, model:\n{generated.text}"
@@ -147,3 +149,4 @@ def test_gpu_kernels_emulated_equal_reference(seed, gpu_policy):
     for name in expected_grads:
         assert relative_error(grads[name], expected_grads[name], floor) < GPU_RELATIVE, \
             f"gradient of {name}{context}"
+    assert race_report(program) is None, context

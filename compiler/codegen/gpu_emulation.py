@@ -8,6 +8,13 @@ a thread keeps across phases (a tile's accumulators) are arrays indexed by threa
 Each entry point calls every launch's kernel for each of a small grid of blocks (so
 grid-stride loops wrap), in launch order: an ordinary host module with the CPU
 Program's entry signature, checked against the reference evaluator like the CPU backend.
+
+Because the phases run in sequence, a missing barrier would go unseen in the results;
+so the emulation checks shared memory as compute-sanitizer's racecheck does on a GPU.
+Each shared slot keeps stamps (epoch, thread) of its last writer and last reader, the
+epoch counting the block's barriers so far; touching a slot that another thread wrote
+in the same epoch, or writing one that another thread read in it, is a race. Races are
+counted in the module (`symnet_races()`, `symnet_first_race()`: the kernel number).
 """
 from contextlib import contextmanager
 
@@ -18,22 +25,75 @@ from .llvm import I64, PTR, KernelEmitter, LLVMEmitter
 from .ptx import GPUKernelEmitter, PTXEmitter
 
 GRID = 3
+MANY = BLOCK                       # a reader stamp's thread part: read by several threads
 
 
 class EmulatedKernelEmitter(GPUKernelEmitter):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.tid = None            # the thread of the phase being emitted
+        self.stamps = {}           # shared array -> (last writer's, last reader's) stamps
+        with self.b.goto_entry_block():
+            self.epoch = self.b.alloca(I64)
+            self.b.store(ir.Constant(I64, 0), self.epoch)
+
     def special(self, name):
         return {"ctaid": self.fn.args[-2], "nctaid": self.fn.args[-1]}[name]
 
     @contextmanager
     def threads(self):
         with self.loop(ir.Constant(I64, BLOCK), "thread") as tid:
+            self.tid = tid
             yield tid
+        self.tid = None
 
     def sync(self):
-        pass                       # phases run one after another
+        # The phases run one after another anyway; a barrier only opens a new epoch.
+        self.b.store(self.b.add(self.b.load(self.epoch, typ=I64), ir.Constant(I64, 1)), self.epoch)
 
     def shared(self, count):
-        return self.array(count)
+        memory = self.array(count)
+        memset = self.m.declare("llvm.memset.p0.i64", ir.VoidType(), [PTR, ir.IntType(8), I64, ir.IntType(1)])
+        with self.b.goto_entry_block():
+            stamps = [self.b.alloca(I64, size=ir.Constant(I64, count)) for _ in "wr"]
+            for s in stamps:       # all bits set: stamp -1, before any epoch
+                self.b.call(memset, [s, ir.Constant(ir.IntType(8), 255), ir.Constant(I64, 8 * count),
+                                     ir.Constant(ir.IntType(1), 0)])
+        self.stamps[memory] = stamps
+        return memory
+
+    # ---- racecheck ----------------------------------------------------------------------------
+    def access(self, memory, k, write):
+        """Check this thread's access to slot k, then stamp it."""
+        assert self.tid is not None, "shared memory is touched only inside a phase"
+        b = self.b
+        writer, reader = (b.gep(s, [k], inbounds=True, source_etype=I64) for s in self.stamps[memory])
+        base = b.mul(b.load(self.epoch, typ=I64), ir.Constant(I64, BLOCK + 1))
+        mine = b.add(base, self.tid)
+
+        def other(slot):           # stamped in this epoch by another thread
+            stamp = b.load(slot, typ=I64)
+            return b.and_(b.icmp_signed(">=", stamp, base), b.icmp_signed("!=", stamp, mine))
+        racy = other(writer)
+        if write:
+            racy = b.or_(racy, other(reader))
+            b.store(mine, writer)
+        else:
+            b.store(b.select(other(reader), b.add(base, ir.Constant(I64, MANY)), mine), reader)
+        with b.if_then(racy, likely=False):
+            races, first = self.m.race_counters
+            b.store(b.add(b.load(races, typ=I64), ir.Constant(I64, 1)), races)
+            number = ir.Constant(I64, int(self.fn.name[1:].split("_")[0]))
+            unset = b.icmp_signed("<", b.load(first, typ=I64), ir.Constant(I64, 0))
+            b.store(b.select(unset, number, b.load(first, typ=I64)), first)
+
+    def load_shared(self, memory, k):
+        self.access(memory, k, write=False)
+        return super().load_shared(memory, k)
+
+    def store_shared(self, value, memory, k):
+        self.access(memory, k, write=True)
+        super().store_shared(value, memory, k)
 
     def private(self, count):
         base = self.array(BLOCK * count)
@@ -49,6 +109,16 @@ class EmulatedGPUEmitter(PTXEmitter):
     def __init__(self, tensors, size_names, dtype="f32", name="symnet"):
         super().__init__(tensors, size_names, dtype, name, arch="sm_80")
         self.module.data_layout = ""
+        self.race_counters = [self.counter("symnet_races", 0), self.counter("symnet_first_race", -1)]
+
+    def counter(self, name, initial):
+        """A module-wide i64, and a function of the same name that reads it."""
+        value = ir.GlobalVariable(self.module, I64, f"{name}_value")
+        value.initializer = ir.Constant(I64, initial)
+        fn = ir.Function(self.module, ir.FunctionType(I64, []), name)
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        b.ret(b.load(value, typ=I64))
+        return value
 
     def mark_kernel(self, fn):
         fn.linkage = "internal"
@@ -84,3 +154,18 @@ class EmulatedGPUEmitter(PTXEmitter):
             with host.loop(ir.Constant(I64, GRID), "block") as block:
                 b.call(kernel, [sizes] + pointers + [block, ir.Constant(I64, GRID)])
         b.ret_void()
+
+
+def race_report(program):
+    """None, or a line on the shared-memory races a program of this backend has met so
+    far (over all its modules: entries compiled later have their own counters)."""
+    import ctypes
+    count, first = 0, None
+    for library in program.libraries:
+        found = library.function("symnet_races", ctypes.c_int64, [])()
+        if found and first is None:
+            number = library.function("symnet_first_race", ctypes.c_int64, [])()
+            first = next(launch["kernel"] for launches in program.spec["launches"].values()
+                         for launch in launches if launch["kernel"].startswith(f"k{number}_"))
+        count += found
+    return f"{count} shared-memory races, the first in kernel {first}" if count else None

@@ -131,6 +131,12 @@ class GPUKernelEmitter(KernelEmitter):
         with self.b.goto_entry_block():
             return self.b.addrspacecast(memory, PTR)
 
+    def load_shared(self, memory, k):
+        return self.b.load(self.at(memory, k), typ=self.m.float)
+
+    def store_shared(self, value, memory, k):
+        self.b.store(value, self.at(memory, k))
+
     def private(self, count):
         """`count` floats per thread kept across phases; returns slot(tid, k) -> pointer.
         On the GPU, registers (constant k after unrolling)."""
@@ -198,20 +204,20 @@ class GPUKernelEmitter(KernelEmitter):
                 with self.loop(self.extent(c.rindex), "term", start=tid, step=ir.Constant(I64, BLOCK)) as r:
                     term = self.term(c, {**env, **self.element(r, c.rindex)}, guards)
                     b.store(b.fadd(b.load(acc, typ=self.m.float), term, flags=FAST), acc)
-                b.store(b.load(acc, typ=self.m.float), self.at(partial, tid))
+                self.store_shared(b.load(acc, typ=self.m.float), partial, tid)
             self.sync()
             half = BLOCK // 2
             while half:
                 with self.threads() as tid:
                     with b.if_then(b.icmp_unsigned("<", tid, ir.Constant(I64, half))):
-                        other = b.load(self.at(partial, b.add(tid, ir.Constant(I64, half))), typ=self.m.float)
-                        mine = self.at(partial, tid)
-                        b.store(b.fadd(b.load(mine, typ=self.m.float), other, flags=FAST), mine)
+                        other = self.load_shared(partial, b.add(tid, ir.Constant(I64, half)))
+                        mine = self.load_shared(partial, tid)
+                        self.store_shared(b.fadd(mine, other, flags=FAST), partial, tid)
                 self.sync()
                 half //= 2
             with self.threads() as tid:
                 with b.if_then(b.icmp_unsigned("==", tid, ir.Constant(I64, 0))):
-                    self.store(c, env, b.load(self.at(partial, ir.Constant(I64, 0)), typ=self.m.float))
+                    self.store(c, env, self.load_shared(partial, ir.Constant(I64, 0)))
                     self.tails(env)
 
     def tile_strategy(self):
@@ -248,10 +254,10 @@ class GPUKernelEmitter(KernelEmitter):
                 with self.threads() as tid:
                     ty, tx = place(tid)
                     for k in range(t.tk):
-                        a = [b.load(self.at(a_tile, b.add(ty, ir.Constant(I64, k * (t.tm + 1) + i * (t.tm // t.rm)))),
-                                    typ=self.m.float) for i in range(t.rm)]
-                        w = [b.load(self.at(b_tile, b.add(tx, ir.Constant(I64, k * (t.tn + 1) + j * across))),
-                                    typ=self.m.float) for j in range(t.rn)]
+                        a = [self.load_shared(a_tile, b.add(ty, ir.Constant(I64, k * (t.tm + 1) + i * (t.tm // t.rm))))
+                             for i in range(t.rm)]
+                        w = [self.load_shared(b_tile, b.add(tx, ir.Constant(I64, k * (t.tn + 1) + j * across)))
+                             for j in range(t.rn)]
                         for i in range(t.rm):
                             for j in range(t.rn):
                                 slot = acc(tid, i * t.rn + j)
@@ -281,7 +287,7 @@ class GPUKernelEmitter(KernelEmitter):
                 k, position = b.urem(e, ir.Constant(I64, tk)), b.udiv(e, ir.Constant(I64, tk))
             else:
                 position, k = b.urem(e, ir.Constant(I64, width)), b.udiv(e, ir.Constant(I64, width))
-            slot = self.at(tile, b.add(b.mul(k, ir.Constant(I64, width + 1)), position))
+            slot = b.add(b.mul(k, ir.Constant(I64, width + 1)), position)
             outer, r = b.add(first, position), b.add(k0, k)
             inside = b.and_(b.icmp_unsigned("<", outer, extent), b.icmp_unsigned("<", r, depth))
             with b.if_else(inside) as (then, otherwise):
@@ -290,9 +296,9 @@ class GPUKernelEmitter(KernelEmitter):
                     value = self.value(side, env, c.accesses, {})
                     if guards:
                         value = b.select(self.condition(sympy.And(*guards), env), value, self.const(0.0))
-                    b.store(value, slot)
+                    self.store_shared(value, tile, slot)
                 with otherwise:
-                    b.store(ir.Constant(self.m.float, 0.0), slot)
+                    self.store_shared(ir.Constant(self.m.float, 0.0), tile, slot)
 
     def array(self, count):
         """`count` floats on the stack (in registers where the indices are constants)."""
