@@ -12,7 +12,8 @@ part of the mathematics.
 import os
 import shutil
 import subprocess
-import tempfile
+
+from runtime.files import write_atomically
 
 from .autodiff import differentiate
 from .errors import SymnetError
@@ -119,16 +120,7 @@ def write_graph(dot_text, path):
 
 
 def _atomic_write(path, data):
-    """Write to a temporary file beside `path`, then rename it into place."""
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".graph-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_atomically(path, data)
     except OSError as e:
         raise SymnetError(f"cannot write '{path}': {e.strerror or e}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

@@ -8,10 +8,11 @@ import gc
 import hashlib
 import json
 import os
-import tempfile
 import time
 
 import sympy
+
+from runtime.files import write_atomically
 
 from .defaults import OPTIMIZERS
 from .lower import lower
@@ -223,12 +224,9 @@ def _store_front_cache(path, spec, library_key):
         return
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
         body = json.dumps({"spec": spec, "library": library_key}, sort_keys=True)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"spec": spec, "library": library_key,
-                       "sha256": hashlib.sha256(body.encode()).hexdigest()}, f)
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps({"spec": spec, "library": library_key,
+                                           "sha256": hashlib.sha256(body.encode()).hexdigest()}).encode())
     except OSError:
         pass                       # caching is best effort
 

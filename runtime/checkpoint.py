@@ -13,9 +13,10 @@ that names the file. Pickles are never loaded.
 """
 import json
 import os
-import secrets
 
 import numpy as np
+
+from .files import write_atomically
 
 FORMAT = "symnet-checkpoint/1"
 META_KEY = "__symnet_meta__"          # cannot clash: parameter names are identifiers
@@ -52,44 +53,10 @@ def save(path, params, *, model_name, model_hash, extra=None):
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: extra metadata is not JSON serializable ({err})") from None
     arrays[META_KEY] = np.array(text)
-    directory = os.path.dirname(os.path.abspath(path))
-    # Same directory, so os.replace is a rename within one file system; O_EXCL and a
-    # random name so concurrent saves never share a temporary; mode 0o666 (not mkstemp's
-    # 0o600) so the checkpoint gets the usual umask permissions.
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        write_atomically(path, lambda f: np.savez(f, **arrays), durable=True)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot write ({err.strerror or err})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:          # even Ctrl-C: never leave the temporary behind
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(err, OSError):
-            raise CheckpointError(f"{path}: cannot write ({err.strerror or err})") from None
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    """Make the rename itself durable; not every platform can open a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path, *, expect_hash=None, expect_params=None):

@@ -23,7 +23,6 @@ import gzip
 import math
 import os
 import struct
-import uuid
 import warnings
 import zipfile
 import zlib
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from .files import write_atomically
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -66,16 +67,10 @@ def _atomic_write(path, data: bytes) -> None:
     """Write ``data`` to a temporary file next to ``path``, then rename it over
     ``path`` so readers never see a half-written file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)     # `-o out/maps.png`
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomically(path, data)
     except OSError as err:
-        if tmp.exists():
-            tmp.unlink()
         raise DataError(f"{path}: cannot write ({err.strerror or _oneline(err)})") from None
 
 

@@ -29,6 +29,7 @@ import tempfile
 
 import numpy as np
 
+from .files import write_atomically
 from .jit import emit_object
 
 
@@ -328,19 +329,10 @@ def _run(*command, cwd):
 
 
 def _write(path, data):
-    """Write atomically: a temporary file beside `path`, renamed into place."""
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".export-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o755 if path.endswith(".so") else 0o644)
-        os.replace(tmp, path)
+        write_atomically(path, data, mode=0o777 if path.endswith(".so") else 0o666)
     except OSError as err:
         raise ExportError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _read(path):

@@ -33,6 +33,8 @@ import threading
 import llvmlite
 import llvmlite.binding as llvm
 
+from .files import write_atomically
+
 COMPILER_VERSION = "symnet-jit-2"
 _MAGIC = b"SYMNOBJ2"              # 8-byte magic, sha256(payload), then the objects:
                                   # each an 8-byte little-endian length and its bytes
@@ -310,23 +312,6 @@ def _serve(opt_level: int) -> None:
         out.flush()
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write via temp file in the same dir + os.replace: readers never see
-    a partial file, and concurrent writers of the same key just race benignly."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def build_shared_library(ir_text: str, out_path: str, opt_level: int = 2) -> str:
     """Compile IR to a shared library with the system ``cc``; returns out_path."""
     cc = shutil.which("cc")
@@ -344,7 +329,7 @@ def build_shared_library(ir_text: str, out_path: str, opt_level: int = 2) -> str
             err = (r.stderr.strip().splitlines() or ["unknown error"])[-1]
             raise RuntimeError(f"build_shared_library: cc failed: {err}")
         with open(so, "rb") as f:
-            _atomic_write(out_path, f.read())
+            write_atomically(out_path, f.read(), mode=0o777)
     return out_path
 
 
@@ -472,7 +457,7 @@ class NativeLibrary:
             return
         try:
             os.makedirs(self.cache_dir, exist_ok=True)
-            _atomic_write(self.cache_path, _MAGIC + hashlib.sha256(payload).digest() + payload)
+            write_atomically(self.cache_path, _MAGIC + hashlib.sha256(payload).digest() + payload)
         except OSError:
             pass
 

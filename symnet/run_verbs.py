@@ -15,7 +15,6 @@ import argparse
 import functools
 import math
 import os
-import secrets
 import sys
 import time
 
@@ -27,7 +26,7 @@ from compiler.errors import SymnetError
 from compiler.pipeline import load
 from compiler.gpu_schedule import format_gpu_schedule
 from compiler.schedule import format_schedule
-from runtime import checkpoint, jit
+from runtime import checkpoint, files, jit
 from runtime.checkpoint import CheckpointError
 from runtime.data import DataError, fit_to_shape, load_dataset, load_image
 from runtime.program import ProgramError
@@ -123,17 +122,10 @@ def write_atomically(path, data):
     an interrupted write never leaves half a file."""
     path = os.path.abspath(path)
     make_parent_folder(path)                # `-o out/model.ptx` in a fresh clone
-    tmp = os.path.join(os.path.dirname(path),
-                       f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        files.write_atomically(path, data)
     except OSError as err:
         raise SymnetError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        if os.path.exists(tmp):             # a failed or interrupted write
-            os.unlink(tmp)
 
 
 # ---- train --------------------------------------------------------------------------

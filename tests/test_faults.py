@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import compiler
-from runtime import checkpoint, jit
+from runtime import checkpoint, files, jit
 from runtime.checkpoint import CheckpointError
 from runtime.train import TrainingError, train
 
@@ -284,7 +284,7 @@ def test_failure_after_the_rename_keeps_the_new_checkpoint(tmp_path, monkeypatch
 
     def interrupted(directory):
         raise KeyboardInterrupt
-    monkeypatch.setattr(checkpoint, "_fsync_directory", interrupted)
+    monkeypatch.setattr(files, "_fsync_folder", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save(path, NEW)
     monkeypatch.undo()
@@ -480,3 +480,24 @@ def test_symnet_cache_clear(warm_cache):
     assert cleared.returncode == 0, cleared.stderr
     assert cleared.stdout.strip() == f"removed 1 compiled model(s) from {cache}"
     assert not glob.glob(os.path.join(cache, "*.symobj"))
+
+
+def test_atomic_write_takes_the_umask_and_leaves_nothing_on_failure(tmp_path):
+    """runtime/files.write_atomically, which every file symnet keeps goes through."""
+    old = os.umask(0o022)
+    try:
+        files.write_atomically(tmp_path / "a.txt", b"one")
+        files.write_atomically(tmp_path / "b.so", lambda f: f.write(b"two"), mode=0o777)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.so").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "b.so").read_bytes() == b"two"
+
+    def half_then_fail(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError, match="No space"):
+        files.write_atomically(tmp_path / "a.txt", half_then_fail)
+    assert (tmp_path / "a.txt").read_bytes() == b"one"
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.so"]
