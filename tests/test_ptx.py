@@ -23,7 +23,8 @@ import sympy
 
 from compiler import compile, load, parse, reference
 from compiler import gpu_schedule
-from compiler.codegen.gpu_emulation import EmulatedGPUEmitter, EmulatedKernelEmitter, race_report
+from compiler.codegen.gpu_emulation import EmulatedGPUEmitter, EmulatedKernelEmitter, sanitizer_report
+from compiler.codegen.llvm import KernelEmitter
 from compiler.gpu_schedule import BLOCK as GPU_BLOCK
 from compiler.native import compile_ir
 from runtime import cuda
@@ -187,7 +188,7 @@ def test_every_tile_shape_matches_reference(shape, monkeypatch):
         assert loss == pytest.approx(expected_loss, rel=1e-4)
         for key in expected_grads:
             assert_close(grads[key], expected_grads[key])
-        assert race_report(program) is None
+        assert sanitizer_report(program) is None
 
 
 PROBE = """
@@ -226,16 +227,33 @@ def test_the_emulation_sees_every_missing_barrier(policy, guarded, monkeypatch):
         monkeypatch.setattr(EmulatedKernelEmitter, "sync", sync)
         program = compile(m, target="gpu-emulation", entries=("value_and_grad",), cache=False)
         program.value_and_grad(inputs)
-        return seen, race_report(program)
+        return seen, sanitizer_report(program)
     kernels, report = races_without(None)
     assert report is None
     checked = 0
     for n, kernel in enumerate(kernels):
         if kernel in guarded:
             _, report = races_without(n)
-            assert report is not None and report.endswith("_" + kernel), (n, kernel)
+            assert re.fullmatch(rf"\d+ races \(the first in kernel k\d+_{kernel}\)", report or ""), \
+                (n, kernel, report)
             checked += 1
     assert checked == sum(guarded.values())
+
+
+def test_the_emulation_sees_addresses_outside_a_tensor(monkeypatch):
+    """The emulation's memcheck: LeNet-5's padded convolution reads x at y + ky - 2,
+    which the generated code clamps into x (then zeroes). Taking every index as proven
+    in bounds drops the clamp, and the reads outside x are reported."""
+    m = model("lenet5")
+    inputs = reference.random_inputs(m, batch=7, seed=7)
+    program = compile(m, target="gpu-emulation", entries=("predict",), cache=False)
+    program.forward(inputs)
+    assert sanitizer_report(program) is None
+    monkeypatch.setattr(KernelEmitter, "known_in_bounds", lambda self, e, dim: True)
+    program = compile(m, target="gpu-emulation", entries=("predict",), cache=False)
+    program.forward(inputs)
+    assert re.fullmatch(r"\d+ out-of-bounds accesses \(the first in kernel k0_c1_conv2d\)",
+                        sanitizer_report(program) or "")
 
 
 def test_a_map_joins_a_launch_only_at_its_own_element():
@@ -300,7 +318,7 @@ def test_emulated_grid_matches_reference(name, batch):
         assert sorted(grads) == sorted(expected_grads)
         for key in expected_grads:
             assert_close(grads[key], expected_grads[key])
-    assert race_report(program) is None
+    assert sanitizer_report(program) is None
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if model(n).loss and model(n).params])

@@ -134,7 +134,7 @@ def gpu_policy(request, monkeypatch):
 def test_gpu_kernels_emulated_equal_reference(seed, gpu_policy):
     """The PTX target's kernels, run on the CPU block by block (target "gpu-emulation"),
     with no shared-memory race."""
-    from compiler.codegen.gpu_emulation import race_report
+    from compiler.codegen.gpu_emulation import sanitizer_report
     generated, model = build(seed, smooth=seed % 2 == 1)
     program = compiler.compile(model, target="gpu-emulation", cache=False)
     context = f"\npolicy {gpu_policy}, model:\n{generated.text}"
@@ -149,4 +149,4 @@ def test_gpu_kernels_emulated_equal_reference(seed, gpu_policy):
     for name in expected_grads:
         assert relative_error(grads[name], expected_grads[name], floor) < GPU_RELATIVE, \
             f"gradient of {name}{context}"
-    assert race_report(program) is None, context
+    assert sanitizer_report(program) is None, context

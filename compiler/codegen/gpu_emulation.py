@@ -9,22 +9,29 @@ Each entry point calls every launch's kernel for each of a small grid of blocks 
 grid-stride loops wrap), in launch order: an ordinary host module with the CPU
 Program's entry signature, checked against the reference evaluator like the CPU backend.
 
-Because the phases run in sequence, a missing barrier would go unseen in the results;
-so the emulation checks shared memory as compute-sanitizer's racecheck does on a GPU.
-Each shared slot keeps stamps (epoch, thread) of its last writer and last reader, the
-epoch counting the block's barriers so far; touching a slot that another thread wrote
-in the same epoch, or writing one that another thread read in it, is a race. Races are
-counted in the module (`symnet_races()`, `symnet_first_race()`: the kernel number).
+The emulation also checks what compute-sanitizer checks on a GPU:
+  * racecheck: the phases run in sequence, so a missing barrier would go unseen in the
+    results. Each shared slot keeps stamps (epoch, thread) of its last writer and last
+    reader, the epoch counting the block's barriers so far; touching a slot that
+    another thread wrote in the same epoch, or writing one that another thread read in
+    it, is a race;
+  * memcheck: every address into a tensor lies inside that tensor.
+Each kind is counted in the module, with the number of the first kernel it happened in
+(`symnet_races()`, `symnet_first_race()`, and `..._out_of_bounds`); `sanitizer_report`
+reads them.
 """
 from contextlib import contextmanager
 
 import llvmlite.ir as ir
+import sympy
 
 from ..gpu_schedule import BLOCK
 from .llvm import I64, PTR, KernelEmitter, LLVMEmitter
 from .ptx import GPUKernelEmitter, PTXEmitter
 
 GRID = 3
+CHECKS = ("races", "out_of_bounds")
+WHAT = {"races": "races", "out_of_bounds": "out-of-bounds accesses"}
 MANY = BLOCK                       # a reader stamp's thread part: read by several threads
 
 
@@ -49,6 +56,7 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
 
     def sync(self):
         # The phases run one after another anyway; a barrier only opens a new epoch.
+        assert self.tid is None, "a barrier inside a phase: not every thread might reach it"
         self.b.store(self.b.add(self.b.load(self.epoch, typ=I64), ir.Constant(I64, 1)), self.epoch)
 
     def shared(self, count):
@@ -80,12 +88,28 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
             b.store(mine, writer)
         else:
             b.store(b.select(other(reader), b.add(base, ir.Constant(I64, MANY)), mine), reader)
-        with b.if_then(racy, likely=False):
-            races, first = self.m.race_counters
-            b.store(b.add(b.load(races, typ=I64), ir.Constant(I64, 1)), races)
+        self.report("races", racy)
+
+    def report(self, check, failed):
+        """Where `failed` holds, count one failure of `check` (one of CHECKS)."""
+        b = self.b
+        with b.if_then(failed, likely=False):
+            count, first = self.m.counters[check]
+            b.store(b.add(b.load(count, typ=I64), ir.Constant(I64, 1)), count)
             number = ir.Constant(I64, int(self.fn.name[1:].split("_")[0]))
             unset = b.icmp_signed("<", b.load(first, typ=I64), ir.Constant(I64, 0))
             b.store(b.select(unset, number, b.load(first, typ=I64)), first)
+
+    # ---- memcheck -----------------------------------------------------------------------------
+    def address(self, tensor, index, env):
+        ptr, etype = super().address(tensor, index, env)
+        b, shape = self.b, self.m.tensors[tensor].shape
+        count = self.dim(sympy.Mul(*[sympy.sympify(d) for d in shape]))
+        offset = b.sub(b.ptrtoint(ptr, I64), b.ptrtoint(self.pointers[tensor], I64))
+        bytes_ = b.mul(count, ir.Constant(I64, 4))
+        self.report("out_of_bounds", b.or_(b.icmp_signed("<", offset, ir.Constant(I64, 0)),
+                                           b.icmp_signed(">=", offset, bytes_)))
+        return ptr, etype
 
     def load_shared(self, memory, k):
         self.access(memory, k, write=False)
@@ -109,7 +133,8 @@ class EmulatedGPUEmitter(PTXEmitter):
     def __init__(self, tensors, size_names, dtype="f32", name="symnet"):
         super().__init__(tensors, size_names, dtype, name, arch="sm_80")
         self.module.data_layout = ""
-        self.race_counters = [self.counter("symnet_races", 0), self.counter("symnet_first_race", -1)]
+        self.counters = {check: (self.counter(f"symnet_{check}", 0), self.counter(f"symnet_first_{check}", -1))
+                         for check in CHECKS}
 
     def counter(self, name, initial):
         """A module-wide i64, and a function of the same name that reads it."""
@@ -156,16 +181,21 @@ class EmulatedGPUEmitter(PTXEmitter):
         b.ret_void()
 
 
-def race_report(program):
-    """None, or a line on the shared-memory races a program of this backend has met so
-    far (over all its modules: entries compiled later have their own counters)."""
+def sanitizer_report(program):
+    """None, or a line on the races and out-of-bounds accesses a program of this
+    backend has met so far (over all its modules: entries compiled later have their
+    own counters)."""
     import ctypes
-    count, first = 0, None
-    for library in program.libraries:
-        found = library.function("symnet_races", ctypes.c_int64, [])()
-        if found and first is None:
-            number = library.function("symnet_first_race", ctypes.c_int64, [])()
-            first = next(launch["kernel"] for launches in program.spec["launches"].values()
-                         for launch in launches if launch["kernel"].startswith(f"k{number}_"))
-        count += found
-    return f"{count} shared-memory races, the first in kernel {first}" if count else None
+    found = []
+    for check in CHECKS:
+        count, first = 0, None
+        for library in program.libraries:
+            seen = library.function(f"symnet_{check}", ctypes.c_int64, [])()
+            if seen and first is None:
+                number = library.function(f"symnet_first_{check}", ctypes.c_int64, [])()
+                first = next(launch["kernel"] for launches in program.spec["launches"].values()
+                             for launch in launches if launch["kernel"].startswith(f"k{number}_"))
+            count += seen
+        if count:
+            found.append(f"{count} {WHAT[check]} (the first in kernel {first})")
+    return "; ".join(found) or None
