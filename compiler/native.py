@@ -170,6 +170,7 @@ def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache
             library = NativeLibrary(ir_text, opt_level=opt_level, name=model.name,
                                     cache_key_extra=VERSION, **kwargs)
             _store_front_cache(front, spec, library.key)
+        library.launches = spec.get("launches")     # the GPU emulation's kernels, by module
         return library, spec
 
     # What training needs now; predict and value_and_grad on their first call.

@@ -234,7 +234,8 @@ def test_the_emulation_sees_every_missing_barrier(policy, guarded, monkeypatch):
     for n, kernel in enumerate(kernels):
         if kernel in guarded:
             _, report = races_without(n)
-            assert re.fullmatch(rf"\d+ races \(the first in kernel k\d+_{kernel}\)", report or ""), \
+            assert re.fullmatch(rf"\d+ races in shared memory \(the first in kernel k\d+_{kernel}\)",
+                                report or ""), \
                 (n, kernel, report)
             checked += 1
     assert checked == sum(guarded.values())
@@ -254,6 +255,34 @@ def test_the_emulation_sees_addresses_outside_a_tensor(monkeypatch):
     program.forward(inputs)
     assert re.fullmatch(r"\d+ out-of-bounds accesses \(the first in kernel k0_c1_conv2d\)",
                         sanitizer_report(program) or "")
+
+
+FLIPPED = """
+model flipped
+input x[N, 4]
+param W[4, 4] ~ glorot
+op flip(A, B)[n, j] = A[n, 3 - j] + 0 * B[n, j]
+h = relu(x @ W)
+output y = flip(h, h)
+loss mean(y)
+"""                                   # (B only tells the op the range of j)
+
+
+def test_the_emulation_sees_a_tail_reading_another_threads_element(monkeypatch):
+    """The emulation's race check on global memory: y reads h at another element, so
+    it must not join h's launch. With the fusion rule reduced to "same shape", it
+    does: the results go wrong, and the check reports the race in that launch."""
+    m = parse(FLIPPED)
+    inputs = reference.random_inputs(m, batch=300, seed=3)
+    expected = reference.forward(m, inputs)["y"]
+    program = compile(m, target="gpu-emulation", entries=("predict",), cache=False)
+    assert_close(program.forward(inputs)["y"], expected)
+    assert sanitizer_report(program) is None
+    monkeypatch.setattr(gpu_schedule, "_elementwise_fusible", lambda kernel, c, tensors: (
+        tensors[c.out].shape == tensors[kernel.head.out].shape))
+    program = compile(m, target="gpu-emulation", entries=("predict",), cache=False)
+    assert re.fullmatch(r"\d+ races in global memory \(the first in kernel k0_h_matmul\)",
+                        (program.forward(inputs), sanitizer_report(program))[1] or "")
 
 
 def test_a_map_joins_a_launch_only_at_its_own_element():
@@ -544,17 +573,20 @@ class FakeDriver:
 
 @functools.lru_cache(maxsize=None)
 def host_kernels(name, optimizer=None):
-    """The emulation backend's kernels, callable one thread at a time: compiled with
+    """The emulation backend's kernels, callable one block at a time: compiled with
     external linkage (the backend keeps them internal to its entry points)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(EmulatedGPUEmitter, "mark_kernel",
                       lambda self, fn: fn.attributes.add("noinline"))
         ir_text, spec, _, _ = compile_ir(model(name), optimizer, target="gpu-emulation")
     library = NativeLibrary(ir_text, cache_dir=None, name=f"{name}_kernels")
-    return {launch["kernel"]: library.function(
-                launch["kernel"], None,
-                [ctypes.c_void_p] * (1 + len(launch["buffers"])) + [ctypes.c_int64] * 2)
-            for launch in itertools.chain(*spec["launches"].values())}
+    kernels = {launch["kernel"]: library.function(
+                   launch["kernel"], None,
+                   [ctypes.c_void_p] * (1 + len(launch["buffers"])) + [ctypes.c_int64] * 2 + [ctypes.c_void_p])
+               for launch in itertools.chain(*spec["launches"].values())}
+    # As a GPU calls them: (sizes, buffers..., block, blocks), no race stamps.
+    return {name: functools.partial(lambda kernel, *args: kernel(*args, None), kernel)
+            for name, kernel in kernels.items()}
 
 
 def fake_program(name, optimizer=None, **driver_options):

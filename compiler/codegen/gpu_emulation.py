@@ -1,7 +1,7 @@
 """The GPU kernels run on the CPU, to test the grid mapping where no GPU is present.
 
 Each PTX kernel is emitted for the host as a function computing one *block*:
-`kernel(sizes, buffers..., ctaid, nctaid)`. Its phases (ptx.py) become loops over the
+`kernel(sizes, buffers..., ctaid, nctaid, owners)` (owners: below). Its phases (ptx.py) become loops over the
 block's BLOCK threads, run one after another, so a barrier between phases holds by
 construction; shared memory is an array on the stack of the block's call, and values
 a thread keeps across phases (a tile's accumulators) are arrays indexed by thread.
@@ -9,16 +9,22 @@ Each entry point calls every launch's kernel for each of a small grid of blocks 
 grid-stride loops wrap), in launch order: an ordinary host module with the CPU
 Program's entry signature, checked against the reference evaluator like the CPU backend.
 
-The emulation also checks what compute-sanitizer checks on a GPU:
-  * racecheck: the phases run in sequence, so a missing barrier would go unseen in the
-    results. Each shared slot keeps stamps (epoch, thread) of its last writer and last
-    reader, the epoch counting the block's barriers so far; touching a slot that
-    another thread wrote in the same epoch, or writing one that another thread read in
-    it, is a race;
+The emulation also checks what compute-sanitizer checks on a GPU, and a little more:
+  * races: the phases run in sequence, so a missing barrier would not change the
+    results; instead every shared slot, and every element of a tensor the launch
+    writes, keeps a stamp (barrier epoch, block, thread) of its last writer and of its
+    last reader (or "several threads of this block", or "several blocks"). Two
+    accesses are ordered if one thread made both, or one block made them with a
+    barrier between; blocks are never ordered with each other. A read unordered with
+    the last write, or a write unordered with the last read or write, is a race: in
+    shared memory (a missing barrier) or in global memory (a tail fused into a launch
+    where another thread reads or writes the same element);
   * memcheck: every address into a tensor lies inside that tensor.
-Each kind is counted in the module, with the number of the first kernel it happened in
-(`symnet_races()`, `symnet_first_race()`, and `..._out_of_bounds`); `sanitizer_report`
-reads them.
+The global stamps are arrays the entry allocates, zeroed, per launch: the kernel's last
+argument `owners` lists one per buffer it writes (null for the others, and a null list
+turns the global check off). Each kind of failure is counted in the module with the
+number of the first kernel it happened in (`symnet_shared_races()`,
+`symnet_first_shared_races()`, ...); `sanitizer_report` reads them.
 """
 from contextlib import contextmanager
 
@@ -30,9 +36,17 @@ from .llvm import I64, PTR, KernelEmitter, LLVMEmitter
 from .ptx import GPUKernelEmitter, PTXEmitter
 
 GRID = 3
-CHECKS = ("races", "out_of_bounds")
-WHAT = {"races": "races", "out_of_bounds": "out-of-bounds accesses"}
-MANY = BLOCK                       # a reader stamp's thread part: read by several threads
+CHECKS = ("shared_races", "global_races", "out_of_bounds")
+WHAT = {"shared_races": "races in shared memory", "global_races": "races in global memory",
+        "out_of_bounds": "out-of-bounds accesses"}
+# A stamp: the epoch in the high 32 bits, 1 + block * (BLOCK + 1) + thread in the low
+# ones; 0 is "never", thread MANY "several threads of the block", ALL "several blocks".
+MANY, ALL = BLOCK, -1
+
+
+def written(kernel):
+    """The tensors a launch writes."""
+    return {c.out for c in kernel.comps} | {c.argmax for c in kernel.comps if c.argmax}
 
 
 class EmulatedKernelEmitter(GPUKernelEmitter):
@@ -40,12 +54,13 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
         super().__init__(*args)
         self.tid = None            # the thread of the phase being emitted
         self.stamps = {}           # shared array -> (last writer's, last reader's) stamps
+        self.owners = {}           # written tensor -> its stamps (writers then readers), or null
         with self.b.goto_entry_block():
             self.epoch = self.b.alloca(I64)
             self.b.store(ir.Constant(I64, 0), self.epoch)
 
     def special(self, name):
-        return {"ctaid": self.fn.args[-2], "nctaid": self.fn.args[-1]}[name]
+        return {"ctaid": self.fn.args[-3], "nctaid": self.fn.args[-2]}[name]
 
     @contextmanager
     def threads(self):
@@ -64,31 +79,51 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
         memset = self.m.declare("llvm.memset.p0.i64", ir.VoidType(), [PTR, ir.IntType(8), I64, ir.IntType(1)])
         with self.b.goto_entry_block():
             stamps = [self.b.alloca(I64, size=ir.Constant(I64, count)) for _ in "wr"]
-            for s in stamps:       # all bits set: stamp -1, before any epoch
-                self.b.call(memset, [s, ir.Constant(ir.IntType(8), 255), ir.Constant(I64, 8 * count),
+            for s in stamps:
+                self.b.call(memset, [s, ir.Constant(ir.IntType(8), 0), ir.Constant(I64, 8 * count),
                                      ir.Constant(ir.IntType(1), 0)])
         self.stamps[memory] = stamps
         return memory
 
-    # ---- racecheck ----------------------------------------------------------------------------
-    def access(self, memory, k, write):
-        """Check this thread's access to slot k, then stamp it."""
-        assert self.tid is not None, "shared memory is touched only inside a phase"
+    # ---- races --------------------------------------------------------------------------------
+    def stamp(self, thread):
         b = self.b
-        writer, reader = (b.gep(s, [k], inbounds=True, source_etype=I64) for s in self.stamps[memory])
-        base = b.mul(b.load(self.epoch, typ=I64), ir.Constant(I64, BLOCK + 1))
-        mine = b.add(base, self.tid)
+        low = b.add(b.add(b.mul(self.special("ctaid"), ir.Constant(I64, BLOCK + 1)), thread), ir.Constant(I64, 1))
+        return b.or_(b.shl(b.load(self.epoch, typ=I64), ir.Constant(I64, 32)), low)
 
-        def other(slot):           # stamped in this epoch by another thread
-            stamp = b.load(slot, typ=I64)
-            return b.and_(b.icmp_signed(">=", stamp, base), b.icmp_signed("!=", stamp, mine))
-        racy = other(writer)
+    def access(self, writer, reader, check, write):
+        """Check this thread's access against the slot's stamps, then stamp it."""
+        assert self.tid is not None, "memory is touched only inside a phase"
+        b = self.b
+        mine, many = self.stamp(self.tid), self.stamp(ir.Constant(I64, MANY))
+        low = ir.Constant(I64, 0xFFFFFFFF)
+
+        def same(part, x, y):
+            return b.icmp_unsigned("==", part(x), part(y))
+
+        def thread(stamp):
+            return b.and_(stamp, low)
+
+        def block(stamp):
+            return b.udiv(b.sub(thread(stamp), ir.Constant(I64, 1)), ir.Constant(I64, BLOCK + 1))
+
+        def epoch(stamp):
+            return b.lshr(stamp, ir.Constant(I64, 32))
+
+        def ordered(stamp):        # that access happened before this one, for sure
+            never = b.icmp_unsigned("==", stamp, ir.Constant(I64, 0))
+            earlier_phase = b.and_(same(block, stamp, mine), b.not_(same(epoch, stamp, mine)))
+            return b.or_(never, b.or_(same(thread, stamp, mine), earlier_phase))
+        last_write, last_read = b.load(writer, typ=I64), b.load(reader, typ=I64)
+        racy = b.not_(ordered(last_write))
         if write:
-            racy = b.or_(racy, other(reader))
+            racy = b.or_(racy, b.not_(ordered(last_read)))
             b.store(mine, writer)
         else:
-            b.store(b.select(other(reader), b.add(base, ir.Constant(I64, MANY)), mine), reader)
-        self.report("races", racy)
+            this_phase = b.and_(same(block, last_read, mine), same(epoch, last_read, mine))
+            b.store(b.select(ordered(last_read), mine,
+                             b.select(this_phase, many, ir.Constant(I64, ALL))), reader)
+        self.report(check, racy)
 
     def report(self, check, failed):
         """Where `failed` holds, count one failure of `check` (one of CHECKS)."""
@@ -100,24 +135,56 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
             unset = b.icmp_signed("<", b.load(first, typ=I64), ir.Constant(I64, 0))
             b.store(b.select(unset, number, b.load(first, typ=I64)), first)
 
-    # ---- memcheck -----------------------------------------------------------------------------
+    # ---- memcheck, and races on what the launch writes --------------------------------------
     def address(self, tensor, index, env):
         ptr, etype = super().address(tensor, index, env)
         b, shape = self.b, self.m.tensors[tensor].shape
         count = self.dim(sympy.Mul(*[sympy.sympify(d) for d in shape]))
-        offset = b.sub(b.ptrtoint(ptr, I64), b.ptrtoint(self.pointers[tensor], I64))
-        bytes_ = b.mul(count, ir.Constant(I64, 4))
-        self.report("out_of_bounds", b.or_(b.icmp_signed("<", offset, ir.Constant(I64, 0)),
-                                           b.icmp_signed(">=", offset, bytes_)))
+        element = b.sdiv(b.sub(b.ptrtoint(ptr, I64), b.ptrtoint(self.pointers[tensor], I64)),
+                         ir.Constant(I64, 4))                  # f32 and i32 alike
+        outside = b.or_(b.icmp_signed("<", element, ir.Constant(I64, 0)), b.icmp_signed(">=", element, count))
+        self.report("out_of_bounds", outside)
+        if tensor in written(self.kernel):
+            stamps = self.owners_of(tensor)
+            checked = b.and_(b.not_(outside), b.icmp_unsigned("!=", stamps, ir.Constant(PTR, None)))
+            with b.if_then(checked):
+                writer = b.gep(stamps, [element], inbounds=True, source_etype=I64)
+                reader = b.gep(stamps, [b.add(count, element)], inbounds=True, source_etype=I64)
+                self.access(writer, reader, "global_races", self.storing)
         return ptr, etype
 
+    storing = False                # set while store() computes its address
+
+    def store(self, c, env, value):
+        self.storing = True
+        try:
+            super().store(c, env, value)
+        finally:
+            self.storing = False
+
+    def owners_of(self, tensor):
+        """The stamps of a written tensor (null where the caller passed none)."""
+        if tensor not in self.owners:
+            b, table = self.b, self.fn.args[-1]
+            with b.goto_entry_block():
+                null = b.alloca(PTR)
+                b.store(ir.Constant(PTR, None), null)
+                k = ir.Constant(I64, list(self.pointers).index(tensor))
+                given = b.icmp_unsigned("!=", table, ir.Constant(PTR, None))
+                slot = b.select(given, b.gep(table, [k], inbounds=True, source_etype=PTR), null)
+                self.owners[tensor] = b.load(slot, typ=PTR)
+        return self.owners[tensor]
+
     def load_shared(self, memory, k):
-        self.access(memory, k, write=False)
+        self.access(*self.shared_stamps(memory, k), "shared_races", write=False)
         return super().load_shared(memory, k)
 
     def store_shared(self, value, memory, k):
-        self.access(memory, k, write=True)
+        self.access(*self.shared_stamps(memory, k), "shared_races", write=True)
         super().store_shared(value, memory, k)
+
+    def shared_stamps(self, memory, k):
+        return [self.b.gep(s, [k], inbounds=True, source_etype=I64) for s in self.stamps[memory]]
 
     def private(self, count):
         base = self.array(BLOCK * count)
@@ -128,7 +195,7 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
 class EmulatedGPUEmitter(PTXEmitter):
     triple = LLVMEmitter.triple
     kernel_emitter = EmulatedKernelEmitter
-    extra_args = [I64] * 2
+    extra_args = [I64, I64, PTR]
 
     def __init__(self, tensors, size_names, dtype="f32", name="symnet"):
         super().__init__(tensors, size_names, dtype, name, arch="sm_80")
@@ -170,14 +237,29 @@ class EmulatedGPUEmitter(PTXEmitter):
         b.position_at_end(idle)
         b.ret_void()
         b.position_at_end(work)
-        for launch in self.launches[name]:
+        calloc = self.declare("calloc", PTR, [I64, I64])
+        free = self.declare("free", ir.VoidType(), [PTR])
+        for k, launch in zip(kernels, self.launches[name]):
             kernel = self.module.globals[launch["kernel"]]
             pointers = []
             for t in launch["buffers"]:
                 slot = b.gep(table, [ir.Constant(I64, buffer_index[t])], inbounds=True, source_etype=PTR)
                 pointers.append(b.load(slot, typ=PTR))
+            # Zeroed stamps (writers', then readers') for each tensor the launch writes.
+            with b.goto_entry_block():
+                owners = b.alloca(PTR, size=ir.Constant(I64, len(pointers)))
+            arrays = []
+            for j, t in enumerate(launch["buffers"]):
+                array = ir.Constant(PTR, None)
+                if t in written(k):
+                    count = host.int_expr(sympy.Mul(*[sympy.sympify(d) for d in self.tensors[t].shape]), {})
+                    array = b.call(calloc, [b.mul(count, ir.Constant(I64, 2)), ir.Constant(I64, 8)])
+                    arrays.append(array)
+                b.store(array, b.gep(owners, [ir.Constant(I64, j)], inbounds=True, source_etype=PTR))
             with host.loop(ir.Constant(I64, GRID), "block") as block:
-                b.call(kernel, [sizes] + pointers + [block, ir.Constant(I64, GRID)])
+                b.call(kernel, [sizes] + pointers + [block, ir.Constant(I64, GRID), owners])
+            for array in arrays:
+                b.call(free, [array])
         b.ret_void()
 
 
@@ -193,7 +275,7 @@ def sanitizer_report(program):
             seen = library.function(f"symnet_{check}", ctypes.c_int64, [])()
             if seen and first is None:
                 number = library.function(f"symnet_first_{check}", ctypes.c_int64, [])()
-                first = next(launch["kernel"] for launches in program.spec["launches"].values()
+                first = next(launch["kernel"] for launches in library.launches.values()
                              for launch in launches if launch["kernel"].startswith(f"k{number}_"))
             count += seen
         if count:
