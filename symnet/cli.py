@@ -11,6 +11,8 @@ else is a bug of symnet: one `internal error:` line, exit status 2 (`--traceback
 shows the Python traceback).
 """
 import argparse
+import io
+import os
 import sys
 
 import numpy as np
@@ -37,6 +39,14 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`symnet compile ... | head`): stop quietly, as cat does;
+        # stdout goes to /dev/null so the interpreter's final flush cannot fail again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        return 1
     except Exception as e:
         if args.traceback:
             raise

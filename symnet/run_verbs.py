@@ -1,9 +1,10 @@
-"""Verbs that compile and run models: train, eval, run, compile, cache.
+"""Verbs that compile and run models: train, eval, run, compile, gpucheck, cache.
 
     symnet train FILE          train on data; one line per epoch; checkpoints with -o
     symnet eval FILE           loss, accuracy and confusion matrix of trained weights
     symnet run FILE            the outputs (and the predicted class) for an input file
     symnet compile FILE        the generated code: LLVM IR, assembly, object, PTX, loops
+    symnet gpucheck FILE       the GPU kernels, run on this CPU, against the CPU backend
     symnet cache info|clear    the on-disk cache of compiled machine code
 
 The runtime reports what the user can fix (bad data, a checkpoint of another model, a
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-from compiler import native
+from compiler import gpucheck, native
 from compiler.defaults import OPTIMIZERS
 from compiler.errors import SymnetError
 from compiler.pipeline import load
@@ -433,6 +434,42 @@ def format_kernels(kernels, tensors, target="cpu"):
     return "\n\n".join(f"entry {entry}:\n{show(ks)}" for entry, ks in kernels.items())
 
 
+# ---- gpucheck -----------------------------------------------------------------------
+def gpucheck_arguments(parser):
+    """symnet gpucheck FILE [--batch B ...] [--seed S] [--optimizer O]"""
+    parser.add_argument("file", help="the .nn model file")
+    parser.add_argument("--batch", type=positive_int, nargs="+", default=list(gpucheck.BATCHES),
+                        metavar="B", help="batch sizes to run (default: 5 300)")
+    parser.add_argument("--seed", type=int, default=0, help="random inputs (default 0)")
+    parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                        help="the update in train_step (default: the file's, else sgd)")
+
+
+@reporting
+def gpucheck_command(args):
+    """Run the PTX target's kernels on this CPU (no GPU needed) and compare them with
+    the CPU backend; report races and out-of-bounds accesses."""
+    model = load(args.file)
+    comparisons, report = gpucheck.gpucheck(model, args.batch, args.seed, args.optimizer)
+    print(f"gpucheck of {model.name}: the PTX kernels run on this CPU ({gpucheck.GRID_SHAPE})\n"
+          f"against the CPU backend; seed {args.seed}, tolerance {gpucheck.TOLERANCE:.0e}")
+    rows = [("value", *(f"batch {b}" for b in args.batch), "")]
+    for c in comparisons:
+        rows.append((c.name, *(f"{c.errors[b]:.1e}" for b in args.batch), "ok" if c.passes() else "FAIL"))
+    print(format_table(rows))
+    if (args.optimizer or model.train.get("optimizer")) == "adam":
+        print(f"  (Adam's steps with eps >= {gpucheck.ADAM_EPS:g}: below, rounding noise in a "
+              "near-zero gradient steps by +lr or -lr)")
+    print(f"  {report}" if report else "  no races in shared or global memory, no out-of-bounds accesses")
+    failed = [c.name for c in comparisons if not c.passes()]
+    if failed or report:
+        print("FAIL: " + "; ".join(([f"{len(failed)} of {len(comparisons)} values differ: "
+                                     + ", ".join(failed)] if failed else []) + ([report] if report else [])))
+        return 1
+    print(f"ok: all {len(comparisons)} values agree")
+    return 0
+
+
 # ---- cache --------------------------------------------------------------------------
 def cache_arguments(parser):
     """symnet cache info|clear"""
@@ -460,6 +497,8 @@ VERBS = {
                 run_arguments, run_command),
     "compile": Verb("print the generated code: LLVM IR, assembly, object, PTX, loop nests",
                     compile_arguments, compile_command),
+    "gpucheck": Verb("run the GPU kernels on this CPU and check them against the CPU backend",
+                     gpucheck_arguments, gpucheck_command),
     "cache": Verb("show or clear the cache of compiled machine code",
                   cache_arguments, cache_command),
 }

@@ -1,4 +1,5 @@
 """Tests for the front verbs of the command line: check, grad, gradcheck (symnet/cli.py)."""
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,13 @@ def test_every_verb_has_help():
     parser = cli.build_parser()
     assert set(cli.VERBS) <= set(parser.format_help().split())
     assert all(verb.help for verb in cli.VERBS.values())
+
+
+def test_a_closed_pipe_stops_quietly(monkeypatch, capsys):
+    """`symnet grad FILE | head -1`: once the reader is gone, no error and no traceback."""
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert cli.main(["grad", "examples/linreg.nn"]) == 1
+    assert capsys.readouterr().err == ""

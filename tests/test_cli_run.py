@@ -243,6 +243,43 @@ def test_compile_emits_ptx_that_ptxas_accepts(tmp_path):
     assert check.returncode == 0, check.stderr
 
 
+def test_gpucheck_compares_every_value_and_finds_no_race():
+    """The PTX kernels run on this CPU against the CPU backend: outputs, loss, each
+    gradient and each parameter's step, at each batch size."""
+    result = symnet("gpucheck", "examples/softmax_regression.nn", "--batch", "4", "70")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == ("gpucheck of softmax_regression: the PTX kernels run on this CPU "
+                        "(3 blocks of 256 threads a launch)")
+    assert re.fullmatch(r"  value\s+batch 4\s+batch 70", lines[2])
+    rows = {" ".join(line.split()[:-3]): line.split()[-3:] for line in lines[3:9]}
+    assert sorted(rows) == ["grad W", "grad b", "loss", "probs", "step of W", "step of b"]
+    for errors in rows.values():
+        assert errors[2] == "ok" and all(float(e) < 1e-4 for e in errors[:2])
+    assert lines[-2:] == ["  no races in shared or global memory, no out-of-bounds accesses",
+                          "ok: all 6 values agree"]
+
+
+def test_gpucheck_fails_on_a_wrongly_fused_kernel(tmp_path, monkeypatch):
+    """A fusion rule reduced to "same shape" fuses a map that reads another thread's
+    element: the values differ and the race is named; exit status 1."""
+    from compiler import gpu_schedule
+    from tests.test_ptx import FLIPPED
+    path = tmp_path / "flipped.nn"
+    path.write_text(FLIPPED)
+    monkeypatch.setattr(gpu_schedule, "_elementwise_fusible", lambda kernel, c, tensors: (
+        tensors[c.out].shape == tensors[kernel.head.out].shape))
+    result = symnet("gpucheck", path, "--batch", "300")
+    assert result.returncode == 1, result.stdout
+    assert re.search(r"^  y\s+\S+\s+FAIL$", result.stdout, re.M)
+    assert re.search(r"^FAIL: \d+ of \d+ values differ: y, .*; \d+ races in global memory "
+                     r"\(the first in kernel k0_h_matmul\)$", result.stdout, re.M), result.stdout
+
+
+def test_gpucheck_of_a_missing_file_is_one_error_line(tmp_path):
+    assert "no-such.nn" in one_error_line(symnet("gpucheck", tmp_path / "no-such.nn"))
+
+
 def test_compile_prints_the_loop_nests():
     result = symnet("compile", "examples/linreg.nn", "--emit", "schedule")
     assert result.returncode == 0, result.stderr

@@ -1,9 +1,9 @@
 """The GPU kernels run on the CPU, to test the grid mapping where no GPU is present.
 
 Each PTX kernel is emitted for the host as a function computing one *block*:
-`kernel(sizes, buffers..., ctaid, nctaid, owners)` (owners: below). Its phases (ptx.py) become loops over the
-block's BLOCK threads, run one after another, so a barrier between phases holds by
-construction; shared memory is an array on the stack of the block's call, and values
+`kernel(sizes, buffers..., ctaid, nctaid, stamp_table)` (the table: below). Its phases
+(ptx.py) become loops over the block's BLOCK threads, run one after another, so a
+barrier between phases holds by construction; shared memory is an array on the stack of the block's call, and values
 a thread keeps across phases (a tile's accumulators) are arrays indexed by thread.
 Each entry point calls every launch's kernel for each of a small grid of blocks (so
 grid-stride loops wrap), in launch order: an ordinary host module with the CPU
@@ -21,11 +21,12 @@ The emulation also checks what compute-sanitizer checks on a GPU, and a little m
     where another thread reads or writes the same element);
   * memcheck: every address into a tensor lies inside that tensor.
 The global stamps are arrays the entry allocates, zeroed, per launch: the kernel's last
-argument `owners` lists one per buffer it writes (null for the others, and a null list
-turns the global check off). Each kind of failure is counted in the module with the
+argument `stamp_table` holds one per buffer it writes (null for the others; a null
+table turns the global check off). Each kind of failure is counted in the module with the
 number of the first kernel it happened in (`symnet_shared_races()`,
 `symnet_first_shared_races()`, ...); `sanitizer_report` reads them.
 """
+import ctypes
 from contextlib import contextmanager
 
 import llvmlite.ir as ir
@@ -53,8 +54,8 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
     def __init__(self, *args):
         super().__init__(*args)
         self.tid = None            # the thread of the phase being emitted
-        self.stamps = {}           # shared array -> (last writer's, last reader's) stamps
-        self.owners = {}           # written tensor -> its stamps (writers then readers), or null
+        self.shared_stamps = {}    # shared array -> (last writer's, last reader's) stamps
+        self.global_stamps = {}    # written tensor -> its stamps (writers', then readers'), or null
         with self.b.goto_entry_block():
             self.epoch = self.b.alloca(I64)
             self.b.store(ir.Constant(I64, 0), self.epoch)
@@ -82,7 +83,7 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
             for s in stamps:
                 self.b.call(memset, [s, ir.Constant(ir.IntType(8), 0), ir.Constant(I64, 8 * count),
                                      ir.Constant(ir.IntType(1), 0)])
-        self.stamps[memory] = stamps
+        self.shared_stamps[memory] = stamps
         return memory
 
     # ---- races --------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
         outside = b.or_(b.icmp_signed("<", element, ir.Constant(I64, 0)), b.icmp_signed(">=", element, count))
         self.report("out_of_bounds", outside)
         if tensor in written(self.kernel):
-            stamps = self.owners_of(tensor)
+            stamps = self.global_stamps_of(tensor)
             checked = b.and_(b.not_(outside), b.icmp_unsigned("!=", stamps, ir.Constant(PTR, None)))
             with b.if_then(checked):
                 writer = b.gep(stamps, [element], inbounds=True, source_etype=I64)
@@ -162,9 +163,9 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
         finally:
             self.storing = False
 
-    def owners_of(self, tensor):
-        """The stamps of a written tensor (null where the caller passed none)."""
-        if tensor not in self.owners:
+    def global_stamps_of(self, tensor):
+        """The stamps of a written tensor (null where the caller passed no table)."""
+        if tensor not in self.global_stamps:
             b, table = self.b, self.fn.args[-1]
             with b.goto_entry_block():
                 null = b.alloca(PTR)
@@ -172,19 +173,20 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
                 k = ir.Constant(I64, list(self.pointers).index(tensor))
                 given = b.icmp_unsigned("!=", table, ir.Constant(PTR, None))
                 slot = b.select(given, b.gep(table, [k], inbounds=True, source_etype=PTR), null)
-                self.owners[tensor] = b.load(slot, typ=PTR)
-        return self.owners[tensor]
+                self.global_stamps[tensor] = b.load(slot, typ=PTR)
+        return self.global_stamps[tensor]
 
     def load_shared(self, memory, k):
-        self.access(*self.shared_stamps(memory, k), "shared_races", write=False)
+        self.access(*self.shared_slot(memory, k), "shared_races", write=False)
         return super().load_shared(memory, k)
 
     def store_shared(self, value, memory, k):
-        self.access(*self.shared_stamps(memory, k), "shared_races", write=True)
+        self.access(*self.shared_slot(memory, k), "shared_races", write=True)
         super().store_shared(value, memory, k)
 
-    def shared_stamps(self, memory, k):
-        return [self.b.gep(s, [k], inbounds=True, source_etype=I64) for s in self.stamps[memory]]
+    def shared_slot(self, memory, k):
+        """The writer's and the reader's stamp of shared slot k."""
+        return [self.b.gep(s, [k], inbounds=True, source_etype=I64) for s in self.shared_stamps[memory]]
 
     def private(self, count):
         base = self.array(BLOCK * count)
@@ -247,7 +249,7 @@ class EmulatedGPUEmitter(PTXEmitter):
                 pointers.append(b.load(slot, typ=PTR))
             # Zeroed stamps (writers', then readers') for each tensor the launch writes.
             with b.goto_entry_block():
-                owners = b.alloca(PTR, size=ir.Constant(I64, len(pointers)))
+                stamp_table = b.alloca(PTR, size=ir.Constant(I64, len(pointers)))
             arrays = []
             for j, t in enumerate(launch["buffers"]):
                 array = ir.Constant(PTR, None)
@@ -255,9 +257,9 @@ class EmulatedGPUEmitter(PTXEmitter):
                     count = host.int_expr(sympy.Mul(*[sympy.sympify(d) for d in self.tensors[t].shape]), {})
                     array = b.call(calloc, [b.mul(count, ir.Constant(I64, 2)), ir.Constant(I64, 8)])
                     arrays.append(array)
-                b.store(array, b.gep(owners, [ir.Constant(I64, j)], inbounds=True, source_etype=PTR))
+                b.store(array, b.gep(stamp_table, [ir.Constant(I64, j)], inbounds=True, source_etype=PTR))
             with host.loop(ir.Constant(I64, GRID), "block") as block:
-                b.call(kernel, [sizes] + pointers + [block, ir.Constant(I64, GRID), owners])
+                b.call(kernel, [sizes] + pointers + [block, ir.Constant(I64, GRID), stamp_table])
             for array in arrays:
                 b.call(free, [array])
         b.ret_void()
@@ -267,7 +269,6 @@ def sanitizer_report(program):
     """None, or a line on the races and out-of-bounds accesses a program of this
     backend has met so far (over all its modules: entries compiled later have their
     own counters)."""
-    import ctypes
     found = []
     for check in CHECKS:
         count, first = 0, None

@@ -1,0 +1,76 @@
+"""The PTX target's kernels checked without a GPU: the "gpu-emulation" target runs each
+launch on this CPU, block by block and thread by thread, with its checks for races and
+out-of-bounds accesses (codegen/gpu_emulation.py); its outputs, gradients and one
+training step are compared with the CPU backend's. What `symnet gpucheck` prints.
+
+The emulation computes exp and log with the host's libm, not the GPU's ex2/lg2
+approximations, and cannot time anything: those need a GPU (tests/test_gpu.py).
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import reference
+from .codegen.gpu_emulation import GRID, sanitizer_report
+from .gpu_schedule import BLOCK
+from .native import compile
+
+TOLERANCE = 1e-4      # float32 against float32, relative to the largest magnitude
+BATCHES = (5, 300)    # fewer examples than threads in a block; more than the grid holds
+GRID_SHAPE = f"{GRID} blocks of {BLOCK} threads a launch"
+# Adam divides by sqrt(v) + eps: with the default eps a gradient at the rounding level
+# (1e-12 here, -1e-12 there) is a step of +lr on one side and -lr on the other. A larger
+# eps compares the update's arithmetic, not the sign of rounding noise.
+ADAM_EPS = 1e-3
+
+
+@dataclass
+class Comparison:
+    name: str                                   # an output, "loss", "grad P" or "step of P"
+    errors: dict = field(default_factory=dict)  # batch -> relative error
+
+    def passes(self):
+        return all(e <= TOLERANCE for e in self.errors.values())   # NaN fails
+
+
+def relative_error(actual, expected):
+    """The largest difference relative to the largest magnitude expected."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        return float("inf")
+    scale = float(np.max(np.abs(expected), initial=0.0)) or 1.0
+    return float(np.max(np.abs(actual - expected), initial=0.0)) / scale
+
+
+def gpucheck(model, batches=BATCHES, seed=0, optimizer=None):
+    """(comparisons, the emulation's report of races and bad addresses or None). With
+    Adam, steps are compared at eps >= ADAM_EPS."""
+    gpu = compile(model, target="gpu-emulation", optimizer=optimizer, cache=False)
+    cpu = compile(model, optimizer=optimizer, cache=False)
+    if "eps" in cpu.optimizer:
+        for program in (gpu, cpu):
+            program.configure(eps=max(cpu.optimizer["eps"], ADAM_EPS))
+    comparisons = {}
+
+    def compare(name, batch, actual, expected):
+        comparisons.setdefault(name, Comparison(name)).errors[batch] = relative_error(actual, expected)
+    entries = gpu.spec["entries"]
+    for batch in batches:
+        inputs = reference.random_inputs(model, batch=batch, seed=seed)
+        expected = cpu.forward(inputs)
+        for name, value in gpu.forward(inputs).items():
+            compare(name, batch, value, expected[name])
+        if "value_and_grad" in entries:
+            (loss, grads), (expected_loss, expected_grads) = gpu.value_and_grad(inputs), cpu.value_and_grad(inputs)
+            compare("loss", batch, loss, expected_loss)
+            for name, value in grads.items():
+                compare(f"grad {name}", batch, value, expected_grads[name])
+        if "train_step" in entries:
+            start = cpu.get_params()
+            gpu.set_params(start)                # the same start, whatever came before
+            gpu.reset_optimizer(), cpu.reset_optimizer()
+            gpu.train_step(inputs), cpu.train_step(inputs)
+            expected = cpu.get_params()
+            for name, value in gpu.get_params().items():     # the change, not the sum
+                compare(f"step of {name}", batch, value - start[name], expected[name] - start[name])
+    return list(comparisons.values()), sanitizer_report(gpu)
