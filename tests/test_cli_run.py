@@ -264,7 +264,7 @@ def test_gpucheck_fails_on_a_wrongly_fused_kernel(tmp_path, monkeypatch):
     """A fusion rule reduced to "same shape" fuses a map that reads another thread's
     element: the values differ and the race is named; exit status 1."""
     from compiler import gpu_schedule
-    from test_ptx import FLIPPED
+    from test_gpu_emulation import FLIPPED
     path = tmp_path / "flipped.nn"
     path.write_text(FLIPPED)
     monkeypatch.setattr(gpu_schedule, "_elementwise_fusible", lambda kernel, c, tensors: (

@@ -1,7 +1,7 @@
 """The PTX target on a real NVIDIA GPU: every example against the CPU backend, training
 against the CPU's, errors and threads. Skipped, with the precise reason (no
-cuda-bindings, no driver, no device), where there is no GPU; tests/test_ptx.py checks
-everything that can be checked without one.
+cuda-bindings, no driver, no device), where there is no GPU; tests/test_ptx.py and
+tests/test_gpu_emulation.py check everything that can be checked without one.
 """
 import functools
 import glob
@@ -73,7 +73,7 @@ def test_forward_and_gradients_match_the_cpu(name, batch):
 @pytest.mark.parametrize("policy", ["tile 64x64", "tile 32x32", "tile 64x16", "tile 16x16", "block"])
 def test_every_tile_shape_and_block_reductions_match_the_cpu(policy, monkeypatch):
     """The shared-memory kernels on real hardware, each shape forced on every contraction
-    of LeNet-5 and MLP (tests/test_ptx.py runs the same through the emulation)."""
+    of LeNet-5 and MLP (tests/test_gpu_emulation.py runs the same through the emulation)."""
     if policy == "block":
         choose = gpu_schedule.choose_strategy
         monkeypatch.setattr(gpu_schedule, "choose_strategy", lambda c, tensors: (

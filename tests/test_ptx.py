@@ -1,7 +1,7 @@
 """The PTX target where there is no GPU: every example's PTX passes ptxas; the launch
-lists agree with the PTX and with the output sizes; the same kernels, run on the CPU
-over a small grid (target "gpu-emulation"), match the NumPy reference; and CudaProgram
-runs end to end over a fake CUDA driver whose kernels are those emulated kernels.
+lists agree with the PTX and with the output sizes; and CudaProgram runs end to end
+over a fake CUDA driver whose kernels are the emulated kernels (run on the CPU block by
+block; tests/test_gpu_emulation.py checks those against the reference).
 
 tests/test_gpu.py runs the same programs on a real GPU, where there is one.
 """
@@ -21,10 +21,9 @@ import numpy as np
 import pytest
 import sympy
 
-from compiler import compile, load, parse, reference
+from compiler import compile, load, reference
 from compiler import gpu_schedule
-from compiler.codegen.gpu_emulation import EmulatedGPUEmitter, EmulatedKernelEmitter, sanitizer_report
-from compiler.codegen.llvm import KernelEmitter
+from compiler.codegen.gpu_emulation import EmulatedGPUEmitter
 from compiler.gpu_schedule import BLOCK as GPU_BLOCK
 from compiler.native import compile_ir
 from runtime import cuda
@@ -172,119 +171,6 @@ def test_shared_memory_and_barriers_only_where_blocks_cooperate():
         assert ("bar.sync" in body) == cooperative and ("st.shared" in body) == cooperative, launch
 
 
-@pytest.mark.parametrize("shape", gpu_schedule.TILES)
-def test_every_tile_shape_matches_reference(shape, monkeypatch):
-    """Register tiles of 4x4, 2x2 and 1x1 outputs per thread, at batch 37 (rows past the
-    last full tile, a reduction past the last full chunk)."""
-    monkeypatch.setattr(gpu_schedule, "tile_shape", lambda rows, cols: shape)
-    for name in ("mlp", "lenet5"):
-        m = model(name)
-        _, _, kernels, _ = compile_ir(m, target="gpu-emulation")
-        assert {k.tile.tm for k in kernels["value_and_grad"] if k.tile} == {shape[0]}
-        program = compile(m, target="gpu-emulation", cache=False)
-        inputs = reference.random_inputs(m, batch=37, seed=37)
-        loss, grads = program.value_and_grad(inputs)
-        expected_loss, expected_grads = reference.value_and_grad(m, inputs)
-        assert loss == pytest.approx(expected_loss, rel=1e-4)
-        for key in expected_grads:
-            assert_close(grads[key], expected_grads[key])
-        assert sanitizer_report(program) is None
-
-
-PROBE = """
-model probe
-input x[N, 20]
-input y[N] : i32
-output logits = dense(x, 10)
-loss cross_entropy(logits, y)
-"""
-
-
-@pytest.mark.parametrize("policy, guarded", [
-    ("block", {"grad_logits_W": 9, "grad_logits_b": 9}),
-    ("tile", {"logits_dense": 2, "grad_logits_W": 2})])
-def test_the_emulation_sees_every_missing_barrier(policy, guarded, monkeypatch):
-    """The emulation's racecheck: with every barrier, no race; with any one barrier of
-    these kernels left out, a race in that kernel. (A block reduction has a barrier
-    before the tree and after each of its 8 steps; a tile, after staging a chunk and
-    after using it. At batch 37 each block here meets several elements or chunks, so
-    every barrier guards something.)"""
-    if policy == "tile":
-        monkeypatch.setattr(gpu_schedule, "worth_tiling", lambda rows, cols, terms: True)
-        monkeypatch.setattr(gpu_schedule, "tile_shape", lambda rows, cols: (16, 16, 1, 1))
-    m = parse(PROBE)
-    inputs = reference.random_inputs(m, batch=37, seed=5)
-    barrier = EmulatedKernelEmitter.sync
-
-    def races_without(dropped):
-        """The kernels' barriers in order, and the race report with barrier `dropped` left out."""
-        seen = []
-
-        def sync(self):
-            seen.append(self.fn.name.split("_", 1)[1])
-            if len(seen) - 1 != dropped:
-                barrier(self)
-        monkeypatch.setattr(EmulatedKernelEmitter, "sync", sync)
-        program = compile(m, target="gpu-emulation", entries=("value_and_grad",), cache=False)
-        program.value_and_grad(inputs)
-        return seen, sanitizer_report(program)
-    kernels, report = races_without(None)
-    assert report is None
-    checked = 0
-    for n, kernel in enumerate(kernels):
-        if kernel in guarded:
-            _, report = races_without(n)
-            assert re.fullmatch(rf"\d+ races in shared memory \(the first in kernel k\d+_{kernel}\)",
-                                report or ""), \
-                (n, kernel, report)
-            checked += 1
-    assert checked == sum(guarded.values())
-
-
-def test_the_emulation_sees_addresses_outside_a_tensor(monkeypatch):
-    """The emulation's memcheck: LeNet-5's padded convolution reads x at y + ky - 2,
-    which the generated code clamps into x (then zeroes). Taking every index as proven
-    in bounds drops the clamp, and the reads outside x are reported."""
-    m = model("lenet5")
-    inputs = reference.random_inputs(m, batch=7, seed=7)
-    program = compile(m, target="gpu-emulation", entries=("predict",), cache=False)
-    program.forward(inputs)
-    assert sanitizer_report(program) is None
-    monkeypatch.setattr(KernelEmitter, "known_in_bounds", lambda self, e, dim: True)
-    program = compile(m, target="gpu-emulation", entries=("predict",), cache=False)
-    program.forward(inputs)
-    assert re.fullmatch(r"\d+ out-of-bounds accesses \(the first in kernel k0_c1_conv2d\)",
-                        sanitizer_report(program) or "")
-
-
-FLIPPED = """
-model flipped
-input x[N, 4]
-param W[4, 4] ~ glorot
-op flip(A, B)[n, j] = A[n, 3 - j] + 0 * B[n, j]
-h = relu(x @ W)
-output y = flip(h, h)
-loss mean(y)
-"""                                   # (B only tells the op the range of j)
-
-
-def test_the_emulation_sees_a_tail_reading_another_threads_element(monkeypatch):
-    """The emulation's race check on global memory: y reads h at another element, so
-    it must not join h's launch. With the fusion rule reduced to "same shape", it
-    does: the results go wrong, and the check reports the race in that launch."""
-    m = parse(FLIPPED)
-    inputs = reference.random_inputs(m, batch=300, seed=3)
-    expected = reference.forward(m, inputs)["y"]
-    program = compile(m, target="gpu-emulation", entries=("predict",), cache=False)
-    assert_close(program.forward(inputs)["y"], expected)
-    assert sanitizer_report(program) is None
-    monkeypatch.setattr(gpu_schedule, "_elementwise_fusible", lambda kernel, c, tensors: (
-        tensors[c.out].shape == tensors[kernel.head.out].shape))
-    program = compile(m, target="gpu-emulation", entries=("predict",), cache=False)
-    assert re.fullmatch(r"\d+ races in global memory \(the first in kernel k0_h_matmul\)",
-                        (program.forward(inputs), sanitizer_report(program))[1] or "")
-
-
 def test_a_map_joins_a_launch_only_at_its_own_element():
     """Tails read what the launch writes at the element they compute, and overwrite
     nothing the launch reads elsewhere; otherwise they start a launch of their own."""
@@ -307,13 +193,6 @@ def test_a_map_joins_a_launch_only_at_its_own_element():
     assert len(gpu_schedule.gpu_schedule([shifted_head, overwrite], tensors)) == 2
 
 
-def test_emulation_runs_the_ptx_launch_lists():
-    for name in ("mlp", "lenet5"):
-        _, ptx_spec, _, _ = compile_ir(model(name), target="ptx")
-        _, emulated_spec, _, _ = compile_ir(model(name), target="gpu-emulation")
-        assert emulated_spec["launches"] == ptx_spec["launches"]
-
-
 def test_f64_is_refused_for_the_ptx_target():
     with pytest.raises(ValueError, match=r"float32 \(dtype='f32'\)"):
         compile(model("linreg"), target="ptx", dtype="f64")
@@ -322,55 +201,6 @@ def test_f64_is_refused_for_the_ptx_target():
 def test_unknown_gpu_architecture_is_refused():
     with pytest.raises(ValueError, match="unsupported GPU architecture 'sm_52'"):
         compile_ir(model("linreg"), target="ptx", arch="sm_52")
-
-
-# ---- the emulated grid against the reference ---------------------------------------------
-@functools.lru_cache(maxsize=None)
-def emulated(name, optimizer=None):
-    return compile(model(name), target="gpu-emulation", optimizer=optimizer, cache=False)
-
-
-@pytest.mark.parametrize("batch", [5, 97])     # fewer elements than threads; and wrapping
-@pytest.mark.parametrize("name", NAMES)
-def test_emulated_grid_matches_reference(name, batch):
-    m, program = model(name), emulated(name)
-    inputs = reference.random_inputs(m, batch=batch, seed=batch)
-    expected = reference.forward(m, inputs)
-    outputs = program.forward(inputs)
-    assert sorted(outputs) == sorted(expected)
-    for key in expected:
-        assert_close(outputs[key], expected[key])
-    if "value_and_grad" in program.spec["entries"]:
-        loss, grads = program.value_and_grad(inputs)
-        expected_loss, expected_grads = reference.value_and_grad(m, inputs)
-        assert loss == pytest.approx(expected_loss, rel=1e-4)
-        assert sorted(grads) == sorted(expected_grads)
-        for key in expected_grads:
-            assert_close(grads[key], expected_grads[key])
-    assert sanitizer_report(program) is None
-
-
-@pytest.mark.parametrize("name", [n for n in NAMES if model(n).loss and model(n).params])
-def test_emulated_sgd_step_subtracts_lr_times_gradient(name):
-    m, program = model(name), emulated(name, "sgd")
-    inputs = reference.random_inputs(m, batch=33, seed=3)
-    before = program.get_params()
-    expected_loss, grads = reference.value_and_grad(m, inputs, params=before)
-    program.configure(lr=0.1)
-    assert program.train_step(inputs) == pytest.approx(expected_loss, rel=1e-4)
-    after = program.get_params()
-    for key, grad in grads.items():
-        assert_close(before[key] - after[key], 0.1 * grad)
-
-
-def test_long_reductions_keep_float32_accuracy():
-    """c1.W's gradient sums N*28*28 terms (235,200 at N=300): split over a block's 256
-    threads and added in a tree, float32 keeps 1e-4 (one accumulator drifted by 3e-4)."""
-    m = model("lenet5")
-    inputs = reference.random_inputs(m, batch=300, seed=300)
-    _, grads = emulated("lenet5").value_and_grad(inputs)
-    _, expected = reference.value_and_grad(m, inputs)
-    assert_close(grads["c1.W"], expected["c1.W"])
 
 
 # ---- launch parameters ----------------------------------------------------------------------
