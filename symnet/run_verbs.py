@@ -458,8 +458,8 @@ def gpucheck_command(args):
         rows.append((c.name, *(f"{c.errors[b]:.1e}" for b in args.batch), "ok" if c.passes() else "FAIL"))
     print(format_table(rows))
     if (args.optimizer or model.train.get("optimizer")) == "adam":
-        print(f"  (Adam's steps with eps >= {gpucheck.ADAM_EPS:g}: below, rounding noise in a "
-              "near-zero gradient steps by +lr or -lr)")
+        print(f"  (Adam's steps with eps at {gpucheck.ADAM_EPS:.0%} of the largest gradient: with a tiny\n"
+              "  eps, rounding noise in a near-zero gradient steps by +lr or -lr either way)")
     print(f"  {report}" if report else "  no races in shared or global memory, no out-of-bounds accesses")
     failed = [c.name for c in comparisons if not c.passes()]
     if failed or report:
