@@ -132,6 +132,7 @@ class GPUKernelEmitter(KernelEmitter):
             return self.b.addrspacecast(memory, PTR)
 
     def load_shared(self, memory, k):
+        """Slot k of shared memory (the emulation also checks the access for races)."""
         return self.b.load(self.at(memory, k), typ=self.m.float)
 
     def store_shared(self, value, memory, k):
