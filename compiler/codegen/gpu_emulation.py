@@ -154,14 +154,23 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
                 self.access(writer, reader, "global_races", self.storing)
         return ptr, etype
 
-    storing = False                # set while store() computes its address
+    storing = False                # set while a store computes its address
 
-    def store(self, c, env, value):
+    @contextmanager
+    def writing(self):
         self.storing = True
         try:
-            super().store(c, env, value)
+            yield
         finally:
             self.storing = False
+
+    def store(self, c, env, value):
+        with self.writing():
+            super().store(c, env, value)
+
+    def store_argmax(self, c, env, position):
+        with self.writing():
+            super().store_argmax(c, env, position)
 
     def global_stamps_of(self, tensor):
         """The stamps of a written tensor (null where the caller passed no table)."""

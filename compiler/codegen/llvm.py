@@ -796,8 +796,11 @@ class KernelEmitter:
         self.loops(list(c.rindex), env, body, guards)
         self.store(c, env, self.b.load(acc, typ=f))
         if where is not None:
-            ptr, _ = self.address(c.argmax, c.index, env)
-            self.b.store(self.b.trunc(self.b.load(where, typ=I64), I32), ptr)
+            self.store_argmax(c, env, self.b.load(where, typ=I64))
+
+    def store_argmax(self, c, env, position):
+        ptr, _ = self.address(c.argmax, c.index, env)
+        self.b.store(self.b.trunc(position, I32), ptr)
 
     REGISTERS = 16  # vector accumulators live at once (of 32 AVX-512 registers)
     OUTPUT_TILES = (4, 3, 2)
