@@ -95,35 +95,7 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
     def access(self, writer, reader, check, write):
         """Check this thread's access against the slot's stamps, then stamp it."""
         assert self.tid is not None, "memory is touched only inside a phase"
-        b = self.b
-        mine, many = self.stamp(self.tid), self.stamp(ir.Constant(I64, MANY))
-        low = ir.Constant(I64, 0xFFFFFFFF)
-
-        def same(part, x, y):
-            return b.icmp_unsigned("==", part(x), part(y))
-
-        def thread(stamp):
-            return b.and_(stamp, low)
-
-        def block(stamp):
-            return b.udiv(b.sub(thread(stamp), ir.Constant(I64, 1)), ir.Constant(I64, BLOCK + 1))
-
-        def epoch(stamp):
-            return b.lshr(stamp, ir.Constant(I64, 32))
-
-        def ordered(stamp):        # that access happened before this one, for sure
-            never = b.icmp_unsigned("==", stamp, ir.Constant(I64, 0))
-            earlier_phase = b.and_(same(block, stamp, mine), b.not_(same(epoch, stamp, mine)))
-            return b.or_(never, b.or_(same(thread, stamp, mine), earlier_phase))
-        last_write, last_read = b.load(writer, typ=I64), b.load(reader, typ=I64)
-        racy = b.not_(ordered(last_write))
-        if write:
-            racy = b.or_(racy, b.not_(ordered(last_read)))
-            b.store(mine, writer)
-        else:
-            this_phase = b.and_(same(block, last_read, mine), same(epoch, last_read, mine))
-            b.store(b.select(ordered(last_read), mine,
-                             b.select(this_phase, many, ir.Constant(I64, ALL))), reader)
+        racy = self.b.call(self.m.stamp_checker(write), [writer, reader, self.stamp(self.tid)])
         self.report(check, racy)
 
     def report(self, check, failed):
@@ -213,6 +185,51 @@ class EmulatedGPUEmitter(PTXEmitter):
         self.module.data_layout = ""
         self.counters = {check: (self.counter(f"symnet_{check}", 0), self.counter(f"symnet_first_{check}", -1))
                          for check in CHECKS}
+
+    def stamp_checker(self, write):
+        """The function (writer's slot, reader's slot, this access's stamp) -> racy,
+        which also stamps the slot: one per module, so an access costs a call, not
+        thirty instructions of IR at every shared load."""
+        name = "symnet_stamp_" + ("write" if write else "read")
+        if name in self.module.globals:
+            return self.module.globals[name]
+        fn = ir.Function(self.module, ir.FunctionType(ir.IntType(1), [PTR, PTR, I64]), name)
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        writer, reader, mine = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        low = ir.Constant(I64, 0xFFFFFFFF)
+
+        def same(part, x, y):
+            return b.icmp_unsigned("==", part(x), part(y))
+
+        def thread(stamp):
+            return b.and_(stamp, low)
+
+        def block(stamp):
+            return b.udiv(b.sub(thread(stamp), ir.Constant(I64, 1)), ir.Constant(I64, BLOCK + 1))
+
+        def epoch(stamp):
+            return b.lshr(stamp, ir.Constant(I64, 32))
+
+        def ordered(stamp):        # that access happened before this one, for sure
+            never = b.icmp_unsigned("==", stamp, ir.Constant(I64, 0))
+            earlier_phase = b.and_(same(block, stamp, mine), b.not_(same(epoch, stamp, mine)))
+            return b.or_(never, b.or_(same(thread, stamp, mine), earlier_phase))
+        last_write, last_read = b.load(writer, typ=I64), b.load(reader, typ=I64)
+        racy = b.not_(ordered(last_write))
+        if write:
+            racy = b.or_(racy, b.not_(ordered(last_read)))
+            b.store(mine, writer)
+        else:
+            # Several readers: "several threads of this block" in this phase, else "several blocks".
+            many = b.or_(b.shl(epoch(mine), ir.Constant(I64, 32)),
+                         b.add(b.mul(block(mine), ir.Constant(I64, BLOCK + 1)), ir.Constant(I64, 1 + MANY)))
+            this_phase = b.and_(same(block, last_read, mine), same(epoch, last_read, mine))
+            b.store(b.select(ordered(last_read), mine,
+                             b.select(this_phase, many, ir.Constant(I64, ALL))), reader)
+        b.ret(racy)
+        return fn
 
     def counter(self, name, initial):
         """A module-wide i64, and a function of the same name that reads it."""
