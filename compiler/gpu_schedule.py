@@ -72,6 +72,11 @@ class GPUKernel:
     def comps(self):
         return [self.head] + self.tails
 
+    @property
+    def written(self):
+        """The tensors this launch writes."""
+        return {c.out for c in self.comps} | {c.argmax for c in self.comps if c.argmax}
+
     def blocks(self, tensors):
         """The grid this launch wants, as an int or a Python expression in the sizes:
         threads for every element, a block per element, or a block per tile."""
@@ -104,8 +109,7 @@ def _elementwise_fusible(kernel, c, tensors):
     shape = [sympy.sympify(d) for d in tensors[c.out].shape]
     if shape != [sympy.sympify(d) for d in tensors[kernel.head.out].shape]:
         return False
-    written = {n.out for n in kernel.comps} | ({kernel.head.argmax} if kernel.head.argmax else set())
-    if any(a.tensor in written and tuple(a.index) != tuple(c.index) for a in c.accesses.values()):
+    if any(a.tensor in kernel.written and tuple(a.index) != tuple(c.index) for a in c.accesses.values()):
         return False
     for n in kernel.comps:
         if any(a.tensor == c.out and tuple(a.index) != tuple(n.index) for a in n.accesses.values()):

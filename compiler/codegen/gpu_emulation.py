@@ -45,9 +45,8 @@ WHAT = {"shared_races": "races in shared memory", "global_races": "races in glob
 MANY, ALL = BLOCK, -1
 
 
-def written(kernel):
-    """The tensors a launch writes."""
-    return {c.out for c in kernel.comps} | {c.argmax for c in kernel.comps if c.argmax}
+def element_count(shape):
+    return sympy.Mul(*[sympy.sympify(d) for d in shape])
 
 
 class EmulatedKernelEmitter(GPUKernelEmitter):
@@ -56,6 +55,7 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
         self.tid = None            # the thread of the phase being emitted
         self.shared_stamps = {}    # shared array -> (last writer's, last reader's) stamps
         self.global_stamps = {}    # written tensor -> its stamps (writers', then readers'), or null
+        self.written = self.kernel.written
         with self.b.goto_entry_block():
             self.epoch = self.b.alloca(I64)
             self.b.store(ir.Constant(I64, 0), self.epoch)
@@ -112,12 +112,12 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
     def address(self, tensor, index, env):
         ptr, etype = super().address(tensor, index, env)
         b, shape = self.b, self.m.tensors[tensor].shape
-        count = self.dim(sympy.Mul(*[sympy.sympify(d) for d in shape]))
+        count = self.dim(element_count(shape))
         element = b.sdiv(b.sub(b.ptrtoint(ptr, I64), b.ptrtoint(self.pointers[tensor], I64)),
                          ir.Constant(I64, 4))                  # f32 and i32 alike
         outside = b.or_(b.icmp_signed("<", element, ir.Constant(I64, 0)), b.icmp_signed(">=", element, count))
         self.report("out_of_bounds", outside)
-        if tensor in written(self.kernel):
+        if tensor in self.written:
             stamps = self.global_stamps_of(tensor)
             checked = b.and_(b.not_(outside), b.icmp_unsigned("!=", stamps, ir.Constant(PTR, None)))
             with b.if_then(checked):
@@ -276,11 +276,11 @@ class EmulatedGPUEmitter(PTXEmitter):
             # Zeroed stamps (writers', then readers') for each tensor the launch writes.
             with b.goto_entry_block():
                 stamp_table = b.alloca(PTR, size=ir.Constant(I64, len(pointers)))
-            arrays = []
+            arrays, written = [], k.written
             for j, t in enumerate(launch["buffers"]):
                 array = ir.Constant(PTR, None)
-                if t in written(k):
-                    count = host.int_expr(sympy.Mul(*[sympy.sympify(d) for d in self.tensors[t].shape]), {})
+                if t in written:
+                    count = host.int_expr(element_count(self.tensors[t].shape), {})
                     array = b.call(calloc, [b.mul(count, ir.Constant(I64, 2)), ir.Constant(I64, 8)])
                     arrays.append(array)
                 b.store(array, b.gep(stamp_table, [ir.Constant(I64, j)], inbounds=True, source_etype=PTR))
