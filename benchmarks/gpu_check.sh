@@ -1,48 +1,85 @@
 #!/usr/bin/env bash
 # Everything that needs an NVIDIA GPU, in one run, with its results under $OUT (default
-# out/gpu): the machine, tests/test_gpu.py, compute-sanitizer's race and memory checks of
-# every kernel of MLP and LeNet-5, the benchmark against PyTorch, and LeNet-5 trained for
-# 3 epochs on the GPU and on the CPU (Fashion-MNIST from $SYMNET_DATA if set).
+# out/gpu): the machine and the package versions, tests/test_gpu.py, the benchmark
+# against PyTorch, LeNet-5 trained for 3 epochs on the GPU and on the CPU, then
+# compute-sanitizer's memory and race checks of every kernel of MLP and LeNet-5.
 #
 #     bash benchmarks/gpu_check.sh                 # about 5 minutes on an H100/H200
 #
-# Each step runs even if one before failed; the last line sums up their exit statuses.
+# Steps run most telling first, each under its own time limit, so a lent machine with
+# little time left still returns the tests and the benchmark; each step runs even if
+# one before failed (except the first: without a usable llvmlite nothing can), and the
+# last line sums up their exit statuses.
+#
+# A GPU machine with only the runtime's packages: `make gpu-carry` here puts pytest and
+# the Fashion-MNIST files in build/gpu-carry/; copy that folder along and they are used.
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH=. SYMNET_CACHE=${SYMNET_CACHE:-$(mktemp -d)}
+carry=build/gpu-carry
+path=.
+[ -d "$carry/site" ] && path=.:$carry/site
+export PYTHONUNBUFFERED=1 PYTHONPATH=$path${PYTHONPATH:+:$PYTHONPATH}
+if [ -z "${SYMNET_DATA:-}" ] && ls "$carry"/data/*idx3-ubyte.gz >/dev/null 2>&1; then
+    export SYMNET_DATA=$carry/data
+fi
+export SYMNET_CACHE=${SYMNET_CACHE:-$(mktemp -d)}
 python=${PYTHON:-python3}
 status=()
 
-step() {   # step NAME COMMAND...: run, keep its output in $OUT/NAME.txt and its status
-    local name=$1
-    shift
-    echo "== $name: $*"
-    "$@" 2>&1 | tee "$out/$name.txt"
+step() {   # step NAME SECONDS COMMAND...: run under a time limit, keep its output and status
+    local name=$1 limit=$2
+    shift 2
+    local shown="$*"
+    echo "== $name (at most ${limit} s): ${shown%%$'\n'*}"
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$name.txt"
     status+=("$name=${PIPESTATUS[0]}")
 }
 
-step machine nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-step tests "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py
-# Small batches of every entry point: racecheck sees a missing barrier around shared
-# memory, memcheck a read or write outside a buffer.
+versions='
+import platform, sys
+print("python", platform.python_version(), "data", __import__("os").environ.get("SYMNET_DATA", "-"))
+for name in ("numpy", "sympy", "networkx", "llvmlite", "cuda.bindings", "pytest", "torch"):
+    try:
+        print(name, getattr(__import__(name, fromlist=["_"]), "__version__", "?"))
+    except Exception as exc:
+        print(name, "-", type(exc).__name__, exc)
+import compiler.codegen       # refuses an llvmlite too old for the IR symnet writes
+from runtime.cuda import open_device
+print(open_device())
+'
+step machine 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+step versions 60 "$python" -c "$versions"
+if [ "${status[1]}" != versions=0 ]; then
+    echo "${status[*]} (stopped: symnet cannot run here)" | tee "$out/status.txt"
+    exit 1
+fi
+step tests 300 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py
+step bench 150 "$python" benchmarks/gpu_bench.py ${BENCH_ARGS:-}
+for device in cuda cpu; do
+    step "lenet5_$device" 180 "$python" -m symnet train examples/lenet5.nn --epochs 3 \
+        --device "$device"
+done
+# Small batches of every entry point: memcheck sees a read or write outside a buffer,
+# racecheck a missing barrier around shared memory.
 sanitize='
 import compiler
 from compiler import reference
 for name in ("mlp", "lenet5"):
     m = compiler.load(f"examples/{name}.nn")
-    program = compiler.compile(m, target="ptx", cache=False)
+    program = compiler.compile(m, target="ptx")
     inputs = reference.random_inputs(m, batch=37, seed=1)
     program.forward(inputs); program.value_and_grad(inputs); program.train_step(inputs)
     print(name, "ran")
 '
 if command -v compute-sanitizer >/dev/null; then
-    step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$python" -c "$sanitize"
-    step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$python" -c "$sanitize"
+    step memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 1 "$python" -c "$sanitize"
+    step racecheck 180 compute-sanitizer --tool racecheck --error-exitcode 1 "$python" -c "$sanitize"
 fi
-step bench "$python" benchmarks/gpu_bench.py
-for device in cuda cpu; do
-    step "lenet5_$device" "$python" -m symnet train examples/lenet5.nn --epochs 3 --device "$device"
-done
+accuracy() {   # the last epoch's test accuracy in a training log
+    grep -o "test acc [0-9.]*" "$out/lenet5_$1.txt" 2>/dev/null | tail -1 | cut -d" " -f3
+}
+echo "lenet5 test accuracy after 3 epochs: cuda $(accuracy cuda)%, cpu $(accuracy cpu)%" \
+    | tee "$out/accuracy.txt"
 echo "${status[*]}" | tee "$out/status.txt"

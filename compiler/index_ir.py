@@ -85,6 +85,11 @@ class Comprehension:
     def reads(self):
         return [a.tensor for a in self.accesses.values()]
 
+    @property
+    def buffers(self):
+        """Every tensor the loop nest touches, in order, without repeats: out, reads, argmax."""
+        return list(dict.fromkeys([self.out] + self.reads + ([self.argmax] if self.argmax else [])))
+
 
 class IRError(Exception):
     """An internal inconsistency of the IR (a compiler bug, not a user error)."""

@@ -93,12 +93,8 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entr
 
 
 def _used_buffers(lowered):
-    names = []
-    for comps in lowered.entries.values():
-        for c in comps:
-            for t in [c.out] + c.reads + ([c.argmax] if c.argmax else []):
-                if t not in names:
-                    names.append(t)
+    names = list(dict.fromkeys(t for comps in lowered.entries.values() for c in comps
+                               for t in c.buffers))
     for t in list(lowered.hypers.values()) + list(lowered.tensors):
         if lowered.tensors[t].kind in ("input", "param", "hyper") and t not in names:
             names.append(t)
@@ -170,7 +166,6 @@ def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache
             library = NativeLibrary(ir_text, opt_level=opt_level, name=model.name,
                                     cache_key_extra=VERSION, **kwargs)
             _store_front_cache(front, spec, library.key)
-        library.launches = spec.get("launches")     # the GPU emulation's kernels, by module
         return library, spec
 
     # What training needs now; predict and value_and_grad on their first call.
@@ -201,7 +196,7 @@ def front_cache_path(model, target, dtype, optimizer, opt_level, entries=()):
                  llvmlite.__version__, *host_target()):
         h.update(part.encode() + b"\0")
     # Parameters' initial values are not compiled in, so the seed is not part of the key.
-    return os.path.join(default_cache_dir(), h.hexdigest() + ".spec.json")
+    return os.path.join(default_cache_dir(), h.hexdigest() + ".spec")
 
 
 def _load_front_cache(path, name):
@@ -209,11 +204,11 @@ def _load_front_cache(path, name):
     if not path:
         return None, None
     try:
-        with open(path, encoding="utf-8") as f:
-            entry = json.load(f)
-        body = json.dumps({"spec": entry["spec"], "library": entry["library"]}, sort_keys=True)
-        if hashlib.sha256(body.encode()).hexdigest() != entry["sha256"]:
+        with open(path, "rb") as f:
+            digest, body = f.read().split(b"\n", 1)
+        if hashlib.sha256(body).hexdigest().encode() != digest:
             return None, None      # damaged or edited: the spec sizes buffers, so rebuild
+        entry = json.loads(body)
         library = NativeLibrary.load_cached(entry["library"], name=name)
         return (library, entry["spec"]) if library is not None else (None, None)
     except Exception:              # missing or unreadable in any way: rebuild
@@ -225,9 +220,9 @@ def _store_front_cache(path, spec, library_key):
         return
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        body = json.dumps({"spec": spec, "library": library_key}, sort_keys=True)
-        write_atomically(path, json.dumps({"spec": spec, "library": library_key,
-                                           "sha256": hashlib.sha256(body.encode()).hexdigest()}).encode())
+        # The file: the SHA-256 of the body, a newline, the body (JSON).
+        body = json.dumps({"spec": spec, "library": library_key}).encode()
+        write_atomically(path, hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
     except OSError:
         pass                       # caching is best effort
 

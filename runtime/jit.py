@@ -169,20 +169,23 @@ def emit_object(ir_text: str, opt_level: int = 2) -> bytes:
 _SPLIT_CHARS = 512 * 1024     # smaller modules compile whole, in this process
 _PARTS = 8                    # a split module: about this many parts
 _DEFINE = re.compile(r'define\s+(?:(?:internal|private)\s+)?(.*?@("[^"]+"|[-\w.$]+)\(.*)$')
-_SCALAR_GLOBAL = re.compile(r'(@("[^"]+"|[-\w.$]+)) = global (i64|i32|float|double) \S+$')
+# A global variable: a number, a pointer or a C string (the GPU emulation's counters).
+_GLOBAL = re.compile(r'(@("[^"]+"|[-\w.$]+)) = (?:global|constant) '
+                     r'(i64|i32|float|double|ptr|\[\d+ x i8\]) .+$')
 _WORKER = "import sys; sys.path.insert(0, {root!r}); from runtime.jit import _serve; _serve({opt})"
 
 
 def _split(ir_text: str) -> list[str]:
     """The module as modules of whole functions, largest first, small ones grouped; each
     declares the functions of the others, and internal functions become external so
-    that MCJIT links calls across parts. A scalar global variable is defined in the first
-    part and declared in the others; anything unexpected keeps the module whole."""
+    that MCJIT links calls across parts. A global variable (a number, a pointer, a string)
+    is defined in the first part and declared in the others; anything unexpected keeps
+    the module whole."""
     common, bodies, lines, i = [], {}, ir_text.splitlines(), 0
     globals_, declared = [], []
     while i < len(lines):
         if lines[i].startswith("@"):
-            m = _SCALAR_GLOBAL.match(lines[i])
+            m = _GLOBAL.match(lines[i])
             if not m:
                 return [ir_text]
             globals_.append(lines[i])
@@ -361,8 +364,9 @@ def clear_cache(cache_dir: str | None = None) -> int:
     d = cache_dir or default_cache_dir()
     n = 0
     for fn in os.listdir(d) if os.path.isdir(d) else ():
-        # Objects, the compiler's spec entries that point at them, and leftovers.
-        if fn.endswith((_SUFFIX, ".spec.json", ".tmp")) or fn.startswith(".tmp-"):
+        # Objects, the compiler's spec entries that point at them (.spec.json: an older
+        # format), and leftovers.
+        if fn.endswith((_SUFFIX, ".spec", ".spec.json", ".tmp")) or fn.startswith(".tmp-"):
             try:
                 os.unlink(os.path.join(d, fn))
                 n += fn.endswith(_SUFFIX)

@@ -31,7 +31,12 @@ from .verb import Verb
 
 def main(argv=None):
     """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except ImportError as e:     # a dependency missing or too old (llvmlite): say which
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    args = parser.parse_args(argv)
     try:
         return args.verb.run(args)
     except SymnetError as e:

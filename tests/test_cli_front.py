@@ -187,3 +187,16 @@ def test_a_closed_pipe_stops_quietly(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert cli.main(["grad", "examples/linreg.nn"]) == 1
     assert capsys.readouterr().err == ""
+
+
+def test_an_llvmlite_too_old_is_one_line_before_anything_runs():
+    """llvmlite before 0.46 cannot parse the IR symnet writes (opaque pointers): the
+    command says so in one line, exit status 1, instead of failing in code generation."""
+    script = ("import sys, llvmlite; llvmlite.__version__ = '0.44.0'; "
+              "from symnet import cli; sys.exit(cli.main(['check', 'examples/linreg.nn']))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr == ("error: symnet needs llvmlite 0.46 or newer; this is 0.44.0 "
+                             "(pip install -U llvmlite)\n")
+    assert result.stdout == ""

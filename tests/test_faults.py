@@ -421,10 +421,10 @@ def test_corrupt_object_entry_is_rebuilt(warm_cache, damage):
     np.testing.assert_array_equal(outputs, expected)
 
 
-@pytest.mark.parametrize("content", ["", "{", "[]", '{"spec": 1}', "\x00\x01"])
+@pytest.mark.parametrize("content", ["", "{", "[]", '{"spec": 1}', "\x00\x01", "0" * 64 + "\n{}"])
 def test_unreadable_front_cache_entry_is_rebuilt(warm_cache, content):
     model, expected, cache = warm_cache
-    [entry] = glob.glob(os.path.join(cache, "*.spec.json"))
+    [entry] = glob.glob(os.path.join(cache, "*.spec"))
     with open(entry, "w") as f:
         f.write(content)
     np.testing.assert_array_equal(recompiled(model)[1], expected)
@@ -433,11 +433,11 @@ def test_unreadable_front_cache_entry_is_rebuilt(warm_cache, content):
 @pytest.mark.parametrize("spec", [None, {}], ids=["null", "empty"])
 def test_front_cache_entry_with_a_wrong_spec_is_rebuilt(warm_cache, spec):
     model, expected, cache = warm_cache
-    [entry] = glob.glob(os.path.join(cache, "*.spec.json"))
-    with open(entry) as f:
-        stored = json.load(f)
-    with open(entry, "w") as f:
-        json.dump({**stored, "spec": spec}, f)
+    [entry] = glob.glob(os.path.join(cache, "*.spec"))
+    with open(entry, "rb") as f:
+        digest, body = f.read().split(b"\n", 1)
+    with open(entry, "wb") as f:                      # the checksum left as it was
+        f.write(digest + b"\n" + json.dumps({**json.loads(body), "spec": spec}).encode())
     np.testing.assert_array_equal(recompiled(model)[1], expected)
 
 

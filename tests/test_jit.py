@@ -325,11 +325,14 @@ def test_modules_with_globals_stay_whole(split_everything):
 
 COUNTER = r"""
 @count = global i64 5
+@last = global ptr null
+@name = constant [6 x i8] c"bump!\00"
 
 define void @bump() {
   %v = load i64, ptr @count
   %w = add i64 %v, 1
   store i64 %w, ptr @count
+  store ptr @name, ptr @last
   ret void
 }
 
@@ -337,21 +340,33 @@ define i64 @read() {
   %v = load i64, ptr @count
   ret i64 %v
 }
+
+define ptr @who() {
+  %p = load ptr, ptr @last
+  ret ptr %p
+}
 """
 
 
 @pytest.mark.parametrize("jobs", [0, 2])
-def test_a_scalar_global_is_one_variable_across_parts(split_everything, jobs):
-    """Defined in the first part, declared in the others: both functions see one @count."""
+def test_a_global_is_one_variable_across_parts(split_everything, jobs):
+    """Defined in the first part, declared in the others: the functions see one @count,
+    one @last and one @name (a number, a pointer, a string: the GPU emulation's kinds)."""
     parts = jit._split(IR + CALLS + COUNTER)
-    assert len(parts) == 7
-    assert sum("@count = global i64 5" in p for p in parts) == 1
-    assert sum("@count = external global i64" in p for p in parts) == 6
+    assert len(parts) == 8
+    for definition, declaration in [("@count = global i64 5", "@count = external global i64"),
+                                     ("@last = global ptr null", "@last = external global ptr"),
+                                     ('@name = constant [6 x i8] c"bump!',
+                                      "@name = external global [6 x i8]")]:
+        assert sum(definition in p for p in parts) == 1
+        assert sum(declaration in p for p in parts) == 7
     lib = jit.NativeLibrary(IR + CALLS + COUNTER, cache_dir=None, jobs=jobs)
     bump, read = lib.function("bump", None, []), lib.function("read", ctypes.c_int64, [])
+    who = lib.function("who", ctypes.c_void_p, [])
+    assert who() is None
     bump()
     bump()
-    assert read() == 7
+    assert read() == 7 and ctypes.string_at(who()) == b"bump!"
     _check_calls(lib)
 
 

@@ -6,7 +6,6 @@ block; tests/test_gpu_emulation.py checks those against the reference).
 tests/test_gpu.py runs the same programs on a real GPU, where there is one.
 """
 import ctypes
-import enum
 import functools
 import glob
 import itertools
@@ -23,14 +22,14 @@ import sympy
 
 from compiler import compile, load, reference
 from compiler import gpu_schedule
-from compiler.codegen.gpu_emulation import EmulatedGPUEmitter
 from compiler.gpu_schedule import BLOCK as GPU_BLOCK
 from compiler.native import compile_ir
 from runtime import cuda
 from runtime.cuda import (BLOCK, CudaDevice, CudaError, CudaProgram, GPUUnavailable,
                           grid_size, kernel_params, layout, resident_blocks)
-from runtime.jit import NativeLibrary
 from runtime.program import ProgramError, eval_dim
+
+from fake_driver import ENTRY, FakeDriver, emulated_kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "examples", "*.nn")))
@@ -80,9 +79,6 @@ def test_ptxas_accepts_the_ptx(name, arch, tmp_path):
     # Accumulators and staged values stay in registers: no kernel uses local memory.
     frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores", done.stderr)
     assert len(frames) == ptx.count(".entry") and all(f == ("0", "0") for f in frames), done.stderr
-
-
-ENTRY = re.compile(r"\.entry\s+(\w+)\s*\(([^)]*)\)")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -259,164 +255,9 @@ def test_no_device_and_no_driver_are_named():
 
 
 # ---- CudaProgram over a fake driver -----------------------------------------------------------
-class FakeDriver:
-    """The part of cuda-bindings' driver module that runtime/cuda.py calls, run on the
-    host: device memory is host memory, and a module's kernels are the emulation
-    backend's compiled kernels, called once per (block, thread) of each launch's grid.
-    It refuses what a real driver would refuse: copies outside an allocation, kernel
-    pointers into no allocation, memory calls without a current context."""
-
-    class CUresult(enum.IntEnum):
-        CUDA_SUCCESS = 0
-        CUDA_ERROR_INVALID_VALUE = 1
-        CUDA_ERROR_NO_DEVICE = 100
-        CUDA_ERROR_INVALID_CONTEXT = 201
-        CUDA_ERROR_NOT_FOUND = 500
-        CUDA_ERROR_ILLEGAL_ADDRESS = 700
-        CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701
-
-    class CUdevice_attribute(enum.IntEnum):
-        CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16
-        CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR = 39
-        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
-        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
-
-    ATTRIBUTES = {16: 2, 39: 512, 75: 9, 76: 0}    # 2 SMs x 512 threads: grids of 1..4 blocks
-
-    class CUdeviceptr:                              # like cuda-bindings': an object, int() it
-        def __init__(self, address):
-            self.address = address
-
-        def __int__(self):
-            return self.address
-
-    def __init__(self, kernels=None, devices=1, fail=None):
-        self.kernels = kernels or {}    # name -> kernel(sizes, buffers..., ctaid, nctaid): one block
-        self.devices = devices
-        self.fail = fail or {}          # call name -> the CUresult it returns instead
-        self.allocations = {}           # address -> ctypes buffer
-        self.context = None
-        self.grids = []                 # (kernel, blocks) of every launch
-
-    def _reply(self, call, *values, status=CUresult.CUDA_SUCCESS):
-        status = self.fail.get(call, status)
-        return (status, *values) if status == 0 else (status, *(None for _ in values))
-
-    def _inside(self, address, nbytes):
-        return any(start <= address and address + nbytes <= start + len(buffer)
-                   for start, buffer in self.allocations.items())
-
-    def _memory(self, call, address, nbytes, move=None):
-        if self.context is None:
-            return self._reply(call, status=self.CUresult.CUDA_ERROR_INVALID_CONTEXT)
-        if not isinstance(address, int) or not self._inside(address, nbytes):
-            return self._reply(call, status=self.CUresult.CUDA_ERROR_INVALID_VALUE)
-        move()
-        return self._reply(call)
-
-    # device and context
-    def cuInit(self, flags):
-        return self._reply("cuInit", status=100 if self.devices == 0 else 0)
-
-    def cuDeviceGetCount(self):
-        return self._reply("cuDeviceGetCount", self.devices)
-
-    def cuDeviceGet(self, ordinal):
-        return self._reply("cuDeviceGet", ("device", ordinal))
-
-    def cuDevicePrimaryCtxRetain(self, device):
-        return self._reply("cuDevicePrimaryCtxRetain", ("context", device))
-
-    def cuCtxSetCurrent(self, context):
-        self.context = context
-        return self._reply("cuCtxSetCurrent")
-
-    def cuCtxSynchronize(self):
-        return self._reply("cuCtxSynchronize")
-
-    def cuDeviceGetName(self, length, device):
-        return self._reply("cuDeviceGetName", b"Fake GPU".ljust(length, b"\0"))
-
-    def cuDeviceGetAttribute(self, attribute, device):
-        return self._reply("cuDeviceGetAttribute", self.ATTRIBUTES[int(attribute)])
-
-    def cuGetErrorName(self, status):
-        return self._reply("cuGetErrorName", self.CUresult(status).name.encode())
-
-    def cuGetErrorString(self, status):
-        return self._reply("cuGetErrorString", b"the fake driver refused")
-
-    # modules and memory
-    def cuModuleLoadData(self, image):
-        text = ctypes.string_at(image).decode()      # NUL-terminated PTX
-        entries = {kernel: params.count(".param") for kernel, params in ENTRY.findall(text)}
-        return self._reply("cuModuleLoadData", entries)
-
-    def cuModuleGetFunction(self, module, name):
-        name = name.decode()
-        if name not in module or name not in self.kernels:
-            return self._reply("cuModuleGetFunction", None, status=500)
-        return self._reply("cuModuleGetFunction", (name, module[name]))
-
-    def cuMemAlloc(self, nbytes):
-        if self.context is None:
-            return self._reply("cuMemAlloc", None, status=201)
-        buffer = ctypes.create_string_buffer(nbytes)
-        ctypes.memset(buffer, 0xAB, nbytes)          # garbage, as real fresh memory may hold
-        self.allocations[ctypes.addressof(buffer)] = buffer
-        return self._reply("cuMemAlloc", self.CUdeviceptr(ctypes.addressof(buffer)))
-
-    def cuMemFree(self, address):
-        if self.allocations.pop(address, None) is None:
-            return self._reply("cuMemFree", status=1)
-        return self._reply("cuMemFree")
-
-    def cuMemsetD8(self, address, value, nbytes):
-        return self._memory("cuMemsetD8", address, nbytes,
-                            lambda: ctypes.memset(address, value, nbytes))
-
-    def cuMemcpyHtoD(self, device, host, nbytes):
-        return self._memory("cuMemcpyHtoD", device, nbytes,
-                            lambda: ctypes.memmove(device, host, nbytes))
-
-    def cuMemcpyDtoH(self, host, device, nbytes):
-        return self._memory("cuMemcpyDtoH", device, nbytes,
-                            lambda: ctypes.memmove(host, device, nbytes))
-
-    # launches
-    def cuLaunchKernel(self, function, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
-        name, count = function
-        if (gy, gz, by, bz, shared, stream, extra) != (1, 1, 1, 1, 0, 0, 0) or not 0 < gx \
-                or bx != BLOCK:
-            return self._reply("cuLaunchKernel", status=1)
-        slots = (ctypes.c_uint64 * count).from_address(params)
-        args = [ctypes.c_uint64.from_address(slot).value for slot in slots]
-        if not all(self._inside(pointer, 0) for pointer in args):
-            return self._reply("cuLaunchKernel", status=700)
-        status = self.fail.get("cuLaunchKernel", 0)
-        if status == 0:
-            for block in range(gx):
-                self.kernels[name](*args, block, gx)
-            self.grids.append((name, gx))
-        return (status,)
-
-
 @functools.lru_cache(maxsize=None)
 def host_kernels(name, optimizer=None):
-    """The emulation backend's kernels, callable one block at a time: compiled with
-    external linkage (the backend keeps them internal to its entry points)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(EmulatedGPUEmitter, "mark_kernel",
-                      lambda self, fn: fn.attributes.add("noinline"))
-        ir_text, spec, _, _ = compile_ir(model(name), optimizer, target="gpu-emulation")
-    library = NativeLibrary(ir_text, cache_dir=None, name=f"{name}_kernels")
-    kernels = {launch["kernel"]: library.function(
-                   launch["kernel"], None,
-                   [ctypes.c_void_p] * (1 + len(launch["buffers"])) + [ctypes.c_int64] * 2 + [ctypes.c_void_p])
-               for launch in itertools.chain(*spec["launches"].values())}
-    # As a GPU calls them: (sizes, buffers..., block, blocks), no race stamps.
-    return {name: functools.partial(lambda kernel, *args: kernel(*args, None), kernel)
-            for name, kernel in kernels.items()}
+    return emulated_kernels(model(name), optimizer)
 
 
 def fake_program(name, optimizer=None, **driver_options):
@@ -571,3 +412,17 @@ def test_calls_pass_the_argument_checks_of_the_installed_cuda_bindings():
 def _as_real(argument):
     """The fake's handles (tuples, dicts) stand for driver objects: pass 0 in their place."""
     return 0 if isinstance(argument, (tuple, dict)) else argument
+
+
+def test_the_gpu_tests_run_over_the_dry_run_driver():
+    """tests/test_gpu.py skips here (no GPU), so its own code would first run on a lent
+    GPU's scarce time. Over tests/fake_gpu (a cuda.bindings.driver module made of
+    FakeDriver and the emulated kernels) its quick cases run now, unchanged; the rest,
+    and benchmarks/gpu_check.sh, run the same way by hand (see that module)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests", "fake_gpu"), ROOT]))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py",
+         "-k", "linreg or describes or refuses or train_steps or thread"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"^8 passed, \d+ deselected", result.stdout, re.M), result.stdout[-3000:]

@@ -23,7 +23,7 @@ The emulation also checks what compute-sanitizer checks on a GPU, and a little m
 The global stamps are arrays the entry allocates, zeroed, per launch: the kernel's last
 argument `stamp_table` holds one per buffer it writes (null for the others; a null
 table turns the global check off). Each kind of failure is counted in the module with the
-number of the first kernel it happened in (`symnet_shared_races()`,
+name of the first kernel it happened in (`symnet_shared_races()`,
 `symnet_first_shared_races()`, ...); `sanitizer_report` reads them.
 """
 import ctypes
@@ -104,9 +104,8 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
         with b.if_then(failed, likely=False):
             count, first = self.m.counters[check]
             b.store(b.add(b.load(count, typ=I64), ir.Constant(I64, 1)), count)
-            number = ir.Constant(I64, int(self.fn.name[1:].split("_")[0]))
-            unset = b.icmp_signed("<", b.load(first, typ=I64), ir.Constant(I64, 0))
-            b.store(b.select(unset, number, b.load(first, typ=I64)), first)
+            unset = b.icmp_unsigned("==", b.load(first, typ=PTR), ir.Constant(PTR, None))
+            b.store(b.select(unset, self.m.kernel_name(self.fn.name), b.load(first, typ=PTR)), first)
 
     # ---- memcheck, and races on what the launch writes --------------------------------------
     def address(self, tensor, index, env):
@@ -183,7 +182,8 @@ class EmulatedGPUEmitter(PTXEmitter):
     def __init__(self, tensors, size_names, dtype="f32", name="symnet"):
         super().__init__(tensors, size_names, dtype, name, arch="sm_80")
         self.module.data_layout = ""
-        self.counters = {check: (self.counter(f"symnet_{check}", 0), self.counter(f"symnet_first_{check}", -1))
+        self.counters = {check: (self.counter(f"symnet_{check}", I64, ir.Constant(I64, 0)),
+                                 self.counter(f"symnet_first_{check}", PTR, ir.Constant(PTR, None)))
                          for check in CHECKS}
 
     def stamp_checker(self, write):
@@ -231,14 +231,24 @@ class EmulatedGPUEmitter(PTXEmitter):
         b.ret(racy)
         return fn
 
-    def counter(self, name, initial):
-        """A module-wide i64, and a function of the same name that reads it."""
-        value = ir.GlobalVariable(self.module, I64, f"{name}_value")
-        value.initializer = ir.Constant(I64, initial)
-        fn = ir.Function(self.module, ir.FunctionType(I64, []), name)
+    def counter(self, name, type, initial):
+        """A module-wide variable, and a function of the same name that reads it."""
+        value = ir.GlobalVariable(self.module, type, f"{name}_value")
+        value.initializer = initial
+        fn = ir.Function(self.module, ir.FunctionType(type, []), name)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        b.ret(b.load(value, typ=I64))
+        b.ret(b.load(value, typ=type))
         return value
+
+    def kernel_name(self, kernel):
+        """A kernel's name as a C string in the module, for the sanitizer's report."""
+        name = f"{kernel}_name"
+        if name not in self.module.globals:
+            text = bytearray(kernel.encode() + b"\0")
+            value = ir.GlobalVariable(self.module, ir.ArrayType(ir.IntType(8), len(text)), name)
+            value.initializer = ir.Constant(value.value_type, text)
+            value.global_constant = True    # not internal: runtime/jit.py may split the module
+        return self.module.globals[name]
 
     def mark_kernel(self, fn):
         fn.linkage = "internal"
@@ -301,9 +311,8 @@ def sanitizer_report(program):
         for library in program.libraries:
             seen = library.function(f"symnet_{check}", ctypes.c_int64, [])()
             if seen and first is None:
-                number = library.function(f"symnet_first_{check}", ctypes.c_int64, [])()
-                first = next(launch["kernel"] for launches in library.launches.values()
-                             for launch in launches if launch["kernel"].startswith(f"k{number}_"))
+                first = ctypes.string_at(library.function(f"symnet_first_{check}",
+                                                          ctypes.c_void_p, [])()).decode()
             count += seen
         if count:
             found.append(f"{count} {WHAT[check]} (the first in kernel {first})")

@@ -180,11 +180,7 @@ class LLVMEmitter:
         return self.emitted[key]
 
     def new_kernel(self, kernel):
-        buffers = []
-        for nest in kernel.nests:
-            for t in [nest.comp.out] + nest.comp.reads + ([nest.comp.argmax] if nest.comp.argmax else []):
-                if t not in buffers:
-                    buffers.append(t)
+        buffers = list(dict.fromkeys(t for nest in kernel.nests for t in nest.comp.buffers))
         fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, I64] + [PTR] * len(buffers))
         fn = ir.Function(self.module, fnty, f"kernel_{self.kernel_count}")
         self.kernel_count += 1

@@ -61,11 +61,7 @@ class PTXEmitter(LLVMEmitter):
         key = (tuple(id(c) for c in kernel.comps), kernel.strategy)
         if key in self.emitted:
             return self.emitted[key]
-        buffers = []
-        for c in kernel.comps:
-            for t in [c.out] + c.reads + ([c.argmax] if c.argmax else []):
-                if t not in buffers:
-                    buffers.append(t)
+        buffers = list(dict.fromkeys(t for c in kernel.comps for t in c.buffers))
         args = [PTR] * (1 + len(buffers)) + self.extra_args
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), args),
                          f"k{self.kernel_count}_{_identifier(kernel.head.out)}")

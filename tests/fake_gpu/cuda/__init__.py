@@ -1,0 +1,1 @@
+"""Stands in for NVIDIA's `cuda` package in a dry run without a GPU: see bindings/driver.py."""
