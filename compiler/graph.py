@@ -107,6 +107,7 @@ class Builder:
 
     # ---- tensors --------------------------------------------------------------------
     def new_tensor(self, hint, shape, dtype="f32", kind="value"):
+        check_rank(self, len(shape), hint, self.loc)
         shape = tuple(int(d) if sympy.sympify(d).is_Integer else d for d in shape)
         name = self.unique(hint)
         self.tensors[name] = TensorInfo(name, tuple(shape), dtype, kind)
@@ -220,10 +221,20 @@ class Builder:
 
 
 MAX_SIZE = 2 ** 31 - 1          # elements per tensor, and any size argument
+# Every tensor is an ndarray somewhere (parameters, the reference, the runtime's buffers),
+# and NumPy holds at most 64 dimensions (32 before NumPy 2).
+MAX_RANK = 64 if int(np.__version__.split(".")[0]) >= 2 else 32
+
+
+def check_rank(b, rank, what, loc):
+    if rank > MAX_RANK:
+        b.error(f"{what} has {rank} dimensions; NumPy {np.__version__} holds at most {MAX_RANK}",
+                loc)
 
 
 def check_size(b, shape, what, loc):
     """A tensor that can be allocated and indexed with 32-bit counts."""
+    check_rank(b, len(shape), what, loc)
     count = 1
     for d in shape:
         count *= d
@@ -314,6 +325,10 @@ def _literal(b, expr, shape, what):
             return [value(i) for i in e.items]
         b.error(f"{what} values must be numbers or nested [...] lists", e.loc)
     raw = value(expr)
+    depth, row = 0, raw
+    while isinstance(row, list) and row:
+        depth, row = depth + 1, row[0]
+    check_rank(b, depth, f"{what} literal", expr.loc)
     try:
         array = np.array(raw, dtype=np.float64)
     except ValueError:

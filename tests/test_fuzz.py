@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import compiler
 from compiler import reference
 from compiler.errors import SymnetError
-from compiler.graph import Model
+from compiler.graph import MAX_RANK, Model
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = {p.stem: p.read_text() for p in sorted((ROOT / "examples").glob("*.nn"))}
@@ -182,11 +182,29 @@ def test_deep_nesting(kind, depth):
 
 @pytest.mark.parametrize("kind", ["parentheses", "calls", "negations", "powers", "list_literal"])
 def test_moderate_nesting_is_accepted(kind):
-    """The depth limit only stops absurd inputs: 40 levels is a valid model."""
+    """The depth limit only stops absurd inputs: 40 levels is a valid model (a literal of
+    as many dimensions as NumPy holds: 64, or 32 before NumPy 2)."""
     head, opener, core, closer = NESTERS[kind]
+    depth = 40
     if kind == "list_literal":
-        head = f"param w[{', '.join(['1'] * 40)}] = "
-    assert isinstance(outcome(head + opener * 40 + core + closer * 40 + "\n"), Model)
+        depth = min(depth, MAX_RANK)
+        head = f"param w[{', '.join(['1'] * depth)}] = "
+    assert isinstance(outcome(head + opener * depth + core + closer * depth + "\n"), Model)
+
+
+@pytest.mark.parametrize("statement, column", [
+    ("input x[{dims}]", 1), ("param w[{dims}] = 0", 1), ("const c = {literal}", 11),
+    ("input x[1]\nh = reshape(x, [{dims}])", 5)])
+def test_more_dimensions_than_numpy_holds_is_a_located_error(statement, column):
+    """Every tensor becomes an ndarray: one dimension more than NumPy's limit is a
+    message at the statement (or the literal), not an internal error later."""
+    rank = MAX_RANK + 1
+    text = statement.format(dims=", ".join(["1"] * rank), literal="[" * rank + "1" + "]" * rank)
+    error = outcome("model deep\n" + text + "\n")
+    assert isinstance(error, SymnetError)
+    assert re.search(rf"has {rank} dimensions; NumPy \S+ holds at most {MAX_RANK}$",
+                     str(error).splitlines()[0]), str(error)
+    assert (error.loc.line, error.loc.col) == (text.count("\n") + 2, column), error.loc
 
 
 @fuzz_settings(25)
