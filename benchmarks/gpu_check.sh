@@ -6,10 +6,11 @@
 #
 #     bash benchmarks/gpu_check.sh                 # about 5 minutes on an H100/H200
 #
-# Steps run most telling first, each under its own time limit, so a lent machine with
-# little time left still returns the tests and the benchmark; each step runs even if
-# one before failed (except the first: without a usable llvmlite nothing can), and the
-# last line sums up their exit statuses.
+# Steps run most telling first, each under its own time limit (590 s in all at most, so
+# the whole fits one 10-minute command of a lent machine, and a slow step cannot take
+# the tests' or the benchmark's time). Each step runs even if one before failed, except
+# after `versions`: without a GPU or a usable llvmlite nothing else can. The last line
+# sums up their exit statuses.
 #
 # A GPU machine with only the runtime's packages: `make gpu-carry` here puts pytest and
 # the Fashion-MNIST files in build/gpu-carry/; copy that folder along and they are used.
@@ -29,7 +30,7 @@ python=${PYTHON:-python3}
 status=()
 
 step() {   # step NAME SECONDS COMMAND...: run under a time limit, keep its output and status
-    local name=$1 limit=$2
+    local name=$1 limit=$(( $2 * ${TIME_SCALE:-1} ))     # TIME_SCALE: for a dry run (slow)
     shift 2
     local shown="$*"
     echo "== $name (at most ${limit} s): ${shown%%$'\n'*}"
@@ -49,16 +50,17 @@ import compiler.codegen       # refuses an llvmlite too old for the IR symnet wr
 from runtime.cuda import open_device
 print(open_device())
 '
-step machine 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+step machine 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 step versions 60 "$python" -c "$versions"
 if [ "${status[1]}" != versions=0 ]; then
-    echo "${status[*]} (stopped: symnet cannot run here)" | tee "$out/status.txt"
+    echo "${status[*]} (stopped: no GPU or no usable llvmlite; see versions.txt)" \
+        | tee "$out/status.txt"
     exit 1
 fi
-step tests 300 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py
-step bench 150 "$python" benchmarks/gpu_bench.py ${BENCH_ARGS:-}
+step tests 180 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py
+step bench 90 "$python" benchmarks/gpu_bench.py ${BENCH_ARGS:-}
 for device in cuda cpu; do
-    step "lenet5_$device" 180 "$python" -m symnet train examples/lenet5.nn --epochs 3 \
+    step "lenet5_$device" 60 "$python" -m symnet train examples/lenet5.nn --epochs 3 \
         --device "$device"
 done
 # Small batches of every entry point: memcheck sees a read or write outside a buffer,
@@ -74,8 +76,8 @@ for name in ("mlp", "lenet5"):
     print(name, "ran")
 '
 if command -v compute-sanitizer >/dev/null; then
-    step memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 1 "$python" -c "$sanitize"
-    step racecheck 180 compute-sanitizer --tool racecheck --error-exitcode 1 "$python" -c "$sanitize"
+    step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 1 "$python" -c "$sanitize"
+    step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 1 "$python" -c "$sanitize"
 fi
 accuracy() {   # the last epoch's test accuracy in a training log
     grep -o "test acc [0-9.]*" "$out/lenet5_$1.txt" 2>/dev/null | tail -1 | cut -d" " -f3

@@ -193,6 +193,9 @@ class Builder:
     # ---- parameters -----------------------------------------------------------------
     def new_param(self, suffix, shape, init, loc):
         """A layer's own parameter, named after the statement: `h = dense(x, 4)` -> h.W."""
+        if not all(isinstance(d, int) for d in shape):   # each op checks first; a safety net
+            self.error(f"parameter {self.layer_base}.{suffix} needs fixed dimensions, "
+                       f"got {format_shape(shape)}", loc)
         check_size(self, shape, f"{self.layer_base}.{suffix}", loc)
         name = self.unique(f"{self.layer_base}.{suffix}")
         self.tensors[name] = TensorInfo(name, tuple(shape), "f32", "param")

@@ -342,6 +342,8 @@ def conv2d(ctx, loc, x, kernel=None, filters=None, size=None, stride=1, pad="val
         cout = filters
     Ho, Wo, p = _conv_geometry(ctx, loc, shape, kh, kw, stride, pad, "conv2d")
     if kernel is None:
+        if not isinstance(shape[1], int):
+            ctx.error(f"conv2d needs a fixed number of input channels, got {format_shape(shape)}", loc)
         kernel = ctx.new_param("W", (filters, shape[1], size, size), init, loc)
     n, o, y, xx, c, ky, kx = index_symbols(["n", "o", "y", "x", "c", "ky", "kx"])
     depthwise = len(ctx.shape(kernel)) == 2

@@ -134,6 +134,10 @@ def test_lenet_gradient_of_first_kernel_is_an_index_formula():
      "window 5x5 does not fit input [N, 1, 4, 4]"),
     ("input x[N, 1, 28, 28]\nh = dense(conv2d(x, filters=16, size=5), 10)\n",
      "dense expects [N, 9216], got [N, 16, 24, 24]; use flatten(...)"),
+    # Found by the fuzz tests: a symbolic channel count reached the parameter's size check.
+    ("input x[N, C, 28, 28]\nh = conv2d(x, filters=6, size=5)\n",
+     "conv2d needs a fixed number of input channels, got [N, C, 28, 28]"),
+    ("input x[N, M]\nh = dense(x, 4)\n", "dense needs a fixed number of input features, got [N, M]"),
 ])
 def test_shape_errors_are_located_and_name_both_shapes(source, message):
     with pytest.raises(SymnetError) as err:

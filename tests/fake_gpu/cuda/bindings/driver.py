@@ -7,7 +7,7 @@ kernels of the model being compiled, found on the call stack (compiler.native.co
 4 resident blocks:
 
     PYTHONPATH=tests/fake_gpu SYMNET_DATA=runtime/datasets/fashion_mnist_small.npz \
-        BENCH_ARGS="--steps 3 --warm-up 1" OUT=out/dry bash benchmarks/gpu_check.sh
+        BENCH_ARGS="--steps 3 --warm-up 1" TIME_SCALE=4 OUT=out/dry bash benchmarks/gpu_check.sh
 
 It checks the scripts and the tests' own code before a GPU's time is spent on them; it
 says nothing about real hardware (timings, ex2.approx, the driver's PTX compiler).
