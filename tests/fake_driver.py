@@ -22,7 +22,7 @@ ENTRY = re.compile(r"\.entry\s+(\w+)\s*\(([^)]*)\)")
 class FakeDriver:
     """The part of cuda-bindings' driver module that runtime/cuda.py calls, run on the
     host: device memory is host memory, and a module's kernels are the emulation
-    backend's compiled kernels, called once per (block, thread) of each launch's grid.
+    backend's compiled kernels, called once per block of each launch's grid.
     It refuses what a real driver would refuse: copies outside an allocation, kernel
     pointers into no allocation, memory calls without a current context."""
 

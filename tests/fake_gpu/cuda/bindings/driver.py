@@ -1,5 +1,5 @@
 """`cuda.bindings.driver` for a dry run without a GPU. With tests/fake_gpu on PYTHONPATH
-(and no cuda-bindings installed), runtime/cuda.py finds this module: every driver call
+(ahead of any installed cuda-bindings), runtime/cuda.py finds this module: every driver call
 goes to one FakeDriver (tests/fake_driver.py), and a module's kernels are the emulated
 kernels of the model being compiled, found on the call stack (compiler.native.compile's
 `model` and `optimizer`). So tests/test_gpu.py, benchmarks/gpu_bench.py and
