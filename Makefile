@@ -20,12 +20,17 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# For benchmarks/gpu_check.sh on a GPU machine that has only the runtime's packages and
-# no network: pytest (pure Python, also for Python 3.10) and the Fashion-MNIST files.
+# For benchmarks/gpu_check.sh on a lent GPU machine, which has no network: the
+# Fashion-MNIST files (data/, 30 MB), and an llvmlite wheel for its Python (wheels/,
+# 57 MB), to carry there in case its own llvmlite is older than symnet needs. The
+# machine takes 64 MiB a call: carry data/, or wheels/ when versions.txt asks for it.
+GPU_PYTHON ?= 3.12
 gpu-carry: $(INSTALLED)
 	rm -rf build/gpu-carry
-	$(BIN)/pip install -q --target build/gpu-carry/site --only-binary=:all: \
-		--implementation py --abi none --platform any pytest exceptiongroup tomli
 	mkdir -p build/gpu-carry/data
 	cp /usr/share/datasets/fashion-mnist/*.gz build/gpu-carry/data/ 2>/dev/null \
 		|| echo "no Fashion-MNIST files here: the GPU machine trains on the embedded subset"
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d build/gpu-carry/wheels 'llvmlite>=0.46'

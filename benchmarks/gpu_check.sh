@@ -12,21 +12,26 @@
 # after `versions`: without a GPU or a usable llvmlite nothing else can. The last line
 # sums up their exit statuses.
 #
-# A GPU machine with only the runtime's packages: `make gpu-carry` here puts pytest and
-# the Fashion-MNIST files in build/gpu-carry/; copy that folder along and they are used.
+# A GPU machine without network: `make gpu-carry` here puts the Fashion-MNIST files in
+# build/gpu-carry/data/ and an llvmlite wheel in build/gpu-carry/wheels/; copied along,
+# the data is trained on and any wheels are installed (into a temporary folder) first.
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu}
 mkdir -p "$out"
 carry=build/gpu-carry
+python=${PYTHON:-python3}
 path=.
-[ -d "$carry/site" ] && path=.:$carry/site
+if ls "$carry"/wheels/*.whl >/dev/null 2>&1; then
+    path=.:$(mktemp -d)
+    "$python" -m pip install -q --no-index --no-deps --no-compile --target "${path#.:}" \
+        "$carry"/wheels/*.whl || echo "warning: the carried wheels did not install"
+fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=$path${PYTHONPATH:+:$PYTHONPATH}
 if [ -z "${SYMNET_DATA:-}" ] && ls "$carry"/data/*idx3-ubyte.gz >/dev/null 2>&1; then
     export SYMNET_DATA=$carry/data
 fi
 export SYMNET_CACHE=${SYMNET_CACHE:-$(mktemp -d)}
-python=${PYTHON:-python3}
 status=()
 
 step() {   # step NAME SECONDS COMMAND...: run under a time limit, keep its output and status

@@ -29,7 +29,7 @@ have no escapes. Every error is a SymnetError located at the offending token.
 """
 import math
 from contextlib import contextmanager
-from typing import Iterator, List, NamedTuple
+from typing import Iterator, List, NamedTuple, Optional
 
 from . import syntax as ast
 from .errors import Loc, SymnetError
@@ -188,6 +188,7 @@ class _Parser:
         self.lexer = _Lexer(text, filename)
         self.stream = self.lexer.tokens()   # pulled lazily so errors come in source order
         self.buf: List[Token] = []
+        self.last: Optional[Token] = None   # the token consumed last
         self.depth = 0
 
     # -- token helpers
@@ -199,6 +200,7 @@ class _Parser:
     def next(self) -> Token:
         tok = self.peek()
         self.buf.pop(0)
+        self.last = tok
         return tok
 
     def at(self, text: str, k: int = 0) -> bool:
@@ -546,6 +548,9 @@ def parse_program(text: str, filename: str = "<string>") -> ast.Program:
     try:
         return parser.program()
     except RecursionError:
-        # backstop for callers already deep in the stack; MAX_DEPTH normally fires first
-        where = parser.lexer.loc(parser.buf[0].line, parser.buf[0].col) if parser.buf else None
+        # backstop for callers already deep in the stack; MAX_DEPTH normally fires first.
+        # The limit may strike while the lexer is pulling a token (Python 3.12 counts
+        # that generator's frames too), with none waiting: then the last one read.
+        token = parser.buf[0] if parser.buf else parser.last
+        where = parser.lexer.loc(token.line, token.col) if token else None
         raise SymnetError("expression nested too deeply", where) from None
