@@ -23,8 +23,9 @@ carry=build/gpu-carry
 python=${PYTHON:-python3}
 path=.
 if ls "$carry"/wheels/*.whl >/dev/null 2>&1; then
-    path=.:$(mktemp -d)
-    "$python" -m pip install -q --no-index --no-deps --no-compile --target "${path#.:}" \
+    site=$(mktemp -d)
+    path=.:$site
+    "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site" \
         "$carry"/wheels/*.whl || echo "warning: the carried wheels did not install"
 fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=$path${PYTHONPATH:+:$PYTHONPATH}

@@ -109,7 +109,8 @@ def _elementwise_fusible(kernel, c, tensors):
     shape = [sympy.sympify(d) for d in tensors[c.out].shape]
     if shape != [sympy.sympify(d) for d in tensors[kernel.head.out].shape]:
         return False
-    if any(a.tensor in kernel.written and tuple(a.index) != tuple(c.index) for a in c.accesses.values()):
+    written = kernel.written          # a property that builds a set: once, not per access
+    if any(a.tensor in written and tuple(a.index) != tuple(c.index) for a in c.accesses.values()):
         return False
     for n in kernel.comps:
         if any(a.tensor == c.out and tuple(a.index) != tuple(n.index) for a in n.accesses.values()):

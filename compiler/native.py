@@ -93,12 +93,12 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entr
 
 
 def _used_buffers(lowered):
-    names = list(dict.fromkeys(t for comps in lowered.entries.values() for c in comps
-                               for t in c.buffers))
-    for t in list(lowered.hypers.values()) + list(lowered.tensors):
-        if lowered.tensors[t].kind in ("input", "param", "hyper") and t not in names:
-            names.append(t)
-    return names
+    """Every tensor some entry touches, then inputs, parameters and hyperparameters that
+    none does (the runtime still takes them), each once, in that order."""
+    touched = [t for comps in lowered.entries.values() for c in comps for t in c.buffers]
+    given = [t for t in [*lowered.hypers.values(), *lowered.tensors]
+             if lowered.tensors[t].kind in ("input", "param", "hyper")]
+    return list(dict.fromkeys(touched + given))
 
 
 def _dim(d):
