@@ -36,6 +36,13 @@ class Comparison:
         return all(e <= TOLERANCE for e in self.errors.values())   # NaN fails
 
 
+@dataclass
+class GpuCheck:
+    comparisons: list           # of Comparison
+    report: str | None          # the emulation's races and bad addresses, None if none
+    adam_eps: bool = False      # Adam's steps were compared at the raised eps below
+
+
 def relative_error(actual, expected, allowance=0.0):
     """The largest difference, less `allowance`, relative to the largest magnitude
     expected."""
@@ -47,9 +54,10 @@ def relative_error(actual, expected, allowance=0.0):
     return max(difference - allowance, 0.0) / scale
 
 
-def gpucheck(model, batches=BATCHES, seed=0, optimizer=None):
-    """(comparisons, the emulation's report of races and bad addresses or None). With
-    Adam, steps are compared at eps = ADAM_EPS x the largest gradient (or more)."""
+def gpucheck(model, batches=BATCHES, seed=0, optimizer=None, adam_eps=ADAM_EPS):
+    """A GpuCheck: every output, gradient and step compared, and the emulation's report.
+    With Adam, steps are compared at eps = adam_eps x the largest gradient (or the
+    model's eps, if larger)."""
     gpu = compile(model, target="gpu-emulation", optimizer=optimizer, cache=False)
     cpu = compile(model, optimizer=optimizer, cache=False)
     eps = cpu.optimizer.get("eps")
@@ -74,7 +82,7 @@ def gpucheck(model, batches=BATCHES, seed=0, optimizer=None):
             if eps is not None:
                 largest = max(float(np.max(np.abs(g), initial=0.0)) for g in expected_grads.values())
                 for program in (gpu, cpu):
-                    program.configure(eps=max(eps, ADAM_EPS * largest))
+                    program.configure(eps=max(eps, adam_eps * largest))
             start = cpu.get_params()
             gpu.set_params(start)                # the same start, whatever came before
             gpu.reset_optimizer(), cpu.reset_optimizer()
@@ -85,4 +93,5 @@ def gpucheck(model, batches=BATCHES, seed=0, optimizer=None):
                 # float32, so they may differ by one unit in the last place.
                 ulp = ULP * float(np.max(np.abs(expected[name]), initial=0.0))
                 compare(f"step of {name}", batch, value - start[name], expected[name] - start[name], ulp)
-    return list(comparisons.values()), sanitizer_report(gpu)
+    adam_eps = eps is not None and "train_step" in entries
+    return GpuCheck(list(comparisons.values()), sanitizer_report(gpu), adam_eps)

@@ -450,14 +450,15 @@ def gpucheck_command(args):
     """Run the PTX target's kernels on this CPU (no GPU needed) and compare them with
     the CPU backend; report races and out-of-bounds accesses."""
     model = load(args.file)
-    comparisons, report = gpucheck.gpucheck(model, args.batch, args.seed, args.optimizer)
+    check = gpucheck.gpucheck(model, args.batch, args.seed, args.optimizer)
+    comparisons, report = check.comparisons, check.report
     print(f"gpucheck of {model.name}: the PTX kernels run on this CPU ({gpucheck.GRID_SHAPE})\n"
           f"against the CPU backend; seed {args.seed}, tolerance {gpucheck.TOLERANCE:.0e}")
     rows = [("value", *(f"batch {b}" for b in args.batch), "")]
     for c in comparisons:
         rows.append((c.name, *(f"{c.errors[b]:.1e}" for b in args.batch), "ok" if c.passes() else "FAIL"))
     print(format_table(rows))
-    if (args.optimizer or model.train.get("optimizer")) == "adam":
+    if check.adam_eps:
         print(f"  (Adam's steps with eps at {gpucheck.ADAM_EPS:.0%} of the largest gradient: with a tiny\n"
               "  eps, rounding noise in a near-zero gradient steps by +lr or -lr either way)")
     print(f"  {report}" if report else "  no races in shared or global memory, no out-of-bounds accesses")

@@ -260,6 +260,15 @@ def test_gpucheck_compares_every_value_and_finds_no_race():
                           "ok: all 6 values agree"]
 
 
+def test_gpucheck_says_when_adam_steps_are_compared_at_a_raised_eps():
+    plain = symnet("gpucheck", "examples/softmax_regression.nn", "--batch", "4")
+    adam = symnet("gpucheck", "examples/softmax_regression.nn", "--batch", "4", "--optimizer", "adam")
+    assert plain.returncode == adam.returncode == 0, plain.stdout + adam.stdout
+    remark = "  (Adam's steps with eps at 10% of the largest gradient: with a tiny"
+    assert remark not in plain.stdout.splitlines()
+    assert remark in adam.stdout.splitlines()
+
+
 def test_gpucheck_fails_on_a_wrongly_fused_kernel(tmp_path, monkeypatch):
     """A fusion rule reduced to "same shape" fuses a map that reads another thread's
     element: the values differ and the race is named; exit status 1."""
