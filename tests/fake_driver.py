@@ -9,9 +9,8 @@ import functools
 import itertools
 import re
 
-import pytest
+import llvmlite.binding as llvm
 
-from compiler.codegen.gpu_emulation import EmulatedGPUEmitter
 from compiler.native import compile_ir
 from runtime.cuda import BLOCK
 from runtime.jit import NativeLibrary
@@ -171,17 +170,18 @@ class FakeDriver:
 
 
 def emulated_kernels(model, optimizer=None):
-    """The emulation backend's kernels, callable one block at a time: compiled with
-    external linkage (the backend keeps them internal to its entry points)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(EmulatedGPUEmitter, "mark_kernel",
-                      lambda self, fn: fn.attributes.add("noinline"))
-        ir_text, spec, _, _ = compile_ir(model, optimizer, target="gpu-emulation")
-    library = NativeLibrary(ir_text, cache_dir=None, name=f"{model.name}_kernels")
+    """The emulation backend's kernels, callable one block at a time: given external
+    linkage here (the backend keeps them internal to its entry points)."""
+    ir_text, spec, _, _ = compile_ir(model, optimizer, target="gpu-emulation")
+    launches = list(itertools.chain(*spec["launches"].values()))
+    module = llvm.parse_assembly(ir_text)
+    for launch in launches:
+        module.get_function(launch["kernel"]).linkage = llvm.Linkage.external
+    library = NativeLibrary(str(module), cache_dir=None, name=f"{model.name}_kernels")
     kernels = {launch["kernel"]: library.function(
                    launch["kernel"], None,
                    [ctypes.c_void_p] * (1 + len(launch["buffers"])) + [ctypes.c_int64] * 2 + [ctypes.c_void_p])
-               for launch in itertools.chain(*spec["launches"].values())}
+               for launch in launches}
     # As a GPU calls them: (sizes, buffers..., block, blocks), no race stamps.
     return {name: functools.partial(lambda kernel, *args: kernel(*args, None), kernel)
             for name, kernel in kernels.items()}
