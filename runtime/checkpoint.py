@@ -69,6 +69,14 @@ def load(path, *, expect_hash=None, expect_params=None):
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read it ({err.strerror})") from None
+    if magic != b"PK\x03\x04":        # not even a zip (an .npz): a model file, an image...
+        raise CheckpointError(f"{path}: not a symnet checkpoint (those are the .npz "
+                              "archives `symnet train -o` writes)")
+    try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
         meta = json.loads(str(arrays.pop(META_KEY)[()]))

@@ -59,7 +59,7 @@ class Progress:
         filled = int(fraction * width)
         bar = "#" * filled + "." * (width - filled)
         return (f"{self.label} [{bar}] {fraction:4.0%} {self.steps}/{self.total} "
-                f"{self.steps / elapsed:,.0f} steps/s  loss {self.running_loss:.4f}")
+                f"{self.steps / elapsed:,.0f} steps/s  loss {format_loss(self.running_loss)}")
 
     def _draw(self, now):
         text = self.line(now)
@@ -87,13 +87,19 @@ class Progress:
             self.stream.flush()
 
 
+def format_loss(value):
+    """Four decimals, as long as that stays short: a diverging loss of 2e37 is not
+    printed with 38 digits."""
+    return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4e}"
+
+
 def format_epoch(record, epochs):
     """One summary line for an epoch record from runtime.train."""
-    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {format_loss(record['train_loss'])}"]
     if record.get("train_accuracy") is not None:
         parts.append(f"acc {record['train_accuracy']:.2%}")
     if record.get("test_loss") is not None:
-        parts.append(f"test loss {record['test_loss']:.4f}")
+        parts.append(f"test loss {format_loss(record['test_loss'])}")
     if record.get("test_accuracy") is not None:
         parts.append(f"test acc {record['test_accuracy']:.2%}")
     parts.append(f"{record['samples_per_s']:,.0f} samples/s")

@@ -6,9 +6,9 @@
 
 A verb is one entry of VERBS: a help line, a function adding its arguments and a
 function running it, which returns the exit status. Mistakes in the user's files or
-flags are SymnetErrors: printed as `FILE:LINE:COL: error: ...`, exit status 1. Anything
-else is a bug of symnet: one `internal error:` line, exit status 2 (`--traceback`
-shows the Python traceback).
+flags are SymnetErrors: printed as `FILE:LINE:COL: error: ...`, exit status 1, and so
+are argparse's usage errors (one line, not the usage block). Anything else is a bug of
+symnet: one `internal error:` line, exit status 2 (`--traceback` shows the traceback).
 """
 import argparse
 import io
@@ -67,10 +67,20 @@ def all_verbs():
     return {**VERBS, **run_verbs.VERBS, **present_verbs.VERBS}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 1, like any other mistake
+    in the command line (argparse prints the whole usage block and exits with 2)."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(1)
+
+
 def build_parser():
     """The argparse parser: one subparser per entry of VERBS, each with --traceback."""
-    parser = argparse.ArgumentParser(
-        prog="symnet", description="Compile neural-network definitions (.nn files).")
+    from compiler.native import VERSION
+    parser = Parser(prog="symnet", description="Compile neural-network definitions (.nn files).")
+    parser.add_argument("--version", action="version", version=VERSION.replace("-", " ", 1))
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--traceback", action="store_true",
                         help="show the Python traceback of internal errors")
@@ -260,10 +270,12 @@ def model_with_loss(path, seed=0):
     """Load a model that must have a loss (grad, gradcheck, train)."""
     model = load(path, seed=seed)
     if model.loss is None:
-        first_line = model.source.split("\n")[0]
+        lines = model.source.split("\n")     # point at the `model` line, past any comments
+        row = next((k for k, text in enumerate(lines) if text.lstrip().startswith("model")), 0)
+        column = len(lines[row]) - len(lines[row].lstrip()) + 1
         raise SymnetError(f"model '{model.name}' has no loss statement, so it has no gradient;"
                           " add one such as `loss mse(prediction, target)`",
-                          Loc(path, 1, 1, first_line))
+                          Loc(path, row + 1, column, lines[row]))
     return model
 
 

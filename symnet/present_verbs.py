@@ -284,19 +284,15 @@ def export_command(args):
                              predict_buffers(kernels["predict"]), progress=bar)
     bar.close()
     print(f"exported {model.name} to {args.output}: {', '.join(written)}")
+    if args.weights is None and model.params:
+        print("note: without --weights the library holds the model's initial (untrained) weights")
     return 0
 
 
 def predict_buffers(kernels):
     """The buffers the predict entry's loop nests read or write."""
-    names = []
-    for kernel in kernels:
-        for nest in kernel.nests:
-            c = nest.comp
-            for t in [c.out] + c.reads + ([c.argmax] if c.argmax else []):
-                if t not in names:
-                    names.append(t)
-    return names
+    return list(dict.fromkeys(t for kernel in kernels for nest in kernel.nests
+                              for t in nest.comp.buffers))
 
 
 VERBS = {

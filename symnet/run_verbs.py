@@ -405,6 +405,8 @@ def compile_command(args):
     if target == "ptx" and emit == "llvm" and args.opt_level:
         raise SymnetError("-O with --emit llvm optimizes for the host CPU; with --target ptx "
                           "the IR is shown before optimization (drop -O)")
+    if target == "ptx" and args.dtype != "f32":
+        raise SymnetError("--target ptx computes in float32; drop --dtype f64")
     if emit == "obj" and not args.output:
         raise SymnetError("--emit obj writes a binary object file; give -o FILE")
     model = load(args.file)

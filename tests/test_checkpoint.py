@@ -95,7 +95,7 @@ def test_missing_file(tmp_path):
         checkpoint.load(tmp_path / "nope.npz")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random", "flipped", "plain npz"])
+@pytest.mark.parametrize("damage", ["truncated", "random", "flipped", "plain npz", "model file"])
 def test_damaged_file_names_the_file(tmp_path, mlp, damage):
     path = tmp_path / "bad.npz"
     save_mlp(path, mlp)
@@ -108,13 +108,21 @@ def test_damaged_file_names_the_file(tmp_path, mlp, damage):
         middle = len(good) // 2
         path.write_bytes(good[:middle] + bytes(b ^ 0xFF for b in good[middle:middle + 64])
                          + good[middle + 64:])
+    elif damage == "model file":                              # --weights mlp.nn
+        path.write_text("model mlp\ninput x[N, 784]\n")
     else:
         np.savez(path, W=np.zeros(3))
     with pytest.raises(CheckpointError) as info:
         checkpoint.load(path)
     message = str(info.value)
     assert message.startswith(f"{path}: ") and "\n" not in message
-    assert ("symnet checkpoint" in message) if damage == "plain npz" else ("corrupt" in message)
+    if damage in ("truncated", "flipped"):
+        assert "corrupt" in message
+    elif damage == "plain npz":
+        assert message.endswith("not a symnet checkpoint (no metadata entry)")
+    else:
+        assert message.endswith("not a symnet checkpoint (those are the .npz archives "
+                                "`symnet train -o` writes)")
 
 
 def test_checkpoint_of_another_model(tmp_path, mlp):

@@ -130,10 +130,14 @@ def test_gradcheck_passes_on_every_example(capsys, example):
 
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if not has_loss(e)], ids=lambda p: p.stem)
 def test_gradcheck_of_a_model_without_loss_is_a_located_error(capsys, example):
+    """The location is the `model` statement, past the file's opening comments."""
     status = cli.main(["gradcheck", str(example)])
     err = capsys.readouterr().err
     assert status == 1
-    assert err.startswith(f"{example}:1:1: error:") and "no loss" in err
+    lines = example.read_text().splitlines()
+    row = next(k for k, line in enumerate(lines) if line.startswith("model "))
+    assert err.startswith(f"{example}:{row + 1}:1: error:") and "no loss" in err
+    assert err.splitlines()[1].strip() == lines[row]
 
 
 def test_gradcheck_fails_on_a_wrong_gradient(capsys, monkeypatch):
@@ -171,6 +175,30 @@ def test_internal_errors_are_one_line_with_status_2(capsys, monkeypatch):
 def test_missing_file_is_a_user_error(capsys):
     assert cli.main(["check", "examples/nonexistent.nn"]) == 1
     assert capsys.readouterr().err == "error: no such file: examples/nonexistent.nn\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["trian", "x.nn"], "symnet: error: argument command: invalid choice: 'trian' (choose from"),
+    ([], "symnet: error: the following arguments are required: command (see 'symnet --help')"),
+    (["train", "examples/mlp.nn", "--epochs", "0"],
+     "symnet train: error: argument --epochs: must be at least 1, got 0 (see 'symnet train --help')"),
+    (["compile", "examples/mlp.nn", "--arch", "sm_75"],
+     "symnet compile: error: argument --arch: invalid choice: 'sm_75' (choose from 'sm_80', 'sm_90')"),
+])
+def test_a_wrong_command_line_is_one_line_with_status_1(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    assert exit.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_version_names_the_release_and_the_code_generator(capsys):
+    from compiler.native import VERSION
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--version"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out == VERSION.replace("symnet-", "symnet ") + "\n"
 
 
 def test_every_verb_has_help():

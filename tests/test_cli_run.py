@@ -230,6 +230,15 @@ def test_compile_writes_an_elf_object(tmp_path):
     assert "--emit obj" in one_error_line(symnet("compile", "examples/mlp.nn", "--emit", "obj"))
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--target", "ptx", "--emit", "asm"], "error: --emit asm is host code; with --target ptx use"),
+    (["--emit", "ptx", "--dtype", "f64"], "error: --target ptx computes in float32; drop --dtype f64"),
+    (["--target", "ptx", "--emit", "llvm", "-O", "3"], "error: -O with --emit llvm optimizes for the host"),
+])
+def test_compile_refuses_options_that_do_not_go_together(options, message):
+    assert one_error_line(symnet("compile", "examples/mlp.nn", *options)).startswith(message)
+
+
 def test_compile_emits_ptx_that_ptxas_accepts(tmp_path):
     out = tmp_path / "mlp.ptx"
     result = symnet("compile", "examples/mlp.nn", "--target", "ptx", "--arch", "sm_90",

@@ -110,7 +110,7 @@ def run_command(command):
         with redirect_stdout(out), redirect_stderr(err), working_directory(ROOT):
             try:
                 status = cli.main(words[1:])
-            except SystemExit as exit:             # argparse's usage errors
+            except SystemExit as exit:             # usage errors, --help, --version
                 status = exit.code
         return subprocess.CompletedProcess(words, status, out.getvalue(), err.getvalue())
     return subprocess.run(["bash", "-c", PRELUDE + command], cwd=ROOT, env=environment(),

@@ -99,10 +99,13 @@ def test_only_the_two_functions_are_exported(exported):
         assert not hasattr(library, hidden), hidden
 
 
-def test_weights_come_from_the_checkpoint(exported, tmp_path):
-    """Exporting the file's initial weights gives different logits than the trained ones."""
+def test_weights_come_from_the_checkpoint(exported, tmp_path, capsys):
+    """Exporting the file's initial weights gives different logits than the trained ones,
+    and the command says which weights it took."""
     folder, program, images = exported
     assert cli.main(["export", "examples/mlp.nn", "-o", str(tmp_path), "-q"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "note: without --weights the library holds the model's initial (untrained) weights")
     cc("-O2", "-o", "example", "example.c", "mlp.o", "-lm", cwd=tmp_path)
     _, initial = run_example(tmp_path / "example", folder / "images.f32")
     fresh = compile(load("examples/mlp.nn"))

@@ -7,6 +7,7 @@ the runtime; tests/test_gpu.py runs the same kernels on a real GPU.
 import functools
 import re
 
+import numpy as np
 import pytest
 
 from compiler import compile, gpu_schedule, parse, reference
@@ -90,6 +91,31 @@ def test_every_tile_shape_matches_reference(shape, monkeypatch):
         for key in expected_grads:
             assert_close(grads[key], expected_grads[key])
         assert sanitizer_report(program) is None
+
+
+POWERS = """model powers
+input x[N, 8]
+input e[N, 8]
+output general = x ^ e
+output integer = x ^ 9 + x ^ 3.0 - x ^ -11
+"""
+
+
+def test_powers_of_negative_bases_agree_with_c_pow():
+    """The GPU's pow is ex2(e lg2 x), NaN for any x < 0: the PTX target corrects the sign
+    and the special cases, the emulation runs that same formula (with the host's exp2
+    and log2), and integer exponents, 3.0 included, are repeated multiplications."""
+    m = parse(POWERS, filename="powers.nn")
+    x = np.array([[-2, -2, -2, -2, 0, 0, 3, -0.5]] * 3, np.float32)
+    e = np.array([[3, 2, 0.5, 0, 0, -1, 2.5, -3]] * 3, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = {"general": np.power(x, e), "integer": x ** 9 + x ** 3 - x ** -11.0}
+    outputs = compile(m, target="gpu-emulation", cache=False).forward({"x": x, "e": e})
+    for name in expected:
+        np.testing.assert_allclose(outputs[name], expected[name], rtol=1e-6)   # NaN == NaN
+    integer_only = parse(POWERS.replace("output general = x ^ e\n", ""), filename="powers.nn")
+    _, _, _, emitter = compile_ir(integer_only, target="ptx")
+    assert "lg2" not in emitter.ptx() and "ex2" not in emitter.ptx()
 
 
 # ---- the emulation's checks, each shown to catch what it is for ---------------------------

@@ -12,7 +12,7 @@ from compiler import reference
 from compiler.native import compile
 from compiler.pipeline import load
 from runtime import data
-from runtime.progress import Progress
+from runtime.progress import Progress, format_epoch
 from runtime.train import (History, TrainingError, evaluate, input_roles, num_classes,
                            predict, settings_from_train, train)
 
@@ -277,3 +277,10 @@ def test_progress_line_on_a_pipe_every_interval():
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3 and lines[0].startswith("epoch 1/1 [")
     assert "75%" in lines[-1] and "loss 3.0000" in lines[-1]     # mean of 4, 2, 3
+
+
+def test_epoch_line_keeps_a_diverging_loss_short():
+    record = {"epoch": 17, "train_loss": 2.1455866e37, "test_loss": 0.25, "samples_per_s": 1234.0,
+              "seconds": 0.01}
+    assert format_epoch(record, 100) == ("epoch 17/100  loss 2.1456e+37  test loss 0.2500  "
+                                         "1,234 samples/s  0.0 s")

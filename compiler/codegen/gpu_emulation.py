@@ -260,8 +260,11 @@ class EmulatedGPUEmitter(PTXEmitter):
     def log(self, b, x):
         return LLVMEmitter.log(self, b, x)
 
-    def pow(self, b, x, y):
-        return LLVMEmitter.pow(self, b, x, y)
+    def exp2(self, b, x):           # the GPU's pow formula, with the host's exp2 and log2
+        return b.call(self.intrinsic("exp2", 1, x.type), [x])
+
+    def log2(self, b, x):
+        return b.call(self.intrinsic("log2", 1, x.type), [x])
 
     def entry(self, name, kernels, buffer_index):
         super().entry(name, kernels, buffer_index)

@@ -224,6 +224,9 @@ class LLVMEmitter:
         return str(self.module)
 
 
+MAX_SQUARINGS = 1 << 16     # integer powers up to this many: multiplications, not pow()
+
+
 class KernelEmitter:
     """Emits the loop nests of one kernel into its function."""
 
@@ -544,15 +547,24 @@ class KernelEmitter:
             return b.call(sqrt, [val(base)])
         if exp == sympy.Rational(-1, 2):
             return b.fdiv(const(1), b.call(sqrt, [val(base)]))
-        if exp.is_Integer and abs(int(exp)) <= 8:
-            x = val(base)
-            out = x
-            for _ in range(abs(int(exp)) - 1):
-                out = b.fmul(out, x, flags=FAST)
-            if int(exp) == 0:
-                return const(1)
-            return b.fdiv(const(1), out) if exp < 0 else out
+        if exp.is_Number and exp.is_finite and abs(exp) <= MAX_SQUARINGS and float(exp).is_integer():
+            return self.integer_power(val(base), int(exp), const)    # also 3.0: exact signs
         return self.m.pow(b, val(base), val(exp))
+
+    def integer_power(self, x, n, const):
+        """x^n by repeated squaring: log2|n| multiplications, and a negative x keeps its
+        sign for odd n on every target (PTX's pow is ex2(y lg2 x), NaN for x < 0)."""
+        b = self.b
+        if n == 0:
+            return const(1)
+        out, square, k = None, x, abs(n)
+        while k:
+            if k & 1:
+                out = square if out is None else b.fmul(out, square, flags=FAST)
+            k >>= 1
+            if k:
+                square = b.fmul(square, square, flags=FAST)
+        return b.fdiv(const(1), out) if n < 0 else out
 
     def tanh(self, x):
         # tanh(x) = 1 - 2 / (exp(2x) + 1): inlinable and vectorizable, exact at +-inf.

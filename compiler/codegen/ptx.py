@@ -83,15 +83,32 @@ class PTXEmitter(LLVMEmitter):
             return self.module.globals[name]
         return ir.Function(self.module, ir.FunctionType(self.float, [self.float]), name)
 
+    def exp2(self, b, x):
+        return b.call(self._nvvm("llvm.nvvm.ex2.approx.f"), [x])
+
+    def log2(self, b, x):
+        return b.call(self._nvvm("llvm.nvvm.lg2.approx.f"), [x])
+
     def exp(self, b, x):
-        scaled = b.fmul(x, ir.Constant(self.float, 1.0 / math.log(2.0)))
-        return b.call(self._nvvm("llvm.nvvm.ex2.approx.f"), [scaled])
+        return self.exp2(b, b.fmul(x, ir.Constant(self.float, 1.0 / math.log(2.0))))
 
     def log(self, b, x):
-        return b.fmul(b.call(self._nvvm("llvm.nvvm.lg2.approx.f"), [x]), ir.Constant(self.float, math.log(2.0)))
+        return b.fmul(self.log2(b, x), ir.Constant(self.float, math.log(2.0)))
 
     def pow(self, b, x, y):
-        return b.call(self._nvvm("llvm.nvvm.ex2.approx.f"), [b.fmul(y, b.call(self._nvvm("llvm.nvvm.lg2.approx.f"), [x]))])
+        """C's pow from ex2 and lg2: |x|^y, negated for a negative x and an odd integer
+        y, NaN for a negative x and any other y, and 1 for y = 0 (ex2(0 * lg2 0) is NaN)."""
+        def const(value):
+            return ir.Constant(self.float, value)
+        fabs, floor = self.intrinsic("fabs"), self.intrinsic("floor")
+        magnitude = self.exp2(b, b.fmul(y, self.log2(b, b.call(fabs, [x]))))
+        integer = b.fcmp_ordered("==", b.call(floor, [y]), y)
+        half = b.fmul(y, const(0.5))
+        odd = b.and_(integer, b.fcmp_ordered("!=", b.call(floor, [half]), half))
+        negative = b.fcmp_ordered("<", x, const(0.0))
+        signed = b.select(b.and_(negative, odd), b.fneg(magnitude), magnitude)
+        real = b.select(b.and_(negative, b.not_(integer)), const(math.nan), signed)
+        return b.select(b.fcmp_ordered("==", y, const(0.0)), const(1.0), real)
 
     def ptx(self, opt_level=2):
         return emit_ptx(self.ir(), self.arch, opt_level)
