@@ -40,7 +40,7 @@ class Comparison:
 class GpuCheck:
     comparisons: list           # of Comparison
     report: str | None          # the emulation's races and bad addresses, None if none
-    adam_eps: bool = False      # Adam's steps were compared at the raised eps below
+    eps_raised: bool = False    # Adam's steps were compared at the raised eps below
 
 
 def relative_error(actual, expected, allowance=0.0):
@@ -93,5 +93,5 @@ def gpucheck(model, batches=BATCHES, seed=0, optimizer=None, adam_eps=ADAM_EPS):
                 # float32, so they may differ by one unit in the last place.
                 ulp = ULP * float(np.max(np.abs(expected[name]), initial=0.0))
                 compare(f"step of {name}", batch, value - start[name], expected[name] - start[name], ulp)
-    adam_eps = eps is not None and "train_step" in entries
-    return GpuCheck(list(comparisons.values()), sanitizer_report(gpu), adam_eps)
+    eps_raised = eps is not None and "train_step" in entries
+    return GpuCheck(list(comparisons.values()), sanitizer_report(gpu), eps_raised)

@@ -164,10 +164,30 @@ class CudaDevice:
 
     # ---- modules, memory, launches --------------------------------------------------------
     def load_module(self, ptx):
-        """Load PTX text (the driver compiles it for this GPU); returns the module."""
+        """Load PTX text (the driver compiles it for this GPU); returns the module. If the
+        driver refuses it, the error carries its PTX compiler's log."""
         image = np.frombuffer(ptx.encode() + b"\0", dtype=np.uint8)
         self.activate()
-        return self.call("cuModuleLoadData", image.ctypes.data)
+        status, module = self.driver.cuModuleLoadData(image.ctypes.data)
+        if status != self.success:
+            raise CudaError(f"cuModuleLoadData failed: {self.describe(status)}"
+                            f"{self._jit_log(image)}")
+        return module
+
+    def _jit_log(self, image):
+        """'; the driver's PTX compiler says: ...' for an image it refused, or '' if it
+        says nothing (asked again with cuModuleLoadDataEx, which takes a log buffer)."""
+        option = self.driver.CUjit_option
+        log = bytearray(4096)
+        try:
+            self.driver.cuModuleLoadDataEx(
+                image.ctypes.data, 2,
+                [option.CU_JIT_ERROR_LOG_BUFFER, option.CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES],
+                [log, len(log)])
+        except Exception:               # only a better message was at stake
+            return ""
+        text = " ".join(log.split(b"\0")[0].decode(errors="replace").split())
+        return f"; the driver's PTX compiler says: {text}" if text else ""
 
     def function(self, module, name):
         return self.call("cuModuleGetFunction", module, name.encode())
@@ -182,17 +202,23 @@ class CudaDevice:
         """Fill a C-contiguous host array from `address`, after the kernels queued before."""
         if array.nbytes:
             self.activate()
-            self.call("cuMemcpyDtoH", array.ctypes.data, address, array.nbytes)
+            status = self.driver.cuMemcpyDtoH(array.ctypes.data, address, array.nbytes)[0]
+            if status != self.success:
+                hint = "" if status == self.driver.CUresult.CUDA_ERROR_INVALID_VALUE else \
+                    " (a kernel queued before the copy failed; CUDA_LAUNCH_BLOCKING=1 names it)"
+                raise CudaError(f"cuMemcpyDtoH failed: {self.describe(status)}{hint}")
 
     def run(self, launches):
-        """Queue (function, grid, kernelParams addresses, values) launches in order;
-        returns without waiting for them."""
+        """Queue (function, grid, kernelParams addresses, values, kernel name) launches in
+        order; returns without waiting for them. A kernel that fails while running is
+        reported by a later call (a copy): CUDA_LAUNCH_BLOCKING=1 makes each launch wait,
+        so that the failure is reported here, with the kernel's name."""
         self.activate()
         launch = self.driver.cuLaunchKernel
-        for function, grid, addresses, _ in launches:
+        for function, grid, addresses, _, name in launches:
             status = launch(function, grid, 1, 1, BLOCK, 1, 1, 0, 0, addresses.ctypes.data, 0)[0]
             if status != self.success:
-                raise CudaError(f"cuLaunchKernel failed: {self.describe(status)}")
+                raise CudaError(f"cuLaunchKernel of {name} failed: {self.describe(status)}")
 
 
 class DeviceMemory:
@@ -344,7 +370,8 @@ class CudaProgram(Program):
         return {"memory": memory, "address": address, "shapes": shapes, "launches": launches}
 
     def _launches(self, kernels, address, sizes_address, sizes):
-        """(function, grid, kernelParams, values) per kernel; kernels over nothing are left out.
+        """(function, grid, kernelParams, values, name) per kernel; kernels over nothing are
+        left out.
         Each kernel's parameters are (sizes, its buffers...), as the PTX emitter declares."""
         planned = []
         for function, launch in kernels:
@@ -352,5 +379,5 @@ class CudaProgram(Program):
             if grid:
                 pointers = [sizes_address] + [address[name] for name in launch["buffers"]]
                 values, addresses = kernel_params(pointers)
-                planned.append((function, grid, addresses, values))
+                planned.append((function, grid, addresses, values, launch["kernel"]))
         return planned

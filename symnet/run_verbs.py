@@ -460,7 +460,7 @@ def gpucheck_command(args):
     for c in comparisons:
         rows.append((c.name, *(f"{c.errors[b]:.1e}" for b in args.batch), "ok" if c.passes() else "FAIL"))
     print(format_table(rows))
-    if check.adam_eps:
+    if check.eps_raised:
         print(f"  (Adam's steps with eps at {gpucheck.ADAM_EPS:.0%} of the largest gradient: with a tiny\n"
               "  eps, rounding noise in a near-zero gradient steps by +lr or -lr either way)")
     print(f"  {report}" if report else "  no races in shared or global memory, no out-of-bounds accesses")

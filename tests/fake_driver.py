@@ -35,6 +35,10 @@ class FakeDriver:
         CUDA_ERROR_ILLEGAL_ADDRESS = 700
         CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701
 
+    class CUjit_option(enum.IntEnum):
+        CU_JIT_ERROR_LOG_BUFFER = 5
+        CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6
+
     class CUdevice_attribute(enum.IntEnum):
         CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16
         CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR = 39
@@ -78,6 +82,9 @@ class FakeDriver:
     def cuInit(self, flags):
         return self._reply("cuInit", status=100 if self.devices == 0 else 0)
 
+    def cuDriverGetVersion(self):
+        return self._reply("cuDriverGetVersion", 13000)
+
     def cuDeviceGetCount(self):
         return self._reply("cuDeviceGetCount", self.devices)
 
@@ -115,6 +122,15 @@ class FakeDriver:
         kernels = self.module_kernels(text)
         return self._reply("cuModuleLoadData", {name: (name, kernels.get(name), count)
                                                 for name, count in entries.items()})
+
+    def cuModuleLoadDataEx(self, image, count, options, values):
+        """cuModuleLoadData with an error log: the only options runtime/cuda.py passes."""
+        assert count == 2 and list(options) == [5, 6] and len(values[0]) == values[1]
+        status, module = self.cuModuleLoadData(image)
+        if status == self.CUresult.CUDA_ERROR_INVALID_PTX:
+            message = b"ptxas fatal   : no .entry in the module\n"
+            values[0][:len(message)] = message
+        return status, module
 
     def module_kernels(self, ptx):
         """name -> host kernel for a module's PTX: the kernels given to the constructor."""

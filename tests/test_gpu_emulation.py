@@ -222,7 +222,7 @@ def test_gpucheck_compares_adam_steps_not_rounding_noise():
     float32 rounding of each new parameter, and every value agrees."""
     check = gpucheck(model("lenet5"), batches=(7,), optimizer="adam")
     comparisons, report = check.comparisons, check.report
-    assert check.adam_eps
+    assert check.eps_raised
     assert report is None
     assert sorted(c.name for c in comparisons if c.name.startswith("step of")) == \
         [f"step of {p}" for p in sorted(model("lenet5").params)]

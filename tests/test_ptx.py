@@ -361,8 +361,27 @@ def test_driver_failures_name_the_call_and_the_error():
                     device=CudaDevice(FakeDriver(kernels={})))
     program, _ = fake_program("linreg", fail={"cuLaunchKernel": 701})
     x = np.ones(3, np.float32)
-    with pytest.raises(CudaError, match="^cuLaunchKernel failed: "
+    first = program.spec["launches"]["train_step"][0]["kernel"]
+    with pytest.raises(CudaError, match=f"^cuLaunchKernel of {first} failed: "
                                         "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: the fake driver"):
+        program.train_step({"x": x, "y": x})
+
+
+def test_refused_ptx_is_reported_with_the_drivers_compiler_log():
+    device = CudaDevice(FakeDriver())
+    with pytest.raises(CudaError) as info:
+        device.load_module("// no kernels here\n")
+    assert str(info.value) == ("cuModuleLoadData failed: CUDA_ERROR_INVALID_PTX: the fake "
+                               "driver refused; the driver's PTX compiler says: ptxas fatal : "
+                               "no .entry in the module")
+
+
+def test_a_kernel_failing_after_its_launch_is_reported_by_the_next_copy_with_a_hint():
+    program, _ = fake_program("linreg", fail={"cuMemcpyDtoH": 700})
+    x = np.ones(3, np.float32)
+    with pytest.raises(CudaError, match=r"^cuMemcpyDtoH failed: CUDA_ERROR_ILLEGAL_ADDRESS: "
+                                        r"the fake driver refused \(a kernel queued before the "
+                                        r"copy failed; CUDA_LAUNCH_BLOCKING=1 names it\)$"):
         program.train_step({"x": x, "y": x})
 
 

@@ -37,6 +37,7 @@ class DryRunDriver(FakeDriver):
 _driver = DryRunDriver()
 CUresult = _driver.CUresult
 CUdevice_attribute = _driver.CUdevice_attribute
+CUjit_option = _driver.CUjit_option
 
 
 def __getattr__(name):
