@@ -179,9 +179,8 @@ class Program:
         workspace = self._workspace(sizes)
         table = workspace["table"]
         for name, array in arrays.items():       # inputs are read in place, no copy
-            table[self.index[name]] = array.ctypes.data
-        batch = max(sizes.values(), default=1)
-        parts = self.team.parts if batch >= PARALLEL_MIN_BATCH else 1
+            table[self.index[name]] = data_address(array)
+        parts = self.team.parts if workspace["parallel"] else 1
         self.team.run(self._entry(entry), workspace["sizes_address"], workspace["table_address"],
                       parts)
         self._last = workspace
@@ -249,7 +248,7 @@ class Program:
         return np.ascontiguousarray(array, dtype=self.dtype)
 
     def _workspace(self, sizes):
-        key = tuple(sizes[n] for n in self.spec["size_names"])
+        key = tuple(map(sizes.__getitem__, self.spec["size_names"]))
         if key not in self._workspaces:
             if len(self._workspaces) >= 4:          # keep the plans of a few batch sizes
                 self._workspaces.pop(next(iter(self._workspaces)))
@@ -272,7 +271,17 @@ class Program:
             table[k] = array.ctypes.data
         size_values = np.array([sizes[n] for n in self.spec["size_names"]] or [0], dtype=np.int64)
         return {"arrays": arrays, "table": table, "sizes": size_values,
+                "parallel": max(sizes.values(), default=1) >= PARALLEL_MIN_BATCH,
                 "sizes_address": size_values.ctypes.data, "table_address": ctypes.addressof(table)}
+
+
+def data_address(array):
+    """The address of a C-contiguous array's data. ctypes' view of a writable buffer
+    takes 0.2 us, `array.ctypes.data` 0.7 us: a tenth of a prediction at batch 1."""
+    try:
+        return ctypes.addressof(ctypes.c_byte.from_buffer(array))
+    except (TypeError, ValueError):     # read-only, or empty
+        return array.ctypes.data
 
 
 def _spin_wait(library):

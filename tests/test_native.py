@@ -10,7 +10,7 @@ import pytest
 from compiler import compile, load, reference
 from compiler.native import compile_ir, eager_entries
 from runtime import jit
-from runtime.program import Program, ThreadTeam
+from runtime.program import Program, ThreadTeam, data_address
 
 EXAMPLES = sorted(Path("examples").glob("*.nn"))
 
@@ -101,3 +101,14 @@ def test_worker_processes_compile_what_this_process_compiles():
     assert trained[0][0] == trained[1][0]
     for name, value in trained[0][1].items():
         assert np.array_equal(value, trained[1][1][name])
+
+
+def test_data_address_is_where_the_array_starts():
+    """The quick way (a ctypes view) and NumPy's own agree, for read-only arrays, views
+    into a larger array and empty arrays (the quick way refuses the last two kinds)."""
+    base = np.arange(12, dtype=np.float32).reshape(3, 4)
+    frozen = base.copy()
+    frozen.flags.writeable = False
+    for array in (base, base[1:], base[2:3], frozen, np.zeros((0, 4), np.float32),
+                  np.frombuffer(b"\0" * 16, np.float32)):
+        assert data_address(array) == array.ctypes.data
