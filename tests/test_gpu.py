@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from compiler import compile, gpu_schedule, load, reference
+from compiler import compile, gpu_schedule, load, parse, reference
 from runtime import cuda
 from runtime.cuda import CudaError, CudaProgram, GPUUnavailable
 from runtime.data import load_dataset
@@ -166,3 +166,16 @@ def test_ptx_the_driver_refuses_is_a_cuda_error_not_a_missing_gpu():
     with pytest.raises(CudaError, match="^cuModuleLoadData failed: CUDA_ERROR_") as caught:
         CudaProgram(spec, ".version 8.0\n.target sm_80\n.address_size 64\nnot ptx", m.params)
     assert not isinstance(caught.value, GPUUnavailable)
+    assert "; the driver's PTX compiler says: " in str(caught.value)     # its log, asked again
+
+
+def test_powers_of_negative_bases_follow_c_pow():
+    """x ^ e from ex2.approx and lg2.approx, with C's signs and special cases put back."""
+    m = parse("model powers\ninput x[N, 8]\ninput e[N, 8]\noutput general = x ^ e\n"
+              "output integer = x ^ 9 + x ^ 3.0 - x ^ -11\n", filename="powers.nn")
+    x = np.array([[-2, -2, -2, -2, 0, 0, 3, -0.5]] * 3, np.float32)
+    e = np.array([[3, 2, 0.5, 0, 0, -1, 2.5, -3]] * 3, np.float32)
+    outputs = compile(m, target="ptx").forward({"x": x, "e": e})
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.testing.assert_allclose(outputs["general"], np.power(x, e), rtol=1e-5)
+        np.testing.assert_allclose(outputs["integer"], x ** 9 + x ** 3 - x ** -11.0, rtol=1e-6)

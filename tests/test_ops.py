@@ -19,6 +19,8 @@ CASES = {
     "mul": "loss sum(A * v * s)",
     "div": "loss sum(A / P)",
     "pow": "loss sum(P ^ 3 + P ^ -1 + P ^ 0.5)",
+    "pow_negative_base": "loss sum(A ^ 3 + A ^ 9 / 10 - A ^ 4.0 + (A + 4) ^ -11 * 100)",
+    "pow_tensor_exponent": "loss sum(P ^ A + P ^ (v / 2))",
     "neg": "loss sum(-A * A)",
     "matmul": "loss sum((A @ B) ^ 2)",
     "vec_matmul": "loss sum((v @ B) ^ 2)",

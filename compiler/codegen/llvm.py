@@ -240,6 +240,7 @@ class KernelEmitter:
         self.dims = {}          # sympy dim expression -> i64 value (hoisted)
         self.vector = None      # in vector mode: (variable, first lane's value (int or i64), lanes)
         self.columns = None     # in a panel: the first lanes of the row chunks to compute
+        self.packed = None      # in a panel: (operand, its contiguous copy, panel's first column)
         self.preloaded = {}     # access symbol -> value already computed (shifted rows)
         self.ranges = {}        # loop variable -> extent, for the nest being emitted
         self.guards = {}        # id(comprehension) -> its guards interval analysis cannot prove
@@ -442,6 +443,13 @@ class KernelEmitter:
         variable, first, lanes = self.vector
         b, shape = self.b, self.m.tensors[access.tensor].shape
         env = {**env, variable: _i64(first)}
+        if self.packed and access.tensor == self.packed[0]:     # B[i, j] from the panel's copy
+            _, copy, base = self.packed
+            chunk = b.udiv(b.sub(_i64(first), base), ir.Constant(I64, lanes))
+            at = b.add(b.mul(self.int_expr(access.index[0], env), ir.Constant(I64, len(self.columns))),
+                       chunk)
+            vtype = ir.VectorType(self.m.float, lanes)
+            return b.load(b.gep(copy, [at], inbounds=True, source_etype=vtype), typ=vtype, align=64)
         offset, mask = ir.Constant(I64, 0), None
         for k, (e, d) in enumerate(zip(access.index, shape)):
             i = self.int_expr(e, env)
@@ -639,9 +647,13 @@ class KernelEmitter:
                 # this part's rows sweep one panel while it stays in the L2 cache.
                 c = self.kernel.nests[0].comp
                 self.enter(c)
+                operand = self.packable(c, width)
                 with self.loop(self.dim(self.ranges[c.index[-1]]), "panel", step=ir.Constant(I64, width)) as base:
                     self.columns = [b.add(base, ir.Constant(I64, k)) for k in range(0, width, self.m.lanes)]
-                    self.rows(first, stop)
+                    if operand is None:
+                        self.rows(first, stop)
+                    else:
+                        self.packed_rows(first, stop, operand, base, width)
                 self.columns = None
         b.ret_void()
 
@@ -681,6 +693,49 @@ class KernelEmitter:
         return width
 
     ROWS = 4        # rows per register tile
+    PACK_BYTES = 1 << 20        # the largest panel copied, on the stack (of at least 2 MiB)
+    PACK_MIN_ROWS = 16          # fewer rows in a part: copying would cost more than it saves
+
+    def packable(self, c, width):
+        """The operand B of out[n, j] = sum_i A[n, i] B[i, j] whose panel is worth a
+        contiguous copy (None if none): rows of B a multiple of 4 KiB apart (1024 floats)
+        fall into a few cache sets and evict each other, so reading the panel in place
+        runs at half the speed of reading a copy."""
+        if len(c.rindex) != 1 or not isinstance(c.rextent[0], int) \
+                or c.rextent[0] * width * self.m.float_bytes > self.PACK_BYTES:
+            return None
+        for access in c.accesses.values():
+            if tuple(access.index) == (c.rindex[0], c.index[-1]):
+                return access.tensor
+        return None
+
+    def packed_rows(self, first, stop, operand, base, width):
+        """rows(first, stop) for one panel, reading `operand` from a contiguous copy of the
+        panel (depth x width floats, made here) when the part has enough rows for it."""
+        b, lanes = self.b, self.m.lanes
+        depth = self.kernel.nests[0].comp.rextent[0]
+        vtype = ir.VectorType(self.m.float, lanes)
+        chunks = width // lanes                 # vectors per row of the copy
+        with b.goto_entry_block():
+            copy = b.alloca(vtype, size=ir.Constant(I64, depth * chunks))
+        copy.align = 64
+        extent = self.dim(self.m.tensors[operand].shape[1])
+        many = b.icmp_signed(">=", b.sub(stop, first), ir.Constant(I64, self.PACK_MIN_ROWS))
+        with b.if_else(many) as (packed, direct):
+            with packed:
+                with self.loop(ir.Constant(I64, depth), "pack") as i:
+                    row = b.add(b.mul(i, extent), base)
+                    for k in range(chunks):
+                        source = b.gep(self.pointers[operand], [b.add(row, ir.Constant(I64, k * lanes))],
+                                       inbounds=True, source_etype=self.m.float)
+                        target = b.gep(copy, [b.add(b.mul(i, ir.Constant(I64, chunks)), ir.Constant(I64, k))],
+                                       inbounds=True, source_etype=vtype)
+                        b.store(b.load(source, typ=vtype, align=4), target, align=64)
+                self.packed = (operand, copy, base)
+                self.rows(first, stop)
+                self.packed = None
+            with direct:
+                self.rows(first, stop)
 
     def enter(self, c):
         """Start emitting nest c: its loop ranges, no facts yet; returns the guards left

@@ -16,6 +16,7 @@ the block (the tile, the reduction chunk). On the GPU a phase is just this threa
 code; gpu_emulation.py runs each phase as a loop over the block's threads, which is
 what lets the same kernels run, barriers and shared memory included, on the CPU.
 """
+import functools
 import math
 from contextlib import contextmanager
 
@@ -27,7 +28,6 @@ from ..gpu_schedule import BLOCK
 from .llvm import FAST, I64, PTR, KernelEmitter, LLVMEmitter
 
 I32 = ir.IntType(32)
-DATA_LAYOUT = "e-i64:64-i128:128-v16:16-v32:32-n16:32:64"
 ARCHES = ("sm_80", "sm_90")
 PTX_VERSION = "+ptx80"
 SHARED = 3                        # NVPTX's address space of shared memory
@@ -42,7 +42,7 @@ class PTXEmitter(LLVMEmitter):
         if arch not in ARCHES:
             raise ValueError(f"unsupported GPU architecture {arch!r}; expected one of {', '.join(ARCHES)}")
         super().__init__(tensors, size_names, dtype, name)
-        self.module.data_layout = DATA_LAYOUT
+        self.module.data_layout = str(target_machine(arch).target_data)   # LLVM's own, per version
         self.arch = arch
         self.launches = {}
 
@@ -330,18 +330,18 @@ def _identifier(name):
     return "".join(ch if ch.isalnum() else "_" for ch in name)[:40]
 
 
-_initialized = False
+@functools.lru_cache(maxsize=None)
+def target_machine(arch, opt_level=2):
+    """LLVM's NVPTX target machine for `arch` (its backend initialised on first use)."""
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    target = llvm.Target.from_triple(PTXEmitter.triple)
+    return target.create_target_machine(cpu=arch, features=PTX_VERSION, opt=opt_level)
 
 
 def emit_ptx(ir_text, arch="sm_80", opt_level=2):
     """Optimise the NVVM IR and let LLVM's NVPTX backend print PTX text."""
-    global _initialized
-    if not _initialized:
-        llvm.initialize_all_targets()
-        llvm.initialize_all_asmprinters()
-        _initialized = True
-    target = llvm.Target.from_triple(PTXEmitter.triple)
-    machine = target.create_target_machine(cpu=arch, features=PTX_VERSION, opt=opt_level)
+    machine = target_machine(arch, opt_level)
     module = llvm.parse_assembly(ir_text)
     module.verify()
     options = llvm.create_pipeline_tuning_options(speed_level=opt_level)
