@@ -39,7 +39,7 @@ class Program:
         self.loader = loader            # compiles an entry point not built yet
         self.entries = {name: library.function(name, None, ENTRY_SIGNATURE)
                         for name in spec.get("compiled", spec["entries"])}
-        self.team = ThreadTeam(default_threads(), _spin_wait(library))
+        self.team = ThreadTeam(default_threads(), _worker_loop(library))
         self.input_names = frozenset(spec["inputs"])
         self.size_names = frozenset(spec["size_names"])
         # One call at a time: the workspace holds a call's results until they are copied.
@@ -284,12 +284,13 @@ def data_address(array):
         return array.ctypes.data
 
 
-def _spin_wait(library):
-    """The generated code's polling wait for idle workers, if the library has one."""
+def _worker_loop(library):
+    """(symnet_work, symnet_post) of the generated code, or None (a library without
+    them runs on one thread)."""
     try:
-        return library.function("symnet_spin_wait", ctypes.c_int64,
-                                [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64])
-    except Exception:               # an older or foreign library: workers just sleep
+        return (library.function("symnet_work", ctypes.c_int64, [ctypes.c_void_p] + [ctypes.c_int64] * 3),
+                library.function("symnet_post", None, [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_void_p]))
+    except Exception:               # an older or foreign library
         return None
 
 
@@ -311,26 +312,27 @@ def default_threads():
 class ThreadTeam:
     """Persistent worker threads that call one native entry together with the caller.
 
-    ctypes releases the GIL during the call, so the parts run in parallel; the native
-    code splits each kernel's rows by part, synchronises with its own barrier and ends
-    with one, so the caller's call returns when every part is done. Between steps an
-    idle worker polls the job counter in native code (`spin_wait`, no GIL held) for
-    about a millisecond, then sleeps on a semaphore: training loops call step after
-    step, and waking a sleeping thread (on a virtual machine, a sleeping core) costs
-    more than a small step."""
+    The caller posts a step (symnet_post: the entry and its arguments, then a step
+    counter) and runs part 0; each worker runs its part inside the generated code's own
+    loop (symnet_work), which polls the counter for the next step without holding
+    Python's lock for about half a millisecond (POLLS) before it returns to sleep on a
+    semaphore. The native code splits each kernel's rows by part, synchronises with its
+    own barrier and ends with one, so the caller's call returns when every part is done.
+    Training loops call step after step: a worker that waited for the GIL, or slept,
+    would cost tens of microseconds to wake, more than a small step."""
 
     POLLS = 20000
 
-    def __init__(self, parts, spin_wait=None):
-        self.parts = parts
+    def __init__(self, parts, loop=None):
+        self.loop = loop                                   # (symnet_work, symnet_post)
+        self.parts = parts if loop is not None else 1
         self.barrier = np.zeros(16, dtype=np.int64)        # counter, pad, generation
         self.barrier_address = self.barrier.ctypes.data
-        self.counter = np.zeros(8, dtype=np.int64)         # [0]: jobs posted so far
-        self.counter_address = self.counter.ctypes.data
-        self.spin_wait = spin_wait
-        self.job = None
-        self.sleeping = [False] * parts
-        self.wake = [threading.Semaphore(0) for _ in range(parts - 1)]
+        self.job = np.zeros(8, dtype=np.int64)             # [0]: steps posted; [1..5]: the last
+        self.job_address = self.job.ctypes.data
+        self.addresses = {}                                # id(entry) -> (entry, its address)
+        self.sleeping = [False] * self.parts
+        self.wake = [threading.Semaphore(0) for _ in range(self.parts - 1)]
         self.lock = threading.Lock()
         self.workers = []
 
@@ -342,20 +344,16 @@ class ThreadTeam:
             self.workers.append(worker)
 
     def _work(self, part):
+        work = self.loop[0]
         seen = 0
         while True:
-            if self.spin_wait is not None:
-                self.spin_wait(self.counter_address, seen, self.POLLS)
-            while int(self.counter[0]) == seen:
-                # Flag first, then look again: a job posted in between is never missed.
+            seen = work(self.job_address, part, seen, self.POLLS)    # steps, until idle
+            while int(self.job[0]) == seen:
+                # Flag first, then look again: a step posted in between is never missed.
                 self.sleeping[part] = True
-                if int(self.counter[0]) == seen:
+                if int(self.job[0]) == seen:
                     self.wake[part - 1].acquire()
                 self.sleeping[part] = False
-            seen = int(self.counter[0])
-            entry, sizes, table, parts = self.job
-            if part < parts:
-                entry(sizes, table, part, parts, self.barrier_address)
 
     def run(self, entry, sizes, table, parts):
         if parts <= 1 and not self.workers:     # single-threaded use: nothing to guard
@@ -365,8 +363,10 @@ class ThreadTeam:
                 return entry(sizes, table, 0, 1, self.barrier_address)
             if not self.workers:
                 self._start()
-            self.job = (entry, sizes, table, parts)
-            self.counter[0] += 1
+            known = self.addresses.get(id(entry))        # ctypes functions are not hashable
+            if known is None or known[0] is not entry:
+                known = self.addresses[id(entry)] = (entry, ctypes.cast(entry, ctypes.c_void_p).value)
+            self.loop[1](self.job_address, known[1], sizes, table, parts, self.barrier_address)
             for part in range(1, self.parts):
                 if self.sleeping[part]:
                     self.wake[part - 1].release()

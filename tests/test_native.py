@@ -58,10 +58,12 @@ def test_two_threads_compute_what_one_thread_does():
     model = load("examples/lenet5.nn")
     program = compile(model, cache=False)
     inputs = reference.random_inputs(model, batch=40, seed=3)
-    program.team = ThreadTeam(1)
+    loop = program.team.loop
+    program.team = ThreadTeam(1, loop)
     one = program.value_and_grad(inputs)
-    program.team = ThreadTeam(2)
+    program.team = ThreadTeam(2, loop)
     two = program.value_and_grad(inputs)
+    assert program.team.parts == 2 and len(program.team.workers) == 1
     assert one[0] == two[0]
     for name in one[1]:
         assert np.array_equal(one[1][name], two[1][name])
@@ -77,7 +79,7 @@ def test_two_threads_train_as_one_thread_does(path):
     params = {}
     for threads in (1, 2):
         program = compile(model, optimizer="sgd", cache=False)
-        program.team = ThreadTeam(threads, program.team.spin_wait)
+        program.team = ThreadTeam(threads, program.team.loop)
         losses = [program.train_step(inputs) for _ in range(3)]
         params[threads] = (losses, program.get_params())
     assert params[1][0] == params[2][0]

@@ -72,7 +72,7 @@ class LLVMEmitter:
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, PTR]), name)
         sizes, table, part, parts, barrier = fn.args
         kernel_fns = [self.kernel(k) for k in kernels]
-        self.spin_wait()
+        self.worker_loop()
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         written, read = set(), set()        # by the kernels since the last barrier
         for kernel, (kernel_fn, buffers) in zip(kernels, kernel_fns):
@@ -96,31 +96,63 @@ class LLVMEmitter:
         b.ret_void()
         return fn
 
-    def spin_wait(self):
-        """Exported `i64 symnet_spin_wait(i64* word, i64 seen, i64 polls)`: polls *word
-        until it differs from seen (returns it) or `polls` polls passed (returns seen).
-        The runtime's idle worker threads wait here for the next step a little while
-        before they sleep: waking a sleeping thread costs tens of microseconds."""
-        if "symnet_spin_wait" in self.module.globals:
+    def worker_loop(self):
+        """Exported `i64 symnet_work(i64* job, i64 part, i64 seen, i64 polls)`, the loop of
+        the runtime's worker threads, and `void symnet_post(i64* job, ptr entry, ptr sizes,
+        ptr table, i64 parts, ptr barrier)`, which posts a step to them.
+
+        job[0] counts the steps posted, job[1..5] describe the last (entry, sizes, table,
+        parts, barrier). A worker runs part `part` of each new step, then polls for the
+        next; it returns (the last step it saw) after `polls` polls with none, to sleep.
+        Between steps it never needs Python's lock: a worker waiting for the GIL sleeps,
+        and waking it costs tens of microseconds, more than a small step."""
+        if "symnet_work" in self.module.globals:
             return
-        fn = ir.Function(self.module, ir.FunctionType(I64, [PTR, I64, I64]), "symnet_spin_wait")
-        word, seen, polls = fn.args
+        entry_type = ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, PTR])
+        post = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, I64, PTR]),
+                           "symnet_post")
+        job = post.args[0]
+        b = ir.IRBuilder(post.append_basic_block("entry"))
+        for k, value in enumerate(post.args[1:], start=1):
+            word = value if value.type == I64 else b.ptrtoint(value, I64)
+            b.store(word, b.gep(job, [ir.Constant(I64, k)], source_etype=I64))
+        b.atomic_rmw("add", job, ir.Constant(I64, 1), "release")     # after the fields
+        b.ret_void()
+
+        fn = ir.Function(self.module, ir.FunctionType(I64, [PTR, I64, I64, I64]), "symnet_work")
+        job, part, seen, polls = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        head, body, done = (fn.append_basic_block(n) for n in ("head", "body", "done"))
+        head, wait, run, idle = (fn.append_basic_block(n) for n in ("head", "wait", "run", "idle"))
         b.branch(head)
         b.position_at_end(head)
-        k = b.phi(I64)
+        last = b.phi(I64, name="last")                  # the step seen so far
+        k = b.phi(I64, name="polls")
+        last.add_incoming(seen, fn.entry_basic_block)
         k.add_incoming(ir.Constant(I64, 0), fn.entry_basic_block)
-        now = b.load_atomic(word, "acquire", 8, typ=I64)
-        changed = b.icmp_signed("!=", now, seen)
-        b.cbranch(b.or_(changed, b.icmp_signed(">=", k, polls)), done, body)
-        b.position_at_end(body)
+        now = b.load_atomic(job, "acquire", 8, typ=I64)
+        b.cbranch(b.icmp_signed("!=", now, last), run, wait)
+        b.position_at_end(wait)
         if llvm.get_process_triple().startswith("x86_64"):
             b.call(self.declare("llvm.x86.sse2.pause", ir.VoidType(), []), [])
-        k.add_incoming(b.add(k, ir.Constant(I64, 1)), body)
+        next_k = b.add(k, ir.Constant(I64, 1))
+        b.cbranch(b.icmp_signed(">=", next_k, polls), idle, head)
+        last.add_incoming(last, wait)
+        k.add_incoming(next_k, wait)
+        b.position_at_end(idle)
+        b.ret(last)
+        b.position_at_end(run)
+        field = [b.load(b.gep(job, [ir.Constant(I64, n)], source_etype=I64), typ=I64) for n in range(1, 6)]
+        mine, call = fn.append_basic_block("mine"), fn.append_basic_block("next")
+        b.cbranch(b.icmp_signed("<", part, field[3]), mine, call)
+        b.position_at_end(mine)
+        entry = b.inttoptr(field[0], entry_type.as_pointer())     # a pointer that knows its signature
+        b.call(entry, [b.inttoptr(field[1], PTR), b.inttoptr(field[2], PTR), part, field[3],
+                       b.inttoptr(field[4], PTR)])
+        b.branch(call)
+        b.position_at_end(call)
+        last.add_incoming(now, call)
+        k.add_incoming(ir.Constant(I64, 0), call)
         b.branch(head)
-        b.position_at_end(done)
-        b.ret(now)
 
     def barrier(self):
         """`barrier(i64* state, i64 parts)`: all parts wait here until every part arrived.
