@@ -315,6 +315,10 @@ Interface (see {name}.h)
   input: '{layout.input}', {layout.input_size} floats per example ({m}_INPUT_SIZE), row-major
 {outputs}
 
+Calls from several threads are safe (each call allocates its own workspace). A call
+may use up to 300 KiB of the calling thread's stack: a layer with large weights copies
+a panel of them there (glibc's threads have 8 MiB; give smaller stacks that much).
+
 The machine code is optimized for the CPU it was exported on; export again on the
 machine that runs it if that CPU is older.
 """

@@ -336,12 +336,18 @@ class ThreadTeam:
         self.lock = threading.Lock()
         self.workers = []
 
+    STACK = 8 << 20     # a kernel may copy a weight panel to its stack (codegen PACK_BYTES)
+
     def _start(self):
-        for part in range(1, self.parts):
-            worker = threading.Thread(target=self._work, args=(part,), daemon=True,
-                                      name=f"symnet-worker-{part}")
-            worker.start()
-            self.workers.append(worker)
+        previous = threading.stack_size(self.STACK)    # the platform's default may be 128 KiB
+        try:
+            for part in range(1, self.parts):
+                worker = threading.Thread(target=self._work, args=(part,), daemon=True,
+                                          name=f"symnet-worker-{part}")
+                worker.start()
+                self.workers.append(worker)
+        finally:
+            threading.stack_size(previous)
 
     def _work(self, part):
         work = self.loop[0]

@@ -272,7 +272,7 @@ class KernelEmitter:
         self.dims = {}          # sympy dim expression -> i64 value (hoisted)
         self.vector = None      # in vector mode: (variable, first lane's value (int or i64), lanes)
         self.columns = None     # in a panel: the first lanes of the row chunks to compute
-        self.packed = None      # in a panel: (operand, its contiguous copy, panel's first column)
+        self.packed = None      # in a panel: (operand's access index, its copy, first column)
         self.preloaded = {}     # access symbol -> value already computed (shifted rows)
         self.ranges = {}        # loop variable -> extent, for the nest being emitted
         self.guards = {}        # id(comprehension) -> its guards interval analysis cannot prove
@@ -475,7 +475,7 @@ class KernelEmitter:
         variable, first, lanes = self.vector
         b, shape = self.b, self.m.tensors[access.tensor].shape
         env = {**env, variable: _i64(first)}
-        if self.packed and access.tensor == self.packed[0]:     # B[i, j] from the panel's copy
+        if self.packed and access == self.packed[0]:     # B[i, j] from the panel's copy
             _, copy, base = self.packed
             chunk = b.udiv(b.sub(_i64(first), base), ir.Constant(I64, lanes))
             at = b.add(b.mul(self.int_expr(access.index[0], env), ir.Constant(I64, len(self.columns))),
@@ -725,7 +725,8 @@ class KernelEmitter:
         return width
 
     ROWS = 4        # rows per register tile
-    PACK_BYTES = 1 << 20        # the largest panel copied, on the stack (of at least 2 MiB)
+    PACK_BYTES = 1 << 18        # the largest panel copied: on the stack (runtime workers have
+                                # 8 MiB; a C caller's thread needs this much free)
     PACK_MIN_ROWS = 16          # fewer rows in a part: copying would cost more than it saves
 
     def packable(self, c, width):
@@ -738,12 +739,13 @@ class KernelEmitter:
             return None
         for access in c.accesses.values():
             if tuple(access.index) == (c.rindex[0], c.index[-1]):
-                return access.tensor
+                return access
         return None
 
     def packed_rows(self, first, stop, operand, base, width):
-        """rows(first, stop) for one panel, reading `operand` from a contiguous copy of the
-        panel (depth x width floats, made here) when the part has enough rows for it."""
+        """rows(first, stop) for one panel, reading the access `operand` (B[i, j]) from a
+        contiguous copy of the panel (depth x width floats, made here) when the part has
+        enough rows for it."""
         b, lanes = self.b, self.m.lanes
         depth = self.kernel.nests[0].comp.rextent[0]
         vtype = ir.VectorType(self.m.float, lanes)
@@ -751,14 +753,14 @@ class KernelEmitter:
         with b.goto_entry_block():
             copy = b.alloca(vtype, size=ir.Constant(I64, depth * chunks))
         copy.align = 64
-        extent = self.dim(self.m.tensors[operand].shape[1])
+        extent = self.dim(self.m.tensors[operand.tensor].shape[1])
         many = b.icmp_signed(">=", b.sub(stop, first), ir.Constant(I64, self.PACK_MIN_ROWS))
         with b.if_else(many) as (packed, direct):
             with packed:
                 with self.loop(ir.Constant(I64, depth), "pack") as i:
                     row = b.add(b.mul(i, extent), base)
                     for k in range(chunks):
-                        source = b.gep(self.pointers[operand], [b.add(row, ir.Constant(I64, k * lanes))],
+                        source = b.gep(self.pointers[operand.tensor], [b.add(row, ir.Constant(I64, k * lanes))],
                                        inbounds=True, source_etype=self.m.float)
                         target = b.gep(copy, [b.add(b.mul(i, ir.Constant(I64, chunks)), ir.Constant(I64, k))],
                                        inbounds=True, source_etype=vtype)
