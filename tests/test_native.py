@@ -2,6 +2,7 @@
 float32 to 1e-4; one train_step with SGD equals params - lr * grad; batch sizes change
 freely; threads give the same numbers as one thread; code compiled in parts by worker
 processes is the code compiled here."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,16 @@ def test_data_address_is_where_the_array_starts():
     for array in (base, base[1:], base[2:3], frozen, np.zeros((0, 4), np.float32),
                   np.frombuffer(b"\0" * 16, np.float32)):
         assert data_address(array) == array.ctypes.data
+
+
+def test_a_fused_kernel_is_compiled_as_one_function_per_nest():
+    """LeNet-5's forward pass is one fused kernel of 17 nests; each nest is a function of
+    its own (one for a block of rows, one for a row), so no function is large enough to
+    keep one core busy while the others wait (it was 400,000 characters of IR)."""
+    model = load("examples/lenet5.nn")
+    ir_text, _, kernels, _ = compile_ir(model, "sgd", entries=eager_entries(model))
+    sizes = [len(f) for f in re.split(r"\n(?=define )", ir_text) if f.startswith("define")]
+    assert max(sizes) < 100_000, max(sizes)
+    assert len(jit._split(ir_text)) >= 4
+    fused = max(kernels["train_step"], key=lambda k: len(k.nests))
+    assert len(fused.nests) == 17 and ir_text.count('define internal void @"kernel_0_row') == 17
