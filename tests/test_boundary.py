@@ -163,10 +163,11 @@ def test_integer_valued_float_labels_are_accepted(program, model):
     (np.array([0, 3, 2]), ["holds class 3", "0..2"]),
     (np.array([0, 2**32, 1]), ["holds class 4294967296"]),     # would wrap to 0 as int32
     (np.array([0, -2**31 - 1, 1]), ["outside 0..2"]),
+    (np.array([0, 1, 2] * 10 + [7, 1, -1]), ["holds class 7", "0..2"]),   # past 16: NumPy's way
 ], ids=["fraction", "nan", "inf", "bool", "strings", "negative", "too_big", "wraps_int32",
-        "below_int32"])
+        "below_int32", "many"])
 def test_bad_labels_are_refused(program, labels, words):
-    inputs = {"x": batch(3)["x"], "y": labels}
+    inputs = {"x": batch(len(labels))["x"], "y": labels}
     for entry in (program.evaluate, program.value_and_grad, program.train_step):
         refused(lambda: entry(inputs), *words)
 
