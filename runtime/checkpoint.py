@@ -73,6 +73,9 @@ def load(path, *, expect_hash=None, expect_params=None):
             magic = f.read(4)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read it ({err.strerror})") from None
+    if len(magic) < 4:
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: "
+                              f"{len(magic)} bytes)")
     if magic != b"PK\x03\x04":        # not even a zip (an .npz): a model file, an image...
         raise CheckpointError(f"{path}: not a symnet checkpoint (those are the .npz "
                               "archives `symnet train -o` writes)")

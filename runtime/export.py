@@ -139,7 +139,7 @@ def c_identifier(name):
 
 
 def _predict_only(ir_text, spec, entry_name):
-    """The IR with `predict` renamed and hidden and the other entries internal."""
+    """The IR with `predict` renamed and hidden and every other function internal."""
     for entry in spec["entries"]:
         pattern = re.compile(rf'^define void @"{re.escape(entry)}"\(', re.M)
         replacement = (f'define hidden void @"{entry_name}"(' if entry == "predict"
@@ -147,7 +147,9 @@ def _predict_only(ir_text, spec, entry_name):
         ir_text, count = pattern.subn(replacement, ir_text)
         if count != 1:
             raise ExportError(f"cannot find the entry point {entry} in the compiled module")
-    return ir_text
+    # Everything else the module defines (the runtime's worker loop, say) is internal too:
+    # two exported models linked into one program must not clash.
+    return re.sub(r"^define (?!internal |hidden )", "define internal ", ir_text, flags=re.M)
 
 
 # ---- generated files -----------------------------------------------------------------
@@ -315,9 +317,7 @@ Interface (see {name}.h)
   input: '{layout.input}', {layout.input_size} floats per example ({m}_INPUT_SIZE), row-major
 {outputs}
 
-Calls from several threads are safe (each call allocates its own workspace). A call
-may use up to 300 KiB of the calling thread's stack: a layer with large weights copies
-a panel of them there (glibc's threads have 8 MiB; give smaller stacks that much).
+Calls from several threads are safe (each call allocates its own workspace).
 
 The machine code is optimized for the CPU it was exported on; export again on the
 machine that runs it if that CPU is older.

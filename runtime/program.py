@@ -180,9 +180,8 @@ class Program:
         table = workspace["table"]
         for name, array in arrays.items():       # inputs are read in place, no copy
             table[self.index[name]] = data_address(array)
-        parts = self.team.parts if workspace["parallel"] else 1
         self.team.run(self._entry(entry), workspace["sizes_address"], workspace["table_address"],
-                      parts)
+                      workspace["parallel"])
         self._last = workspace
 
     def _workspace_array(self, name):
@@ -350,18 +349,16 @@ class ThreadTeam:
         self.lock = threading.Lock()
         self.workers = []
 
-    STACK = 8 << 20     # a kernel may copy a weight panel to its stack (codegen PACK_BYTES)
-
     def _start(self):
-        previous = threading.stack_size(self.STACK)    # the platform's default may be 128 KiB
-        try:
-            for part in range(1, self.parts):
-                worker = threading.Thread(target=self._work, args=(part,), daemon=True,
-                                          name=f"symnet-worker-{part}")
+        for part in range(1, self.parts):
+            worker = threading.Thread(target=self._work, args=(part,), daemon=True,
+                                      name=f"symnet-worker-{part}")
+            try:
                 worker.start()
-                self.workers.append(worker)
-        finally:
-            threading.stack_size(previous)
+            except RuntimeError:        # no more threads: the step runs on those there are
+                self.parts = part
+                return
+            self.workers.append(worker)
 
     def _work(self, part):
         work = self.loop[0]
@@ -375,22 +372,30 @@ class ThreadTeam:
                     self.wake[part - 1].acquire()
                 self.sleeping[part] = False
 
-    def run(self, entry, sizes, table, parts):
-        if parts <= 1 and not self.workers:     # single-threaded use: nothing to guard
-            return entry(sizes, table, 0, 1, self.barrier_address)
+    def run(self, entry, sizes, table, parallel):
+        """Call `entry` on every thread of the team (parallel) or on this one alone. A
+        posted step always goes to every worker: one that sat a step out could read the
+        next step's description while the caller writes it."""
+        if (not parallel or self.parts == 1) and not self.workers:
+            return entry(sizes, table, 0, 1, self.barrier_address)   # nothing to guard
         with self.lock:                 # one step at a time per program
-            if parts <= 1:
+            if not parallel or self.parts == 1:
                 return entry(sizes, table, 0, 1, self.barrier_address)
             if not self.workers:
                 self._start()
+            parts = self.parts          # fewer if threads failed to start
+            if parts == 1:
+                return entry(sizes, table, 0, 1, self.barrier_address)
             known = self.addresses.get(id(entry))        # ctypes functions are not hashable
             if known is None or known[0] is not entry:
                 known = self.addresses[id(entry)] = (entry, ctypes.cast(entry, ctypes.c_void_p).value)
             self.loop[1](self.job_address, known[1], sizes, table, parts, self.barrier_address)
-            for part in range(1, self.parts):
-                if self.sleeping[part]:
-                    self.wake[part - 1].release()
-            entry(sizes, table, 0, parts, self.barrier_address)   # returns when all parts are done
+            try:
+                for part in range(1, parts):
+                    if self.sleeping[part]:
+                        self.wake[part - 1].release()
+            finally:                    # the workers wait for part 0 at every barrier
+                entry(sizes, table, 0, parts, self.barrier_address)   # returns when all are done
 
 
 def _fmt(shape):

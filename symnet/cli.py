@@ -271,7 +271,7 @@ def model_with_loss(path, seed=0):
     model = load(path, seed=seed)
     if model.loss is None:
         lines = model.source.split("\n")     # point at the `model` line, past any comments
-        row = next((k for k, text in enumerate(lines) if text.lstrip().startswith("model")), 0)
+        row = next((k for k, text in enumerate(lines) if text.split()[:1] == ["model"]), 0)
         column = len(lines[row]) - len(lines[row].lstrip()) + 1
         raise SymnetError(f"model '{model.name}' has no loss statement, so it has no gradient;"
                           " add one such as `loss mse(prediction, target)`",

@@ -95,8 +95,14 @@ def test_only_the_two_functions_are_exported(exported):
     folder, _, _ = exported
     library = ctypes.CDLL(str(folder / "lib" / "libmlp.so"))
     assert hasattr(library, "mlp_forward") and hasattr(library, "mlp_predict")
-    for hidden in ("mlp_symnet_predict", "predict", "train_step", "kernel_0"):
+    for hidden in ("mlp_symnet_predict", "predict", "train_step", "kernel_0", "symnet_work",
+                   "symnet_post"):
         assert not hasattr(library, hidden), hidden
+    if shutil.which("nm"):                      # the whole list, not just the names above
+        listed = subprocess.run(["nm", "-D", "--defined-only", str(folder / "lib" / "libmlp.so")],
+                                capture_output=True, text=True, check=True).stdout
+        names = {line.split()[-1] for line in listed.splitlines() if line.strip()}
+        assert {n for n in names if not n.startswith("_")} == {"mlp_forward", "mlp_predict"}, names
 
 
 def test_weights_come_from_the_checkpoint(exported, tmp_path, capsys):

@@ -3,6 +3,8 @@ float32 to 1e-4; one train_step with SGD equals params - lr * grad; batch sizes 
 freely; threads give the same numbers as one thread; code compiled in parts by worker
 processes is the code compiled here."""
 import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +130,37 @@ def test_a_fused_kernel_is_compiled_as_one_function_per_nest():
     assert len(jit._split(ir_text)) >= 4
     fused = max(kernels["train_step"], key=lambda k: len(k.nests))
     assert len(fused.nests) == 17 and ir_text.count('define internal void @"kernel_0_row') == 17
+
+
+class CountingSemaphore(threading.Semaphore):
+    def __init__(self):
+        super().__init__(0)
+        self.sleeps = 0
+
+    def acquire(self, *args, **kwargs):
+        self.sleeps += 1
+        return super().acquire(*args, **kwargs)
+
+
+def test_workers_that_went_to_sleep_are_woken_for_the_next_step():
+    """With one poll before sleeping, the worker sleeps between steps and is woken for
+    each: two programs trained in turn, with pauses, give one thread's numbers."""
+    model = load("examples/mlp.nn")
+    inputs = reference.random_inputs(model, batch=40, seed=5)
+    losses, params = {}, {}
+    for threads in (1, 2):
+        programs = [compile(model, optimizer="sgd") for _ in range(2)]
+        for program in programs:
+            program.team = ThreadTeam(threads, program.team.loop)
+            program.team.POLLS = 1
+            program.team.wake = [CountingSemaphore() for _ in program.team.wake]
+        losses[threads] = []
+        for _ in range(3):
+            for program in programs:
+                losses[threads].append(program.train_step(inputs))
+                time.sleep(0.005)
+        params[threads] = programs[1].get_params()
+    assert all(program.team.wake[0].sleeps >= 3 for program in programs)
+    assert losses[1] == losses[2]
+    for name, value in params[1].items():
+        assert np.array_equal(value, params[2][name]), name

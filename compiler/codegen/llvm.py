@@ -257,7 +257,9 @@ class LLVMEmitter:
         return str(self.module)
 
 
-MAX_SQUARINGS = 1 << 16     # integer powers up to this many: multiplications, not pow()
+# Integer powers up to this one are multiplications, not pow(): exact signs on the GPU,
+# and a rounding error that grows with the exponent (16: about 1e-6 in float32).
+MAX_SQUARINGS = 16
 
 
 class KernelEmitter:
@@ -681,13 +683,16 @@ class KernelEmitter:
                 c = self.kernel.nests[0].comp
                 self.enter(c)
                 operand = self.packable(c, width)
+                copy = self.panel_copy(c, width, first, stop) if operand else None
                 with self.loop(self.dim(self.ranges[c.index[-1]]), "panel", step=ir.Constant(I64, width)) as base:
                     self.columns = [b.add(base, ir.Constant(I64, k)) for k in range(0, width, self.m.lanes)]
                     if operand is None:
                         self.rows(first, stop)
                     else:
-                        self.packed_rows(first, stop, operand, base, width)
+                        self.packed_rows(first, stop, operand, base, width, copy)
                 self.columns = None
+                if copy is not None:
+                    b.call(self.m.declare("free", ir.VoidType(), [PTR]), [copy])
         b.ret_void()
 
     def rows(self, first, stop):
@@ -715,8 +720,9 @@ class KernelEmitter:
             if block:
                 return self.nest_block(nest, row)
             return self.nest(nest, {nest.comp.index[0]: row}, list(nest.comp.index[1:]))
+        assert self.columns is None and self.packed is None    # panels hold a single nest
         buffers = nest.comp.buffers
-        key = (id(nest.comp), nest.strategy, block)
+        key = (id(nest.comp), nest.strategy, nest.along, nest.tile, block)
         if key not in self.m.row_functions:
             fnty = ir.FunctionType(ir.VoidType(), [PTR, I64] + [PTR] * len(buffers))
             fn = ir.Function(self.m.module, fnty, f"{self.fn.name}_{'block' if block else 'row'}"
@@ -754,8 +760,7 @@ class KernelEmitter:
         return width
 
     ROWS = 4        # rows per register tile
-    PACK_BYTES = 1 << 18        # the largest panel copied: on the stack (runtime workers have
-                                # 8 MiB; a C caller's thread needs this much free)
+    PACK_BYTES = 1 << 20        # the largest panel copied
     PACK_MIN_ROWS = 16          # fewer rows in a part: copying would cost more than it saves
 
     def packable(self, c, width):
@@ -767,24 +772,35 @@ class KernelEmitter:
                 or c.rextent[0] * width * self.m.float_bytes > self.PACK_BYTES:
             return None
         for access in c.accesses.values():
-            if tuple(access.index) == (c.rindex[0], c.index[-1]):
+            if tuple(access.index) == (c.rindex[0], c.index[-1]) \
+                    and self.m.tensors[access.tensor].dtype != "i32":
                 return access
         return None
 
-    def packed_rows(self, first, stop, operand, base, width):
+    def panel_copy(self, c, width, first, stop):
+        """Room for one panel's copy, or a null pointer: when the part has fewer than
+        PACK_MIN_ROWS rows, or memory runs out. On the heap, not the stack: the caller's
+        thread may have a small stack (musl gives 128 KiB); after the first call glibc
+        serves it from its heap, without a system call."""
+        b = self.b
+        size = c.rextent[0] * width * self.m.float_bytes         # a multiple of 64
+        slot = self.alloca(PTR)
+        b.store(ir.Constant(PTR, None), slot)
+        with b.if_then(b.icmp_signed(">=", b.sub(stop, first), ir.Constant(I64, self.PACK_MIN_ROWS))):
+            allocate = self.m.declare("aligned_alloc", PTR, [I64, I64])
+            b.store(b.call(allocate, [ir.Constant(I64, 64), ir.Constant(I64, size)]), slot)
+        return b.load(slot, typ=PTR)
+
+    def packed_rows(self, first, stop, operand, base, width, copy):
         """rows(first, stop) for one panel, reading the access `operand` (B[i, j]) from a
-        contiguous copy of the panel (depth x width floats, made here) when the part has
-        enough rows for it."""
+        contiguous copy of the panel (depth x width floats, made here in `copy`), or in
+        place where `copy` is null."""
         b, lanes = self.b, self.m.lanes
         depth = self.kernel.nests[0].comp.rextent[0]
         vtype = ir.VectorType(self.m.float, lanes)
         chunks = width // lanes                 # vectors per row of the copy
-        with b.goto_entry_block():
-            copy = b.alloca(vtype, size=ir.Constant(I64, depth * chunks))
-        copy.align = 64
         extent = self.dim(self.m.tensors[operand.tensor].shape[1])
-        many = b.icmp_signed(">=", b.sub(stop, first), ir.Constant(I64, self.PACK_MIN_ROWS))
-        with b.if_else(many) as (packed, direct):
+        with b.if_else(b.icmp_unsigned("!=", copy, ir.Constant(PTR, None))) as (packed, direct):
             with packed:
                 with self.loop(ir.Constant(I64, depth), "pack") as i:
                     row = b.add(b.mul(i, extent), base)

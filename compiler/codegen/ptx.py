@@ -96,8 +96,9 @@ class PTXEmitter(LLVMEmitter):
         return b.fmul(self.log2(b, x), ir.Constant(self.float, math.log(2.0)))
 
     def pow(self, b, x, y):
-        """C's pow from ex2 and lg2: |x|^y, negated for a negative x and an odd integer
-        y, NaN for a negative x and any other y, and 1 for y = 0 (ex2(0 * lg2 0) is NaN)."""
+        """pow from ex2 and lg2 with C's rules for a negative base: |x|^y, negated for an
+        odd integer y, NaN for any other non-integer y; and 1 for y = 0 (ex2(0 * lg2 0)
+        is NaN). Rarer IEEE cases (1^NaN, (-1)^inf, bases -0 and -inf) are not C's."""
         def const(value):
             return ir.Constant(self.float, value)
         fabs, floor = self.intrinsic("fabs"), self.intrinsic("floor")
