@@ -48,6 +48,7 @@ class Model:
     size_symbols: tuple = ()       # symbolic dims (N, ...) in first-use order
     locations: dict = field(default_factory=dict)     # tensor name -> Loc of its statement
     source: str = ""
+    loc: object = None             # the `model` statement's Loc, None without one
 
     def summary(self):
         from .printing import summary_table
@@ -75,7 +76,7 @@ class Builder:
         self.custom_vjps = {}
         self.sizes = {}                # size name -> sympy Symbol
         self.locations = {}
-        self.name = None
+        self.name, self.model_loc = None, None
         self.target = None             # the statement's target name (for layer params)
         self.layer_count = 0
         self.loc = None
@@ -294,7 +295,7 @@ def build_model(program, seed=0, source=""):
     sizes = tuple(b.sizes.values())
     return Model(b.name or _stem(program.filename), program.filename, b.graph, b.tensors,
                  b.forward, b.params, b.consts, b.inputs, b.outputs, b.loss, b.train,
-                 b.custom_vjps, sizes, b.locations, source)
+                 b.custom_vjps, sizes, b.locations, source, b.model_loc)
 
 
 def _stem(filename):
@@ -305,7 +306,7 @@ def _stem(filename):
 def _model_stmt(b, s):
     if b.name is not None:
         b.error("the model is already named", s.loc)
-    b.name = s.name
+    b.name, b.model_loc = s.name, s.loc
 
 
 def _input_stmt(b, s):

@@ -133,13 +133,15 @@ class CudaDevice:
         return f"<CudaDevice {self.name}, sm_{major}{minor}, {self.multiprocessors} SMs>"
 
     # ---- checked calls ----------------------------------------------------------------------
-    def call(self, name, *args, error=CudaError):
-        """driver.NAME(*args) with its status checked; returns the value(s) after it."""
-        return self._check(getattr(self.driver, name)(*args), name, error)
+    def call(self, name, *args, error=CudaError, detail=None):
+        """driver.NAME(*args) with its status checked; returns the value(s) after it.
+        detail(status), if given, adds to a failure's message."""
+        return self._check(getattr(self.driver, name)(*args), name, error, detail)
 
-    def _check(self, result, name, error=CudaError):
+    def _check(self, result, name, error=CudaError, detail=None):
         if result[0] != self.success:
-            raise error(f"{name} failed: {self.describe(result[0])}")
+            more = detail(result[0]) if detail else ""
+            raise error(f"{name} failed: {self.describe(result[0])}{more}")
         return result[1] if len(result) == 2 else (result[1:] or None)
 
     def describe(self, status):
@@ -168,11 +170,8 @@ class CudaDevice:
         driver refuses it, the error carries its PTX compiler's log."""
         image = np.frombuffer(ptx.encode() + b"\0", dtype=np.uint8)
         self.activate()
-        status, module = self.driver.cuModuleLoadData(image.ctypes.data)
-        if status != self.success:
-            raise CudaError(f"cuModuleLoadData failed: {self.describe(status)}"
-                            f"{self._jit_log(image)}")
-        return module
+        return self.call("cuModuleLoadData", image.ctypes.data,
+                         detail=lambda status: self._jit_log(image))
 
     def _jit_log(self, image):
         """'; the driver's PTX compiler says: ...' for an image it refused, or '' if it
@@ -202,11 +201,14 @@ class CudaDevice:
         """Fill a C-contiguous host array from `address`, after the kernels queued before."""
         if array.nbytes:
             self.activate()
-            status = self.driver.cuMemcpyDtoH(array.ctypes.data, address, array.nbytes)[0]
-            if status != self.success:
-                hint = "" if status == self.driver.CUresult.CUDA_ERROR_INVALID_VALUE else \
-                    " (a kernel queued before the copy failed; CUDA_LAUNCH_BLOCKING=1 names it)"
-                raise CudaError(f"cuMemcpyDtoH failed: {self.describe(status)}{hint}")
+            self.call("cuMemcpyDtoH", array.ctypes.data, address, array.nbytes,
+                      detail=self._after_kernels)
+
+    def _after_kernels(self, status):
+        """A copy reports the failure of a kernel queued before it: say how to name it."""
+        if status == self.driver.CUresult.CUDA_ERROR_INVALID_VALUE:
+            return ""                   # the copy's own arguments
+        return " (a kernel queued before the copy failed; CUDA_LAUNCH_BLOCKING=1 names it)"
 
     def run(self, launches):
         """Queue (function, grid, kernelParams addresses, values, kernel name) launches in
@@ -216,9 +218,8 @@ class CudaDevice:
         self.activate()
         launch = self.driver.cuLaunchKernel
         for function, grid, addresses, _, name in launches:
-            status = launch(function, grid, 1, 1, BLOCK, 1, 1, 0, 0, addresses.ctypes.data, 0)[0]
-            if status != self.success:
-                raise CudaError(f"cuLaunchKernel of {name} failed: {self.describe(status)}")
+            self._check(launch(function, grid, 1, 1, BLOCK, 1, 1, 0, 0, addresses.ctypes.data, 0),
+                        f"cuLaunchKernel of {name}")
 
 
 class DeviceMemory:

@@ -375,27 +375,29 @@ class ThreadTeam:
     def run(self, entry, sizes, table, parallel):
         """Call `entry` on every thread of the team (parallel) or on this one alone. A
         posted step always goes to every worker: one that sat a step out could read the
-        next step's description while the caller writes it."""
-        if (not parallel or self.parts == 1) and not self.workers:
-            return entry(sizes, table, 0, 1, self.barrier_address)   # nothing to guard
-        with self.lock:                 # one step at a time per program
-            if not parallel or self.parts == 1:
-                return entry(sizes, table, 0, 1, self.barrier_address)
-            if not self.workers:
-                self._start()
-            parts = self.parts          # fewer if threads failed to start
-            if parts == 1:
-                return entry(sizes, table, 0, 1, self.barrier_address)
-            known = self.addresses.get(id(entry))        # ctypes functions are not hashable
-            if known is None or known[0] is not entry:
-                known = self.addresses[id(entry)] = (entry, ctypes.cast(entry, ctypes.c_void_p).value)
-            self.loop[1](self.job_address, known[1], sizes, table, parts, self.barrier_address)
-            try:
-                for part in range(1, parts):
-                    if self.sleeping[part]:
-                        self.wake[part - 1].release()
-            finally:                    # the workers wait for part 0 at every barrier
-                entry(sizes, table, 0, parts, self.barrier_address)   # returns when all are done
+        next step's description while the caller writes it. (A call on this thread alone
+        needs no lock: Program runs one call at a time, and a parallel one returns only
+        when every part is done.)"""
+        if parallel and self.parts > 1:
+            with self.lock:
+                if not self.workers:
+                    self._start()
+                if self.parts > 1:      # unless no thread could be started
+                    return self._post_and_run(entry, sizes, table)
+        return entry(sizes, table, 0, 1, self.barrier_address)
+
+    def _post_and_run(self, entry, sizes, table):
+        parts = self.parts
+        known = self.addresses.get(id(entry))        # ctypes functions are not hashable
+        if known is None or known[0] is not entry:
+            known = self.addresses[id(entry)] = (entry, ctypes.cast(entry, ctypes.c_void_p).value)
+        self.loop[1](self.job_address, known[1], sizes, table, parts, self.barrier_address)
+        try:
+            for part in range(1, parts):
+                if self.sleeping[part]:
+                    self.wake[part - 1].release()
+        finally:                        # the workers wait for part 0 at every barrier
+            entry(sizes, table, 0, parts, self.barrier_address)   # returns when all are done
 
 
 def _fmt(shape):

@@ -270,12 +270,9 @@ def model_with_loss(path, seed=0):
     """Load a model that must have a loss (grad, gradcheck, train)."""
     model = load(path, seed=seed)
     if model.loss is None:
-        lines = model.source.split("\n")     # point at the `model` line, past any comments
-        row = next((k for k, text in enumerate(lines) if text.split()[:1] == ["model"]), 0)
-        column = len(lines[row]) - len(lines[row].lstrip()) + 1
+        where = model.loc or Loc(path, 1, 1, model.source.split("\n")[0])
         raise SymnetError(f"model '{model.name}' has no loss statement, so it has no gradient;"
-                          " add one such as `loss mse(prediction, target)`",
-                          Loc(path, row + 1, column, lines[row]))
+                          " add one such as `loss mse(prediction, target)`", where)
     return model
 
 

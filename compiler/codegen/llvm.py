@@ -717,9 +717,7 @@ class KernelEmitter:
         LeNet-5's whole forward pass, twice, was 400,000 characters of IR that LLVM took
         1.4 s to compile on one core; split, the parts go to every core."""
         if len(self.kernel.nests) == 1:
-            if block:
-                return self.nest_block(nest, row)
-            return self.nest(nest, {nest.comp.index[0]: row}, list(nest.comp.index[1:]))
+            return self.nest_at(nest, row, block)
         assert self.columns is None and self.packed is None    # panels hold a single nest
         buffers = nest.comp.buffers
         key = (id(nest.comp), nest.strategy, nest.along, nest.tile, block)
@@ -732,13 +730,15 @@ class KernelEmitter:
             for arg in fn.args[2:]:
                 arg.add_attribute("noalias")
             inner = KernelEmitter(self.m, fn, dict(zip(buffers, fn.args[2:])), self.kernel)
-            if block:
-                inner.nest_block(nest, fn.args[1])
-            else:
-                inner.nest(nest, {nest.comp.index[0]: fn.args[1]}, list(nest.comp.index[1:]))
+            inner.nest_at(nest, fn.args[1], block)
             inner.b.ret_void()
             self.m.row_functions[key] = fn
         self.b.call(self.m.row_functions[key], [self.fn.args[0], row] + [self.pointers[t] for t in buffers])
+
+    def nest_at(self, nest, row, block):
+        if block:
+            return self.nest_block(nest, row)
+        return self.nest(nest, {nest.comp.index[0]: row}, list(nest.comp.index[1:]))
 
     PANEL_BYTES = 512 * 1024    # half of a typical per-core L2 cache
 
