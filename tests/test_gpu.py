@@ -170,7 +170,7 @@ def test_ptx_the_driver_refuses_is_a_cuda_error_not_a_missing_gpu():
 
 
 def test_powers_of_negative_bases_follow_c_pow():
-    """x ^ e from ex2.approx and lg2.approx, with C's signs and special cases put back."""
+    """x ^ e from ex2.approx and lg2.approx, with C's rules for a negative base put back."""
     m = parse("model powers\ninput x[N, 8]\ninput e[N, 8]\noutput general = x ^ e\n"
               "output integer = x ^ 9 + x ^ 3.0 - x ^ -11\n", filename="powers.nn")
     x = np.array([[-2, -2, -2, -2, 0, 0, 3, -0.5]] * 3, np.float32)
