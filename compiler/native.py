@@ -18,7 +18,7 @@ from .defaults import OPTIMIZERS
 from .lower import lower
 from .reference import classes_of
 from .gpu_schedule import gpu_schedule
-from .schedule import schedule
+from .schedule import keep_stores, schedule
 
 def _compiler_version():
     """The release plus a hash of the compiler's own source: caches built by any other
@@ -77,19 +77,40 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entr
         emitter = LLVMEmitter(lowered.tensors, sizes, dtype, model.name)
     used = _used_buffers(lowered)
     buffer_index = {name: k for k, name in enumerate(used)}
-    kernels = {}
-    for entry, comps in lowered.entries.items():
-        if entries is None or entry in entries:
-            if target == "cpu":
-                kernels[entry] = schedule(comps, lowered.tensors, lanes=emitter.lanes)
-            else:
-                kernels[entry] = gpu_schedule(comps, lowered.tensors)
-            emitter.entry(entry, kernels[entry], buffer_index)
+    if target == "cpu":
+        # Every entry is scheduled, emitted or not: whether a nest shared by several
+        # entries may keep its output in registers depends on all of them.
+        scheduled = {entry: schedule(comps, lowered.tensors, lanes=emitter.lanes)
+                     for entry, comps in lowered.entries.items()}
+        keep_stores(scheduled, _observed(model, lowered), lowered.tensors)
+    else:
+        scheduled = {entry: gpu_schedule(comps, lowered.tensors) for entry, comps in lowered.entries.items()
+                     if entries is None or entry in entries}
+    kernels = {entry: k for entry, k in scheduled.items() if entries is None or entry in entries}
+    for entry, entry_kernels in kernels.items():
+        emitter.entry(entry, entry_kernels, buffer_index)
     spec = _spec(model, lowered, used, sizes, dtype, optimizer)
     spec["compiled"] = list(kernels)
+    spec["written"] = _written(lowered, scheduled if target == "cpu" else {})
     if target in ("ptx", "gpu-emulation"):
         spec["launches"] = emitter.launches
     return emitter.ir(), spec, kernels, emitter
+
+
+def _observed(model, lowered):
+    """The buffers runtime/program.py reads back after each entry."""
+    loss = [model.loss] if model.loss else []
+    return {"predict": set(model.outputs), "evaluate": set(model.outputs) | set(loss),
+            "value_and_grad": set(loss) | set(lowered.grads.values()), "train_step": set(loss)}
+
+
+def _written(lowered, kernels):
+    """entry -> the buffers it stores to memory, in order: every output but those kept
+    in registers only (`keep_stores`); the others hold an earlier call's values."""
+    registers = {entry: {n.comp.out for k in ks for n in k.nests if not n.store} for entry, ks in kernels.items()}
+    return {entry: list(dict.fromkeys(t for c in comps for t in (c.out, c.argmax)
+                                      if t and t not in registers.get(entry, ())))
+            for entry, comps in lowered.entries.items()}
 
 
 def _used_buffers(lowered):

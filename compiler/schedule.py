@@ -14,6 +14,10 @@ structure (Halide's algorithm/schedule split):
     to fill a vector (a 5-wide filter's weight gradient) or the reduction is innermost
     anyway, the sum runs with vector accumulators along a unit-stride reduction index,
     `tile` neighbouring outputs at once sharing each load, summed across lanes at the end.
+  * Register epilogues (CPU): maps that read a row reduction's output only at their own
+    point (a bias + ReLU, an optimizer update after its weight gradient) are applied to
+    the accumulators before they are stored; a gradient that nothing else reads is then
+    never written to memory at all (see `keep_stores`).
 """
 from dataclasses import dataclass, field
 
@@ -28,6 +32,22 @@ class Nest:
     strategy: str                 # "map" | "inner" (register accumulator) | "outer" | "wide"
     along: object = None          # wide: the reduction index in vector lanes
     tile: int = 1                 # wide: outputs along the last index computed together
+    epilogue: list = field(default_factory=list)   # maps applied to each output in registers
+    store: bool = True            # False: comp.out lives only in registers (read by the epilogue)
+
+    @property
+    def comps(self):
+        return [self.comp] + self.epilogue
+
+    @property
+    def buffers(self):
+        return list(dict.fromkeys(t for c in self.comps for t in c.buffers))
+
+    @property
+    def key(self):
+        """What the emitted code depends on: kernels with equal keys are compiled once."""
+        return (id(self.comp), self.strategy, self.along, self.tile,
+                tuple(id(c) for c in self.epilogue), self.store)
 
 
 @dataclass
@@ -39,10 +59,15 @@ class Kernel:
     def writes(self):
         out = set()
         for n in self.nests:
-            out.add(n.comp.out)
-            if n.comp.argmax:
-                out.add(n.comp.argmax)
+            for c in n.comps:
+                out.add(c.out)
+                if c.argmax:
+                    out.add(c.argmax)
         return out
+
+    @property
+    def reads(self):
+        return {t for n in self.nests for c in n.comps for t in c.reads}
 
 
 def schedule(comps, tensors, lanes=None):
@@ -61,7 +86,68 @@ def schedule(comps, tensors, lanes=None):
             last.nests.append(nest)
         else:
             kernels.append(Kernel(extent, [nest]))
+    if lanes:
+        for kernel in kernels:
+            kernel.nests = _fold_epilogues(kernel.nests, tensors)
     return kernels
+
+
+def _fold_epilogues(nests, tensors):
+    """Each map that can run on a row reduction's accumulators joins its epilogue."""
+    out = []
+    for nest in nests:
+        last = out[-1] if out else None
+        if last is not None and _epilogue_fits(last, nest.comp, tensors):
+            last.epilogue.append(nest.comp)
+        else:
+            out.append(nest)
+    return out
+
+
+def _epilogue_fits(nest, m, tensors):
+    """Map m can run on the accumulators of `nest` (an "outer" row reduction, whose
+    output is complete one vector chunk at a time): same shape, no guards, vectorizable
+    along the same last index; it reads what the nest writes only at its own point,
+    and writes nothing the nest reads except where its earlier epilogue reads it at
+    that same point."""
+    c = nest.comp
+    if nest.strategy != "outer" or len(c.index) < 2 or c.accumulate or c.argmax \
+            or m.reduce is not None or m.accumulate or m.guards or len(m.index) != len(c.index) \
+            or tensors[m.out].dtype == "i32":
+        return False
+    if [sympy.sympify(d) for d in tensors[m.out].shape] != [sympy.sympify(d) for d in tensors[c.out].shape]:
+        return False
+    produced = {e.out for e in nest.comps}
+    if m.out in produced or m.out in c.reads \
+            or not vectorizable(m, m.index[-1], (), loop_ranges(m, tensors), tensors):
+        return False
+    return _at_own_point(m, produced) and all(_at_own_point(e, {m.out}) for e in nest.epilogue)
+
+
+def _at_own_point(c, tensors):
+    return all(tuple(a.index) == tuple(c.index) for a in c.accesses.values() if a.tensor in tensors)
+
+
+TRANSIENT = ("value", "grad")       # kinds of buffer whose store may be left out
+
+
+def keep_stores(kernels_by_entry, observed, tensors):
+    """Decide which register epilogues' nests still store their output: those whose
+    output another nest reads or writes, or the runtime reads back after the entry
+    (observed: entry -> names), in any entry where the same nest runs. A weight gradient
+    of the train step, consumed by the update in registers, is never written."""
+    live = {}
+    for entry, kernels in kernels_by_entry.items():
+        nests = [n for k in kernels for n in k.nests]
+        for n in nests:
+            if n.epilogue:
+                out = n.comp.out
+                elsewhere = any(out in c.buffers for other in nests if other is not n for c in other.comps)
+                needed = elsewhere or out in observed[entry] or tensors[out].kind not in TRANSIENT
+                live[n.key[:-1]] = live.get(n.key[:-1], False) or needed
+    for kernels in kernels_by_entry.values():
+        for n in (n for k in kernels for n in k.nests if n.epilogue):
+            n.store = live[n.key[:-1]]
 
 
 def _fusible(kernel, c, extent):
@@ -212,5 +298,8 @@ def format_schedule(kernels):
                     + tiled + [f"{n.along} (vector)"]
             else:
                 order = inner
-            lines.append(f"    [{n.strategy}] loops {', '.join(map(str, order)) or '-'}: {format_comp(c)}")
+            kept = "" if n.store else "   (in registers only)"
+            lines.append(f"    [{n.strategy}] loops {', '.join(map(str, order)) or '-'}: {format_comp(c)}{kept}")
+            for e in n.epilogue:
+                lines.append(f"        [epilogue] {format_comp(e)}")
     return "\n".join(lines)

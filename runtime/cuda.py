@@ -325,7 +325,7 @@ class CudaProgram(Program):
         for name, array in arrays.items():
             self.device.upload(workspace["address"][name], array)
         self.device.run(workspace["launches"][entry])
-        self._last = workspace
+        self._last, self._last_entry = workspace, entry
 
     def _workspace_array(self, name):
         """One buffer of the last call, downloaded (Program's methods copy what they return)."""
@@ -335,17 +335,6 @@ class CudaProgram(Program):
             array = np.empty(self._last["shapes"][name], self._dtype(name))
         self.device.download(self._last["address"][name], array)
         return array
-
-    def first_nonfinite(self):
-        """Program's search for where a blow-up started, over buffers downloaded from
-        the device (only called when training has already failed)."""
-        if not getattr(self, "_last", None):
-            return None
-        for b in self.spec["buffers"]:
-            if b["kind"] != "input" and b["dtype"] != "i32" and \
-                    not np.all(np.isfinite(self._workspace_array(b["name"]))):
-                return b["name"]
-        return None
 
     def _dtype(self, name):
         return np.int32 if self.buffers[name]["dtype"] == "i32" else self.dtype

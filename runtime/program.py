@@ -125,14 +125,14 @@ class Program:
                 self.persistent[name][...] = value
 
     def first_nonfinite(self):
-        """The first tensor holding inf or nan after the last call, in the order the
-        step computes them (parameters first): where a blow-up started. None if none."""
+        """Where a blow-up started: the first parameter holding inf or nan, else the
+        first tensor the last call wrote that holds one, in the order it computes them.
+        None if none. (Buffers the call did not write hold an earlier call's values.)"""
         if not getattr(self, "_last", None):
             return None
-        for b in self.spec["buffers"]:
-            name = b["name"]
-            array = self._last["arrays"].get(name, self.persistent.get(name))
-            if array is not None and array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        written = self.spec["written"][self._last_entry]
+        for name in self.spec["params"] + [t for t in written if t not in self.spec["params"]]:
+            if self.buffers[name]["dtype"] != "i32" and not np.all(np.isfinite(self._workspace_array(name))):
                 return name
         return None
 
@@ -182,7 +182,7 @@ class Program:
             table[self.index[name]] = data_address(array)
         self.team.run(self._entry(entry), workspace["sizes_address"], workspace["table_address"],
                       workspace["parallel"])
-        self._last = workspace
+        self._last, self._last_entry = workspace, entry
 
     def _workspace_array(self, name):
         return self._last["arrays"][name] if name in self._last["arrays"] else self.persistent[name]

@@ -291,8 +291,7 @@ def export_command(args):
 
 def predict_buffers(kernels):
     """The buffers the predict entry's loop nests read or write."""
-    return list(dict.fromkeys(t for kernel in kernels for nest in kernel.nests
-                              for t in nest.comp.buffers))
+    return list(dict.fromkeys(t for kernel in kernels for nest in kernel.nests for t in nest.buffers))
 
 
 VERBS = {

@@ -97,6 +97,24 @@ def test_divergence_in_a_later_epoch_restores_that_epochs_start():
     assert program.get_params() == saved[1]
 
 
+def test_the_first_nonfinite_tensor_is_one_the_last_call_wrote():
+    """A parameter is named first; after a clean train step nothing is named, although
+    value_and_grad left NaN in h1.W's gradient buffer, which the train step never writes
+    (its update runs on the gradient in registers)."""
+    model = compiler.load(ROOT / "examples" / "mlp.nn")
+    program = compiler.compile(model, cache=False)
+    inputs = compiler.reference.random_inputs(model, batch=4)
+    good = program.get_params()
+    program.set_params({**good, "h1.W": np.full_like(good["h1.W"], np.inf)})
+    program.value_and_grad(inputs)
+    assert program.first_nonfinite() == "h1.W"
+    assert not np.isfinite(program._last["arrays"]["grad:h1.W"]).all()
+    program.set_params(good)
+    program.train_step(inputs)
+    assert program.first_nonfinite() is None
+    assert "grad:h1.W" not in program.spec["written"]["train_step"]
+
+
 # ---- interrupts ---------------------------------------------------------------------------------
 def test_keyboard_interrupt_then_checkpoint_round_trip(tmp_path):
     """Ctrl-C from the callback ends training between steps; what train() returns

@@ -120,16 +120,20 @@ def test_data_address_is_where_the_array_starts():
 
 
 def test_a_fused_kernel_is_compiled_as_one_function_per_nest():
-    """LeNet-5's forward pass is one fused kernel of 17 nests; each nest is a function of
-    its own (one for a block of rows, one for a row), so no function is large enough to
-    keep one core busy while the others wait (it was 400,000 characters of IR)."""
+    """LeNet-5's forward pass is one fused kernel of 17 loop nests; each (with the maps
+    in its register epilogue) is a function of its own (one for a block of rows, one for
+    a row), so no function is large enough to
+    keep one core busy while the others wait (it was 400,000 characters of IR; the
+    largest now, a product with its bias + ReLU epilogue on a 4-row tile, is 121,000)."""
     model = load("examples/lenet5.nn")
     ir_text, _, kernels, _ = compile_ir(model, "sgd", entries=eager_entries(model))
     sizes = [len(f) for f in re.split(r"\n(?=define )", ir_text) if f.startswith("define")]
-    assert max(sizes) < 100_000, max(sizes)
+    assert max(sizes) < 150_000, max(sizes)
     assert len(jit._split(ir_text)) >= 4
     fused = max(kernels["train_step"], key=lambda k: len(k.nests))
-    assert len(fused.nests) == 17 and ir_text.count('define internal void @"kernel_0_row') == 17
+    # 17 loop nests, 5 of them (bias + ReLU) in the epilogue of a product's nest
+    assert sum(len(n.comps) for n in fused.nests) == 17 and len(fused.nests) == 12
+    assert ir_text.count('define internal void @"kernel_0_row') == 12
 
 
 class CountingSemaphore(threading.Semaphore):

@@ -42,6 +42,43 @@ def test_forward_products_keep_the_output_row_in_vectors():
     assert found["h1.dense"].strategy == "outer"
 
 
+def compiled_nests(model, optimizer="sgd"):
+    """entry -> {output: nest} as compiled: epilogues folded, stores decided."""
+    _, _, kernels, _ = compile_ir(model, optimizer)
+    return {entry: {n.comp.out: n for k in ks for n in k.nests} for entry, ks in kernels.items()}
+
+
+@pytest.mark.parametrize("optimizer, updated", [("sgd", ["h1.W"]),
+                                                ("adam", ["state:h1.W.m", "state:h1.W.v", "h1.W"])])
+def test_the_update_runs_on_the_weight_gradient_in_registers(optimizer, updated):
+    """The train step applies the update to the weight gradient's accumulators and never
+    stores the gradient; value_and_grad returns the gradient, so it stores it."""
+    found = compiled_nests(load("examples/mlp.nn"), optimizer)
+    step, grad = found["train_step"]["grad:h1.W"], found["value_and_grad"]["grad:h1.W"]
+    assert [e.out for e in step.epilogue] == updated and not step.store
+    assert not grad.epilogue and grad.store
+    # The forward product keeps its bias + ReLU in registers but is still stored where
+    # the backward pass reads it (ReLU's derivative), and only there.
+    assert [e.out for e in found["train_step"]["h1.dense"].epilogue] == ["h1"]
+    assert found["train_step"]["h1.dense"].store and found["predict"]["h1.dense"].store
+    assert not found["train_step"]["logits.dense"].store
+
+
+def test_an_epilogue_reads_the_product_only_at_its_own_point():
+    """A map reading the product at another column (mirrored) runs after the whole row;
+    one writing what the product reads (custom.nn's update of W, read by its own
+    gradient) is not folded either. Both give the reference's values."""
+    src = ("model m\ninput x[N, 6]\nparam W[6, 20] ~ normal(0, 1)\n"
+           "op mirror(A)[n, j] = A[n, j] * A[n, 19 - j]\nh = x @ W\noutput z = mirror(h)\n")
+    model = parse(src, "flip.nn")
+    found = compiled_nests(model)["predict"]
+    assert not found["h"].epilogue and found["h"].store
+    x = np.random.default_rng(1).standard_normal((9, 6))
+    np.testing.assert_allclose(compile(model, dtype="f64", cache=False).forward({"x": x})["z"],
+                               reference.forward(model, {"x": x})["z"], rtol=1e-12)
+    assert not compiled_nests(load("examples/custom.nn"))["train_step"]["grad:W"].epilogue
+
+
 def test_no_vector_schedule_without_lanes():
     found = nests("examples/lenet5.nn", lanes=None)
     assert "wide" not in {n.strategy for n in found.values()}

@@ -22,7 +22,7 @@ import sympy
 
 from .. import functions as F
 from ..index_ir import fdiv
-from ..schedule import lane_step, loop_ranges, vectorizable
+from ..schedule import Nest, lane_step, loop_ranges, vectorizable
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
@@ -78,7 +78,7 @@ class LLVMEmitter:
         written, read = set(), set()        # by the kernels since the last barrier
         for kernel, (kernel_fn, buffers) in zip(kernels, kernel_fns):
             writes = kernel.writes
-            reads = {t for n in kernel.nests for t in n.comp.reads}
+            reads = kernel.reads
             # A barrier only where this kernel touches what those kernels wrote, or
             # writes what they read: independent kernels (a bias's column sum on part
             # 0, the next layer's gradient on all parts) run side by side.
@@ -207,13 +207,13 @@ class LLVMEmitter:
 
     def kernel(self, kernel):
         # The same loop nests in several entries (the forward pass) compile once.
-        key = tuple((id(n.comp), n.strategy) for n in kernel.nests)
+        key = tuple(n.key for n in kernel.nests)
         if key not in self.emitted:
             self.emitted[key] = self.new_kernel(kernel)
         return self.emitted[key]
 
     def new_kernel(self, kernel):
-        buffers = list(dict.fromkeys(t for nest in kernel.nests for t in nest.comp.buffers))
+        buffers = list(dict.fromkeys(t for nest in kernel.nests for t in nest.buffers))
         fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, I64] + [PTR] * len(buffers))
         fn = ir.Function(self.module, fnty, f"kernel_{self.kernel_count}")
         self.kernel_count += 1
@@ -716,11 +716,10 @@ class KernelEmitter:
         kernel each nest is a function of its own, called here: one function holding
         LeNet-5's whole forward pass, twice, was 400,000 characters of IR that LLVM took
         1.4 s to compile on one core; split, the parts go to every core."""
-        if len(self.kernel.nests) == 1:
+        if len(self.kernel.nests) == 1 and not nest.epilogue or self.columns is not None:
             return self.nest_at(nest, row, block)
-        assert self.columns is None and self.packed is None    # panels hold a single nest
-        buffers = nest.comp.buffers
-        key = (id(nest.comp), nest.strategy, nest.along, nest.tile, block)
+        buffers = nest.buffers
+        key = (nest.key, block)
         if key not in self.m.row_functions:
             fnty = ir.FunctionType(ir.VoidType(), [PTR, I64] + [PTR] * len(buffers))
             fn = ir.Function(self.m.module, fnty, f"{self.fn.name}_{'block' if block else 'row'}"
@@ -842,16 +841,20 @@ class KernelEmitter:
                 self.nest(nest, {row_var: b.add(row0, r)}, loops)
             return
         rows = [b.add(row0, ir.Constant(I64, r)) for r in range(self.ROWS)]
-        self.tiled_outer(c, {}, loops, self.enter(c), [(row_var, rows)])
+        self.tiled_outer(nest, {}, loops, self.enter(c), [(row_var, rows)])
 
     def nest(self, nest, env, loops):
         c = nest.comp
         guards = self.enter(c)
         if nest.strategy == "outer" and self.m.lanes and self.vectorizable(c, loops[-1], guards):
-            self.tiled_outer(c, env, loops, guards, [])
-        elif nest.strategy == "outer":
+            return self.tiled_outer(nest, env, loops, guards, [])
+        if nest.strategy == "outer":
             self.loops(loops[:-1], env, lambda env, guards: self.scalar_outer_reduction(
                 c, env, loops[-1], guards), guards)
+            for e in nest.epilogue:         # no register tile here: the maps run after it
+                renamed = dict(zip(c.index, e.index))
+                self.nest(Nest(e, "map"), {renamed[v]: value for v, value in env.items()},
+                          [renamed[v] for v in loops])
         elif nest.strategy == "wide" and self.m.lanes:
             tiled = loops[-1:] if nest.tile > 1 else []
             self.loops(loops[:len(loops) - len(tiled)], env, lambda env, guards: self.wide_reduction(
@@ -947,7 +950,7 @@ class KernelEmitter:
     REGISTERS = 16  # vector accumulators live at once (of 32 AVX-512 registers)
     OUTPUT_TILES = (4, 3, 2)
 
-    def tiled_outer(self, c, env, loops, guards, tiles):
+    def tiled_outer(self, nest, env, loops, guards, tiles):
         """The loops over loops[:-1], one of them stepping by a tile of outputs computed
         together (see output_tile), each point a vector_outer_reduction along loops[-1]."""
         outer, last = loops[:-1], loops[-1]
@@ -955,12 +958,12 @@ class KernelEmitter:
         var, size = self.output_tile(outer, guards, self.REGISTERS // per_point)
         if var is None:
             self.loops(outer, env, lambda env, guards: self.vector_outer_reduction(
-                c, env, last, guards, tiles), guards)
+                nest, env, last, guards, tiles), guards)
             return
         with self.loop(self.dim(self.ranges[var]), str(var), step=ir.Constant(I64, size)) as base:
             values = [self.b.add(base, ir.Constant(I64, t)) for t in range(size)]
             self.loops([v for v in outer if v != var], env, lambda env, guards: self.vector_outer_reduction(
-                c, env, last, guards, tiles + [(var, values)]), guards)
+                nest, env, last, guards, tiles + [(var, values)]), guards)
 
     def output_tile(self, variables, guards, budget):
         """(variable, size): neighbouring outputs along an outer index computed together,
@@ -977,14 +980,15 @@ class KernelEmitter:
     def vectorizable(self, c, var, guards):
         return vectorizable(c, var, guards, self.ranges, self.m.tensors)
 
-    def vector_outer_reduction(self, c, env, last, guards, tiles=()):
+    def vector_outer_reduction(self, nest, env, last, guards, tiles=()):
         """Chunks of the output row as vector accumulators, kept in registers across the
-        whole reduction (a register tile), then stored with a masked store.
+        whole reduction (a register tile), then stored with a masked store (see
+        finish_chunk).
 
         tiles = [(variable, [values]), ...] computes every combination at once (several
         rows, several filters): a read that does not depend on a tiled variable (the
         weights, for rows) is loaded once for all of its values."""
-        b, lanes, extent = self.b, self.m.lanes, self.ranges[last]
+        c, b, lanes, extent = nest.comp, self.b, self.m.lanes, self.ranges[last]
         vtype = ir.VectorType(self.m.float, lanes)
         guards = self.unmasked(c, guards, last)
         starts = self.columns or list(range(0, extent, lanes))      # first lane of each chunk
@@ -1010,9 +1014,31 @@ class KernelEmitter:
                     b.store(b.fadd(b.load(slots[k, r], typ=vtype), term, flags=FAST), slots[k, r])
             self.loops(list(c.rindex), env, body, guards)
             for k, r in members:
-                ptr, _ = self.address(c.out, c.index, {**envs[r], last: _i64(starts[k])})
-                self.masked_store(b.load(slots[k, r], typ=vtype), ptr, starts[k], extent)
+                self.finish_chunk(nest, {**envs[r], last: _i64(starts[k])}, b.load(slots[k, r], typ=vtype),
+                                  starts[k])
             self.vector, self.ftype = None, self.m.float
+
+    def finish_chunk(self, nest, env, value, first):
+        """A register tile's finished chunk (the lanes from `first` of one output row):
+        stored unless only the epilogue reads it, then each epilogue map computed from
+        it in registers (its reads of the chunk preloaded), and stored."""
+        c, lanes = nest.comp, self.m.lanes
+        extent = self.ranges[c.index[-1]]
+        if nest.store:
+            self.masked_store(value, self.address(c.out, c.index, env)[0], first, extent)
+        values = {c.out: value}
+        saved = self.ranges, self.preloaded, self.vector, self.packed
+        self.packed = None                  # the panel's copy serves the reduction only
+        for e in nest.epilogue:
+            renamed = dict(zip(c.index, e.index))
+            at = {renamed[v]: i for v, i in env.items()}
+            self.ranges = {**saved[0], **{renamed[v]: saved[0][v] for v in c.index}}
+            self.preloaded = {**saved[1], **{s: values[a.tensor] for s, a in e.accesses.items()
+                                             if a.tensor in values}}
+            self.vector = (e.index[-1], first, lanes)
+            values[e.out] = self.term(e, at, ())
+            self.masked_store(values[e.out], self.address(e.out, e.index, at)[0], first, extent)
+        self.ranges, self.preloaded, self.vector, self.packed = saved
 
     def vector_map(self, c, env, last, guards):
         """A map along its row in vector chunks: masked loads, one masked store each."""
