@@ -44,10 +44,14 @@ class Nest:
         return list(dict.fromkeys(t for c in self.comps for t in c.buffers))
 
     @property
+    def loops_key(self):
+        """The nest's loops and what they compute, whether or not comp.out is stored."""
+        return (id(self.comp), self.strategy, self.along, self.tile, tuple(id(c) for c in self.epilogue))
+
+    @property
     def key(self):
         """What the emitted code depends on: kernels with equal keys are compiled once."""
-        return (id(self.comp), self.strategy, self.along, self.tile,
-                tuple(id(c) for c in self.epilogue), self.store)
+        return self.loops_key + (self.store,)
 
 
 @dataclass
@@ -105,13 +109,14 @@ def _fold_epilogues(nests, tensors):
 
 
 def _epilogue_fits(nest, m, tensors):
-    """Map m can run on the accumulators of `nest` (an "outer" row reduction, whose
-    output is complete one vector chunk at a time): same shape, no guards, vectorizable
-    along the same last index; it reads what the nest writes only at its own point,
-    and writes nothing the nest reads except where its earlier epilogue reads it at
-    that same point."""
+    """Map m can run on the accumulators of `nest` (an "outer" row reduction in vector
+    chunks along its last index, each complete at once in registers): same shape, no
+    guards, vectorizable along the same last index; it reads what the nest writes only
+    at its own point, and writes nothing the nest reads except where its earlier
+    epilogue reads it at that same point."""
     c = nest.comp
     if nest.strategy != "outer" or len(c.index) < 2 or c.accumulate or c.argmax \
+            or not vectorizable(c, c.index[-1], c.guards, loop_ranges(c, tensors), tensors) \
             or m.reduce is not None or m.accumulate or m.guards or len(m.index) != len(c.index) \
             or tensors[m.out].dtype == "i32":
         return False
@@ -144,10 +149,10 @@ def keep_stores(kernels_by_entry, observed, tensors):
                 out = n.comp.out
                 elsewhere = any(out in c.buffers for other in nests if other is not n for c in other.comps)
                 needed = elsewhere or out in observed[entry] or tensors[out].kind not in TRANSIENT
-                live[n.key[:-1]] = live.get(n.key[:-1], False) or needed
+                live[n.loops_key] = live.get(n.loops_key, False) or needed
     for kernels in kernels_by_entry.values():
         for n in (n for k in kernels for n in k.nests if n.epilogue):
-            n.store = live[n.key[:-1]]
+            n.store = live[n.loops_key]
 
 
 def _fusible(kernel, c, extent):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler import compile, load, reference
+from compiler import compile, load, parse, reference
 from compiler.native import compile_ir, eager_entries
 from runtime import jit
 from runtime.program import Program, ThreadTeam, data_address
@@ -168,3 +168,32 @@ def test_workers_that_went_to_sleep_are_woken_for_the_next_step():
     assert losses[1] == losses[2]
     for name, value in params[1].items():
         assert np.array_equal(value, params[2][name]), name
+
+
+# An output that only the runtime reads: a product whose map (folded into its register
+# epilogue) feeds the loss, with a gradient that does not need the product's value.
+READ_BACK_ONLY = ("model m\ninput x[N, 8]\nparam W[8, 20] ~ normal(0, 1)\n"
+                  "op triple(A)[n, j] = 3 * A[n, j]\noutput h = x @ W\nloss mean(triple(h))\n")
+
+
+@pytest.mark.parametrize("path", EXAMPLES + ["read_back_only"], ids=lambda p: getattr(p, "stem", p))
+def test_what_a_program_reads_back_its_entry_wrote(path, monkeypatch):
+    """The compiler leaves in registers what it believes the runtime never reads back
+    (compiler/native.py `_observed`); every buffer Program's methods read after a call
+    must be one that call stored, or a parameter."""
+    model = parse(READ_BACK_ONLY, "m.nn") if path == "read_back_only" else load(path)
+    program = compile(model, cache=False)
+    read = []
+    original = Program._workspace_array
+    monkeypatch.setattr(Program, "_workspace_array",
+                        lambda self, name: read.append((self._last_entry, name)) or original(self, name))
+    inputs = reference.random_inputs(model, batch=3)
+    program.forward({k: v for k, v in inputs.items() if k in program.spec["entry_inputs"]["predict"]})
+    if model.loss is not None:
+        program.evaluate(inputs)
+        if model.params:
+            program.value_and_grad(inputs)
+            program.train_step(inputs)
+    assert read
+    for entry, name in read:
+        assert name in program.spec["written"][entry] or name in program.persistent, (entry, name)

@@ -65,18 +65,35 @@ def test_the_update_runs_on_the_weight_gradient_in_registers(optimizer, updated)
 
 
 def test_an_epilogue_reads_the_product_only_at_its_own_point():
-    """A map reading the product at another column (mirrored) runs after the whole row;
-    one writing what the product reads (custom.nn's update of W, read by its own
-    gradient) is not folded either. Both give the reference's values."""
+    """A map reading the product at the next column runs after the whole row (in
+    registers, the next chunk would not exist yet); one writing what the product reads
+    (custom.nn's update of W, read by its own gradient) is not folded either. Both give
+    the reference's values."""
     src = ("model m\ninput x[N, 6]\nparam W[6, 20] ~ normal(0, 1)\n"
-           "op mirror(A)[n, j] = A[n, j] * A[n, 19 - j]\nh = x @ W\noutput z = mirror(h)\n")
-    model = parse(src, "flip.nn")
+           "op next(A)[n, j] = A[n, j] * A[n, j + 1]\nh = x @ W\noutput z = next(h)\n")
+    model = parse(src, "next.nn")
     found = compiled_nests(model)["predict"]
     assert not found["h"].epilogue and found["h"].store
     x = np.random.default_rng(1).standard_normal((9, 6))
     np.testing.assert_allclose(compile(model, dtype="f64", cache=False).forward({"x": x})["z"],
                                reference.forward(model, {"x": x})["z"], rtol=1e-12)
     assert not compiled_nests(load("examples/custom.nn"))["train_step"]["grad:W"].epilogue
+
+
+def test_an_epilogue_is_not_bound_by_the_products_guards():
+    """grad:t (a convolution's input gradient, guard h - ky >= 0) carries grad:a in its
+    epilogue, which reads x[n, ky, h - ky, w] with variables of the same names: outside
+    x it must read 0, whatever the product's guards proved about its own reads."""
+    src = ("model m\ninput x[N, 3, 6, 6]\nparam s = 0.7\nconst K[1, 3, 3, 3] = 0.25\n"
+           "op g(A, B)[n, ky, h, w] = A[n, ky, h, w] * B[n, ky, h - ky, w]\n"
+           "a = x * s\nt = g(a, x)\noutput c2 = conv2d(t, K)\nloss mean(c2 ^ 2)\n")
+    model = parse(src, "guards.nn")
+    assert [e.out for e in compiled_nests(model)["value_and_grad"]["grad:t"].epilogue] == ["grad:a"]
+    inputs = reference.random_inputs(model, batch=2, seed=2)
+    loss, grads = compile(model, dtype="f64", cache=False).value_and_grad(inputs)
+    ref_loss, ref_grads = reference.value_and_grad(model, inputs)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    np.testing.assert_allclose(grads["s"], ref_grads["s"], rtol=1e-10)
 
 
 def test_no_vector_schedule_without_lanes():

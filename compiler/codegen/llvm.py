@@ -22,7 +22,7 @@ import sympy
 
 from .. import functions as F
 from ..index_ir import fdiv
-from ..schedule import Nest, lane_step, loop_ranges, vectorizable
+from ..schedule import lane_step, loop_ranges, vectorizable
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
@@ -716,6 +716,8 @@ class KernelEmitter:
         kernel each nest is a function of its own, called here: one function holding
         LeNet-5's whole forward pass, twice, was 400,000 characters of IR that LLVM took
         1.4 s to compile on one core; split, the parts go to every core."""
+        # A lone nest with an epilogue goes out of line too: its block and row versions
+        # in one function were 150,000 characters of IR for LeNet-5's f5 gradient.
         if len(self.kernel.nests) == 1 and not nest.epilogue or self.columns is not None:
             return self.nest_at(nest, row, block)
         buffers = nest.buffers
@@ -847,14 +849,11 @@ class KernelEmitter:
         c = nest.comp
         guards = self.enter(c)
         if nest.strategy == "outer" and self.m.lanes and self.vectorizable(c, loops[-1], guards):
-            return self.tiled_outer(nest, env, loops, guards, [])
-        if nest.strategy == "outer":
+            self.tiled_outer(nest, env, loops, guards, [])
+        elif nest.strategy == "outer":
+            assert not nest.epilogue        # the schedule folds maps only into vector tiles
             self.loops(loops[:-1], env, lambda env, guards: self.scalar_outer_reduction(
                 c, env, loops[-1], guards), guards)
-            for e in nest.epilogue:         # no register tile here: the maps run after it
-                renamed = dict(zip(c.index, e.index))
-                self.nest(Nest(e, "map"), {renamed[v]: value for v, value in env.items()},
-                          [renamed[v] for v in loops])
         elif nest.strategy == "wide" and self.m.lanes:
             tiled = loops[-1:] if nest.tile > 1 else []
             self.loops(loops[:len(loops) - len(tiled)], env, lambda env, guards: self.wide_reduction(
@@ -1027,8 +1026,10 @@ class KernelEmitter:
         if nest.store:
             self.masked_store(value, self.address(c.out, c.index, env)[0], first, extent)
         values = {c.out: value}
-        saved = self.ranges, self.preloaded, self.vector, self.packed
-        self.packed = None                  # the panel's copy serves the reduction only
+        saved = self.ranges, self.preloaded, self.vector, self.packed, self.facts_lo, self.facts_hi
+        # The panel's copy serves the reduction only; its bounds facts are about its own
+        # variables, which may share a name with an epilogue's.
+        self.packed, self.facts_lo, self.facts_hi = None, set(), set()
         for e in nest.epilogue:
             renamed = dict(zip(c.index, e.index))
             at = {renamed[v]: i for v, i in env.items()}
@@ -1038,7 +1039,7 @@ class KernelEmitter:
             self.vector = (e.index[-1], first, lanes)
             values[e.out] = self.term(e, at, ())
             self.masked_store(values[e.out], self.address(e.out, e.index, at)[0], first, extent)
-        self.ranges, self.preloaded, self.vector, self.packed = saved
+        self.ranges, self.preloaded, self.vector, self.packed, self.facts_lo, self.facts_hi = saved
 
     def vector_map(self, c, env, last, guards):
         """A map along its row in vector chunks: masked loads, one masked store each."""
