@@ -77,21 +77,22 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entr
         emitter = LLVMEmitter(lowered.tensors, sizes, dtype, model.name)
     used = _used_buffers(lowered)
     buffer_index = {name: k for k, name in enumerate(used)}
+    wanted = [entry for entry in lowered.entries if entries is None or entry in entries]
+    in_registers = {}
     if target == "cpu":
         # Every entry is scheduled, emitted or not: whether a nest shared by several
         # entries may keep its output in registers depends on all of them.
         scheduled = {entry: schedule(comps, lowered.tensors, lanes=emitter.lanes)
                      for entry, comps in lowered.entries.items()}
-        keep_stores(scheduled, _observed(model, lowered), lowered.tensors)
+        in_registers = keep_stores(scheduled, _observed(model, lowered), lowered.tensors)
+        kernels = {entry: scheduled[entry] for entry in wanted}
     else:
-        scheduled = {entry: gpu_schedule(comps, lowered.tensors) for entry, comps in lowered.entries.items()
-                     if entries is None or entry in entries}
-    kernels = {entry: k for entry, k in scheduled.items() if entries is None or entry in entries}
+        kernels = {entry: gpu_schedule(lowered.entries[entry], lowered.tensors) for entry in wanted}
     for entry, entry_kernels in kernels.items():
         emitter.entry(entry, entry_kernels, buffer_index)
     spec = _spec(model, lowered, used, sizes, dtype, optimizer)
     spec["compiled"] = list(kernels)
-    spec["written"] = _written(lowered, scheduled if target == "cpu" else {})
+    spec["written"] = _written(lowered, in_registers)
     if target in ("ptx", "gpu-emulation"):
         spec["launches"] = emitter.launches
     return emitter.ir(), spec, kernels, emitter
@@ -104,12 +105,12 @@ def _observed(model, lowered):
             "value_and_grad": set(loss) | set(lowered.grads.values()), "train_step": set(loss)}
 
 
-def _written(lowered, kernels):
+def _written(lowered, in_registers):
     """entry -> the buffers it stores to memory, in order: every output but those kept
-    in registers only (`keep_stores`); the others hold an earlier call's values."""
-    registers = {entry: {n.comp.out for k in ks for n in k.nests if not n.store} for entry, ks in kernels.items()}
+    in registers only (in_registers: entry -> names); the others hold an earlier call's
+    values."""
     return {entry: list(dict.fromkeys(t for c in comps for t in (c.out, c.argmax)
-                                      if t and t not in registers.get(entry, ())))
+                                      if t and t not in in_registers.get(entry, ())))
             for entry, comps in lowered.entries.items()}
 
 

@@ -137,10 +137,11 @@ TRANSIENT = ("value", "grad")       # kinds of buffer whose store may be left ou
 
 
 def keep_stores(kernels_by_entry, observed, tensors):
-    """Decide which register epilogues' nests still store their output: those whose
-    output another nest reads or writes, or the runtime reads back after the entry
+    """Decide which nests with a register epilogue still store their own output: those
+    whose output another nest reads or writes, or the runtime reads back after the entry
     (observed: entry -> names), in any entry where the same nest runs. A weight gradient
-    of the train step, consumed by the update in registers, is never written."""
+    of the train step, consumed by the update in registers, is never written. Returns
+    entry -> the outputs left in registers."""
     live = {}
     for entry, kernels in kernels_by_entry.items():
         nests = [n for k in kernels for n in k.nests]
@@ -150,9 +151,13 @@ def keep_stores(kernels_by_entry, observed, tensors):
                 elsewhere = any(out in c.buffers for other in nests if other is not n for c in other.comps)
                 needed = elsewhere or out in observed[entry] or tensors[out].kind not in TRANSIENT
                 live[n.loops_key] = live.get(n.loops_key, False) or needed
-    for kernels in kernels_by_entry.values():
+    in_registers = {}
+    for entry, kernels in kernels_by_entry.items():
         for n in (n for k in kernels for n in k.nests if n.epilogue):
             n.store = live[n.loops_key]
+            if not n.store:
+                in_registers.setdefault(entry, set()).add(n.comp.out)
+    return in_registers
 
 
 def _fusible(kernel, c, extent):
