@@ -122,9 +122,9 @@ def test_data_address_is_where_the_array_starts():
 def test_a_fused_kernel_is_compiled_as_one_function_per_nest():
     """LeNet-5's forward pass is one fused kernel of 17 loop nests; each (with the maps
     in its register epilogue) is a function of its own (one for a block of rows, one for
-    a row), so no function is large enough to
-    keep one core busy while the others wait (it was 400,000 characters of IR; the
-    largest now, a product with its bias + ReLU epilogue on a 4-row tile, is 121,000)."""
+    a row), so no function is large enough to keep one core busy while the others wait
+    (it was 400,000 characters of IR; the largest now, a product with its bias + ReLU
+    epilogue on a 4-row tile, is 121,000)."""
     model = load("examples/lenet5.nn")
     ir_text, _, kernels, _ = compile_ir(model, "sgd", entries=eager_entries(model))
     sizes = [len(f) for f in re.split(r"\n(?=define )", ir_text) if f.startswith("define")]

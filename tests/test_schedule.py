@@ -67,8 +67,8 @@ def test_the_update_runs_on_the_weight_gradient_in_registers(optimizer, updated)
 def test_an_epilogue_reads_the_product_only_at_its_own_point():
     """A map reading the product at the next column runs after the whole row (in
     registers, the next chunk would not exist yet); one writing what the product reads
-    (custom.nn's update of W, read by its own gradient) is not folded either. Both give
-    the reference's values."""
+    (custom.nn's update of W, read by its own gradient) is not folded either. The first
+    gives the reference's values."""
     src = ("model m\ninput x[N, 6]\nparam W[6, 20] ~ normal(0, 1)\n"
            "op next(A)[n, j] = A[n, j] * A[n, j + 1]\nh = x @ W\noutput z = next(h)\n")
     model = parse(src, "next.nn")
