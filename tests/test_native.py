@@ -123,12 +123,13 @@ def test_a_fused_kernel_is_compiled_as_one_function_per_nest():
     """LeNet-5's forward pass is one fused kernel of 17 loop nests; each (with the maps
     in its register epilogue) is a function of its own (one for a block of rows, one for
     a row), so no function is large enough to keep one core busy while the others wait
-    (it was 400,000 characters of IR; the largest now, a product with its bias + ReLU
-    epilogue on a 4-row tile, is 121,000)."""
+    (it was 400,000 characters of IR and took 1.4 s; the largest now, a convolution with
+    its bias + ReLU epilogue on a 6-row tile, is 183,000, and the whole cold compile of
+    the train step takes about as long as that one function did)."""
     model = load("examples/lenet5.nn")
     ir_text, _, kernels, _ = compile_ir(model, "sgd", entries=eager_entries(model))
     sizes = [len(f) for f in re.split(r"\n(?=define )", ir_text) if f.startswith("define")]
-    assert max(sizes) < 150_000, max(sizes)
+    assert max(sizes) < 200_000, max(sizes)
     assert len(jit._split(ir_text)) >= 4
     fused = max(kernels["train_step"], key=lambda k: len(k.nests))
     # 17 loop nests, 5 of them (bias + ReLU) in the epilogue of a product's nest

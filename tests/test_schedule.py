@@ -145,8 +145,9 @@ def test_vector_paths_match_the_reference(name, batch, dtype):
 @pytest.mark.parametrize("batch", [1, 6, 37])
 def test_a_weight_matrix_larger_than_the_cache_runs_in_panels(dtype, batch):
     # 300 x 512 weights (600 KiB in f32) exceed PANEL_BYTES: column panels of B, every
-    # row of a thread's share per panel; rows in blocks of 4 plus leftovers. A share of
-    # 16 rows or more (batch 37 on two threads) reads the panel from a contiguous copy.
+    # row of a thread's share per panel; rows in register-tile blocks (6 with AVX-512)
+    # plus leftovers. A share of 16 rows or more (batch 37 on two threads) reads the
+    # panel from a contiguous copy.
     model = parse("model mm\ninput A[N, 300]\nparam B[300, 512] ~ normal(0, 1)\noutput C = A @ B\n", "mm.nn")
     ir_text, _, _, _ = compile_ir(model, dtype=dtype)
     assert "panel.head" in ir_text and "pack.head" in ir_text
