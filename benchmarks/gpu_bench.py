@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_bench.py                  # mlp and lenet5, batch 64 and 256
     python benchmarks/gpu_bench.py --steps 500 --batches 64
+    python benchmarks/gpu_bench.py --profile        # and the time of each of symnet's kernels
 
 Both sides start from symnet's initial weights and train with SGD on the same batch
 (random images and labels); their first losses are compared, so the table compares the
@@ -12,6 +13,10 @@ warm-up steps. The table gives the median step; samples/s = batch / median; the 
 symnet samples/s / PyTorch samples/s (above 1: symnet faster). PyTorch's columns show
 "-" when torch does not import or sees no GPU. Without a GPU for symnet the script says
 why and exits with status 1.
+
+--profile then times each of symnet's kernels in a train step (CUDA events around each
+launch, median of 10 steps), largest first, with their sum against the whole step: what
+is left is the launches, the copies and the host's share.
 """
 import argparse
 import os
@@ -47,13 +52,14 @@ def timed(step, synchronize, steps, warm_up):
     return statistics.median(times)
 
 
-def symnet_case(model, x, y, lr, device, steps, warm_up):
-    """(first loss, median step seconds) of symnet's PTX program."""
+def symnet_case(model, x, y, lr, device, steps, warm_up, profile):
+    """(first loss, median step seconds, kernel profile or None) of symnet's PTX program."""
     program = compile(model, target="ptx", optimizer="sgd")
     program.configure(lr=lr)
     batch = {"x": x, "y": y}
     first = program.train_step(batch)
-    return first, timed(lambda: program.train_step(batch), device.synchronize, steps, warm_up)
+    seconds = timed(lambda: program.train_step(batch), device.synchronize, steps, warm_up)
+    return first, seconds, program.profile("train_step", batch) if profile else None
 
 
 def torch_case(build, params, x, y, lr, steps, warm_up):
@@ -80,8 +86,8 @@ def run_case(name, batch, device, args):
     y = rng.integers(0, CLASSES, batch).astype(np.int32)
     lr = float(model.train.get("lr", 0.05))
     row = {"case": f"{name} batch {batch}", "batch": batch}
-    row["symnet_loss"], row["symnet"] = symnet_case(model, x, y, lr, device, args.steps,
-                                                    args.warm_up)
+    row["symnet_loss"], row["symnet"], row["profile"] = symnet_case(
+        model, x, y, lr, device, args.steps, args.warm_up, args.profile)
     if torch is not None and torch.cuda.is_available():
         params = {k: np.asarray(v, np.float32) for k, v in model.params.items()}
         row["torch_loss"], row["torch"] = torch_case(build, params, x, y, lr, args.steps,
@@ -104,12 +110,28 @@ def print_table(rows):
               + (f"{row['torch_loss']:.5f}" if "torch_loss" in row else "-"))
 
 
+def print_profile(row, shown=12):
+    """The kernels of one case's train step, largest first, and their sum against the step."""
+    profile = row["profile"]
+    total = sum(ms for *_, ms in profile)
+    print(f"\n{row['case']}: {len(profile)} kernels, {1e3 * total:.1f} us of GPU time in a "
+          f"{1e6 * row['symnet']:.1f} us step (the rest: launches, copies, host)")
+    print(f"  {'kernel':<28} {'strategy':<8} {'blocks':>7} {'us':>9} {'share':>6}")
+    for name, strategy, grid, ms in sorted(profile, key=lambda p: -p[3])[:shown]:
+        print(f"  {name:<28} {strategy:<8} {grid:>7} {1e3 * ms:>9.1f} {100 * ms / total:>5.1f}%")
+    if len(profile) > shown:
+        rest = sorted(ms for *_, ms in profile)[:len(profile) - shown]
+        print(f"  ({len(profile) - shown} more: {1e3 * sum(rest):.1f} us)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per case")
     parser.add_argument("--warm-up", type=int, default=20, help="untimed steps first")
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--profile", action="store_true",
+                        help="then time each of symnet's kernels in a train step")
     args = parser.parse_args(argv)
     try:
         device = open_device()
@@ -124,6 +146,8 @@ def main(argv=None):
           "step synchronised\n")
     rows = [run_case(name, batch, device, args) for name in args.models for batch in args.batches]
     print_table(rows)
+    for row in rows if args.profile else []:
+        print_profile(row)
     mismatched = [r["case"] for r in rows
                   if "torch_loss" in r and abs(r["symnet_loss"] - r["torch_loss"]) >
                   1e-3 * abs(r["torch_loss"])]

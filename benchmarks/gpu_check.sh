@@ -6,7 +6,7 @@
 #
 #     bash benchmarks/gpu_check.sh                 # about 5 minutes on an H100/H200
 #
-# Steps run most telling first, each under its own time limit (560 s in all at most, so
+# Steps run most telling first, each under its own time limit (570 s in all at most, so
 # the whole fits one 10-minute command of a lent machine, and a slow step cannot take
 # the tests' or the benchmark's time). Each step runs even if one before failed, except
 # after `versions`: without a GPU or a usable llvmlite nothing else can. The last line
@@ -67,7 +67,7 @@ fi
 # Launches wait for their kernel here, so a kernel that fails is named by its launch.
 CUDA_LAUNCH_BLOCKING=1 step tests 180 "$python" -m pytest -q --tb=short -p no:cacheprovider \
     tests/test_gpu.py
-step bench 90 "$python" benchmarks/gpu_bench.py ${BENCH_ARGS:-}
+step bench 100 "$python" benchmarks/gpu_bench.py --profile ${BENCH_ARGS:-}
 for device in cuda cpu; do
     step "lenet5_$device" 60 "$python" -m symnet train examples/lenet5.nn --epochs 3 \
         --device "$device"

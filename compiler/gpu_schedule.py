@@ -13,6 +13,11 @@ that thread's cache lines. The head's strategy:
   block   one block per output element: its threads split the reduction, each keeping
           a partial sum, then a tree in shared memory adds the partials (weight and
           bias gradients summed over the batch and the image: few outputs, long sums);
+  split   for a block reduction with too few outputs to fill the GPU (a convolution's
+          bias gradient: 6 outputs, N x 28 x 28 terms each), two launches: `split`
+          gives each output several blocks, each summing one part of the terms as a
+          block reduction into a scratch buffer, then `finish` adds each output's
+          parts in order (a thread per output) and runs the tails;
   tile    a contraction as a matrix product C[m, n] = sum_r A[m, r] * B[r, n], where A
           is the product of the factors that read the output's "row" indices and B of
           those that read its "column" indices (a dense layer: rows (n), columns (j);
@@ -31,13 +36,14 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from .index_ir import N
+from .index_ir import N, TensorInfo
 from .schedule import contiguous_reads, loop_ranges
 
 BLOCK = 256                 # threads per block, for every launch
 NOMINAL = 128               # the batch size the choices are made for
 SLOTS = 1024                # blocks of BLOCK threads an H100/H200 runs at once (132 SMs x 8)
 TREE = 30                   # a block reduction's fixed cost (its tree), in thread steps
+PART = 4 * BLOCK            # the fewest terms worth a block of their own in a split sum
 TK = 16                     # reduction chunk of a tile
 TILES = [(64, 64, 4, 4), (32, 32, 2, 2), (64, 16, 2, 2), (16, 16, 1, 1)]
                             # (TM, TN, RM, RN), (TM/RM) * (TN/RN) = BLOCK, most reuse first
@@ -64,17 +70,30 @@ class Tile:
 @dataclass
 class GPUKernel:
     head: object            # Comprehension
-    strategy: str           # "thread" | "block" | "tile"
+    strategy: str           # "thread" | "block" | "tile" | "split" | "finish"
     tails: list = field(default_factory=list)
     tile: Tile = None
+    splits: int = 1         # split, finish: blocks (parts of the terms) per output element
+    scratch: str = None     # split, finish: the parts' sums, [element, part] flattened
 
     @property
     def comps(self):
         return [self.head] + self.tails
 
     @property
+    def buffers(self):
+        """Every tensor the kernel takes, in order: its nests', then the scratch buffer."""
+        if self.strategy == "split":
+            used = self.head.reads
+        else:
+            used = [t for c in self.comps for t in c.buffers]
+        return list(dict.fromkeys(used + ([self.scratch] if self.scratch else [])))
+
+    @property
     def written(self):
         """The tensors this launch writes."""
+        if self.strategy == "split":
+            return {self.scratch}           # its output is the finish launch's to store
         return {c.out for c in self.comps} | {c.argmax for c in self.comps if c.argmax}
 
     def blocks(self, tensors):
@@ -87,7 +106,18 @@ class GPUKernel:
         elements = _elements(self.head, tensors)
         if self.strategy == "block":
             return int(elements) if elements.is_Integer else str(elements)
+        if self.strategy == "split":
+            return int(elements) * self.splits
         return _ceil(elements, BLOCK)
+
+
+    def largest_index(self, tensors):
+        """The most positions the kernel numbers (output elements, or terms of its sum),
+        as an int or a Python expression in the sizes: its index arithmetic is 32-bit,
+        so the runtime refuses sizes that make this 2**32 or more."""
+        count = sympy.Max(_elements(self.head, tensors),
+                          sympy.Mul(*[sympy.sympify(e) for e in self.head.rextent]))
+        return int(count) if count.is_Integer else str(count).replace("Max(", "max(")
 
 
 def gpu_schedule(comps, tensors):
@@ -99,7 +129,15 @@ def gpu_schedule(comps, tensors):
             last.tails.append(c)
         else:
             strategy, tile = choose_strategy(c, tensors)
-            kernels.append(GPUKernel(c, strategy, [], tile))
+            splits = split_count(c, tensors) if strategy == "block" else 1
+            if splits > 1:
+                scratch = f"split:{c.out}:{splits}"
+                tensors[scratch] = TensorInfo(scratch, (int(_elements(c, tensors)) * splits,),
+                                              "f32", "aux")
+                kernels.append(GPUKernel(c, "split", splits=splits, scratch=scratch))
+                kernels.append(GPUKernel(c, "finish", splits=splits, scratch=scratch))
+            else:
+                kernels.append(GPUKernel(c, strategy, [], tile))
     return kernels
 
 
@@ -136,6 +174,16 @@ def choose_strategy(c, tensors):
         if terms >= BLOCK // 2 and per_block < per_thread:
             return "block", None
     return "thread", None
+
+
+def split_count(c, tensors):
+    """Blocks per output for a block reduction whose outputs (a fixed number) leave most
+    of the GPU idle: enough to fill it, each with at least PART terms at the nominal
+    batch; 1 (no split) when that is not 2 or more."""
+    elements = _elements(c, tensors)
+    if c.reduce != "sum" or c.argmax or not elements.is_Integer or 2 * int(elements) > SLOTS:
+        return 1
+    return max(1, min(SLOTS // int(elements), _terms(c, NOMINAL) // PART))
 
 
 def contraction_tile(c, tensors):
@@ -243,6 +291,10 @@ def format_gpu_schedule(kernels, tensors):
             t = kernel.tile
             how += (f" {t.tm}x{t.tn} (rows {', '.join(map(str, t.rows))}; columns "
                     f"{', '.join(map(str, t.cols))}), {t.rm}x{t.rn} per thread, chunks of {t.tk}")
+        if kernel.strategy == "split":
+            how += f" into {kernel.splits} parts per output"
+        if kernel.strategy == "finish":
+            how += f" (adds the {kernel.splits} parts of each output)"
         lines.append(f"launch {k}: {how}, blocks {kernel.blocks(tensors)}")
         for c in kernel.comps:
             lines.append(f"    {format_comp(c)}")

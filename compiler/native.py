@@ -75,10 +75,8 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entr
     else:
         from .codegen.llvm import LLVMEmitter
         emitter = LLVMEmitter(lowered.tensors, sizes, dtype, model.name)
-    used = _used_buffers(lowered)
-    buffer_index = {name: k for k, name in enumerate(used)}
     wanted = [entry for entry in lowered.entries if entries is None or entry in entries]
-    in_registers = {}
+    in_registers, scratch = {}, []
     if target == "cpu":
         # Every entry is scheduled, emitted or not: whether a nest shared by several
         # entries may keep its output in registers depends on all of them.
@@ -88,6 +86,9 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entr
         kernels = {entry: scheduled[entry] for entry in wanted}
     else:
         kernels = {entry: gpu_schedule(lowered.entries[entry], lowered.tensors) for entry in wanted}
+        scratch = [k.scratch for ks in kernels.values() for k in ks if k.scratch]
+    used = list(dict.fromkeys(_used_buffers(lowered) + scratch))
+    buffer_index = {name: k for k, name in enumerate(used)}
     for entry, entry_kernels in kernels.items():
         emitter.entry(entry, entry_kernels, buffer_index)
     spec = _spec(model, lowered, used, sizes, dtype, optimizer)

@@ -21,7 +21,7 @@ import re
 
 import numpy as np
 
-from .program import Program, eval_dim
+from .program import Program, ProgramError, eval_dim
 
 BLOCK = 256      # threads per block: compiler/gpu_schedule.py's BLOCK, which the kernels assume
 ALIGN = 256      # each buffer of a block starts on this boundary, like cuMemAlloc's own
@@ -47,6 +47,21 @@ def grid_size(blocks, max_blocks):
     element, a block per element or per tile): at most what the device holds at once,
     since every kernel strides over its work; 0 (no launch) for an empty output."""
     return min(blocks, max_blocks)
+
+
+INDEX_LIMIT = 2 ** 32   # the kernels number elements and terms in 32 bits
+
+
+def check_index_range(launches, sizes):
+    """Refuse sizes for which a kernel would number more positions than its 32-bit
+    index arithmetic holds (spec["launches"][entry][k]["largest_index"])."""
+    limit = INDEX_LIMIT
+    for launch in launches:
+        count = eval_dim(launch["largest_index"], sizes)
+        if count >= limit:
+            shown = ", ".join(f"{name}={value}" for name, value in sizes.items())
+            raise ProgramError(f"{shown} is too large for the GPU kernels: {launch['kernel']} "
+                               f"would number {count:,} positions (at most {limit - 1:,})")
 
 
 def layout(sizes, align=ALIGN):
@@ -222,6 +237,30 @@ class CudaDevice:
                         f"cuLaunchKernel of {name}")
 
 
+    def timed_run(self, launches):
+        """run(launches), each launch between two events, then wait for them; returns
+        each launch's GPU time in milliseconds (for profiling: the waits and events
+        slow a call down)."""
+        self.activate()
+        events = self._events(len(launches) + 1)
+        record, launch = self.driver.cuEventRecord, self.driver.cuLaunchKernel
+        self._check(record(events[0], 0), "cuEventRecord")
+        for (function, grid, addresses, _, name), event in zip(launches, events[1:]):
+            self._check(launch(function, grid, 1, 1, BLOCK, 1, 1, 0, 0, addresses.ctypes.data, 0),
+                        f"cuLaunchKernel of {name}")
+            self._check(record(event, 0), "cuEventRecord")
+        self.call("cuEventSynchronize", events[len(launches)], detail=self._after_kernels)
+        return [self.call("cuEventElapsedTime", start, end)
+                for start, end in zip(events, events[1:len(launches) + 1])]
+
+    def _events(self, count):
+        """At least `count` timing events, made once and kept for the device's lifetime."""
+        made = self.__dict__.setdefault("events", [])
+        while len(made) < count:
+            made.append(self.call("cuEventCreate", 0))       # CU_EVENT_DEFAULT: timed
+        return made
+
+
 class DeviceMemory:
     """One zero-filled cuMemAlloc block (zeroed like the CPU plan's np.zeros), freed
     when dropped: a batch size's plan that Program._workspace evicts takes it along."""
@@ -320,11 +359,31 @@ class CudaProgram(Program):
             self.device.upload(self._resident[self._hypers[0]], packed)
 
     # ---- calls --------------------------------------------------------------------------
+    def profile(self, method, *args, repeats=10):
+        """The GPU time of each kernel of a call, such as profile("train_step", batch):
+        the call made `repeats` times, each kernel timed by events around it; returns
+        [(kernel, strategy, grid, median milliseconds)] in launch order."""
+        self._timings = []
+        try:
+            for _ in range(repeats):
+                getattr(self, method)(*args)
+        finally:
+            timings, self._timings = self._timings, None
+        launches = self._last["launches"][self._last_entry]
+        spec = {launch["kernel"]: launch["strategy"] for launch in self.spec["launches"][self._last_entry]}
+        return [(name, spec[name], grid, float(np.median([t[k] for t in timings])))
+                for k, (_, grid, _, _, name) in enumerate(launches)]
+
+    _timings = None                  # while profiling: each call's kernel times
+
     def _call(self, entry, arrays, sizes):
         workspace = self._workspace(sizes)
         for name, array in arrays.items():
             self.device.upload(workspace["address"][name], array)
-        self.device.run(workspace["launches"][entry])
+        if self._timings is None:
+            self.device.run(workspace["launches"][entry])
+        else:
+            self._timings.append(self.device.timed_run(workspace["launches"][entry]))
         self._last, self._last_entry = workspace, entry
 
     def _workspace_array(self, name):
@@ -343,6 +402,8 @@ class CudaProgram(Program):
         """The static memory plan for one batch size, on the device: one zeroed block for
         every other buffer (inputs too) and the size values, and each entry's launches
         with their grids and parameter arrays, made once."""
+        for launches in self.spec["launches"].values():
+            check_index_range(launches, sizes)
         names = [b["name"] for b in self.spec["buffers"] if b["name"] not in self.persistent]
         shapes = {name: tuple(eval_dim(d, sizes) for d in self.buffers[name]["shape"])
                   for name in names}

@@ -8,6 +8,7 @@ import enum
 import functools
 import itertools
 import re
+import time
 
 import llvmlite.binding as llvm
 
@@ -166,6 +167,26 @@ class FakeDriver:
     def cuMemcpyDtoH(self, host, device, nbytes):
         return self._memory("cuMemcpyDtoH", device, nbytes,
                             lambda: ctypes.memmove(host, device, nbytes))
+
+    # events: the fake runs a kernel when it is launched, so host time is its time
+    def cuEventCreate(self, flags):
+        if self.context is None:
+            return self._reply("cuEventCreate", None, status=201)
+        return self._reply("cuEventCreate", ["event", None])
+
+    def cuEventRecord(self, event, stream):
+        if stream != 0 or event[0] != "event":
+            return self._reply("cuEventRecord", status=1)
+        event[1] = time.perf_counter()
+        return self._reply("cuEventRecord")
+
+    def cuEventSynchronize(self, event):
+        return self._reply("cuEventSynchronize", status=0 if event[1] is not None else 1)
+
+    def cuEventElapsedTime(self, start, end):
+        if start[1] is None or end[1] is None:
+            return self._reply("cuEventElapsedTime", None, status=1)
+        return self._reply("cuEventElapsedTime", 1e3 * (end[1] - start[1]))
 
     # launches
     def cuLaunchKernel(self, function, gx, gy, gz, bx, by, bz, shared, stream, params, extra):

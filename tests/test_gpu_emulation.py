@@ -74,6 +74,53 @@ def test_long_reductions_keep_float32_accuracy():
     assert_close(grads["c1.W"], expected["c1.W"])
 
 
+@pytest.mark.parametrize("splits", [2, 7, 98, 500])
+def test_split_reductions_cover_every_term_once(splits, monkeypatch):
+    """A sum split into parts, one block each, then added by the finish launch: LeNet-5's
+    bias and weight gradients of both convolutions (4 launches each) at batch 3, where
+    the parts of 98 or 500 get one term or none, and 7 leaves a short last part. A term
+    counted twice or left out changes the gradient; one step of SGD runs the tails."""
+    monkeypatch.setattr(gpu_schedule, "split_count", lambda c, tensors: (
+        splits if c.out in ("grad:c1.b", "grad:c1.W", "grad:c3.b", "grad:c3.W") else 1))
+    m = model("lenet5")
+    _, spec, kernels, _ = compile_ir(m, target="gpu-emulation")
+    assert sum(k.strategy == "split" for k in kernels["train_step"]) == 4
+    assert {b["shape"][0] for b in spec["buffers"] if b["name"].startswith("split:grad:c1.b")} \
+        == {6 * splits}
+    program = compile(m, target="gpu-emulation", optimizer="sgd", cache=False)
+    inputs = reference.random_inputs(m, batch=3, seed=3)
+    loss, grads = program.value_and_grad(inputs)
+    expected_loss, expected_grads = reference.value_and_grad(m, inputs)
+    for key in ("c1.b", "c1.W", "c3.b", "c3.W"):
+        assert_close(grads[key], expected_grads[key])
+    assert sanitizer_report(program) is None
+    before = program.get_params()
+    program.configure(lr=0.1)
+    program.train_step(inputs)
+    after = program.get_params()
+    for key in ("c1.b", "c3.W"):
+        assert_close(before[key] - after[key], 0.1 * expected_grads[key])
+
+
+def test_few_outputs_with_long_sums_are_split():
+    """The schedule splits a block reduction only where its outputs leave most of the
+    GPU idle and its sums are long: LeNet-5's convolution gradients, not its dense ones
+    (sums over the batch alone) nor c3.W (2400 outputs); each part gets at least PART
+    terms at the nominal batch, and the parts fill the GPU (SLOTS blocks) at most."""
+    m = model("lenet5")
+    _, _, kernels, _ = compile_ir(m, target="ptx")
+    split = {k.head.out: k.splits for k in kernels["train_step"] if k.strategy == "split"}
+    assert split == {"grad:c1.b": 98, "grad:c1.W": 6, "grad:c3.b": 12}
+    terms = {"grad:c1.b": 128 * 28 * 28, "grad:c1.W": 128 * 28 * 28, "grad:c3.b": 128 * 10 * 10}
+    outputs = {"grad:c1.b": 6, "grad:c1.W": 150, "grad:c3.b": 16}
+    for out, parts in split.items():
+        assert terms[out] // parts >= gpu_schedule.PART
+        assert outputs[out] * parts <= gpu_schedule.SLOTS
+    finish = [k for k in kernels["train_step"] if k.strategy == "finish"]
+    assert [k.head.out for k in finish] == ["grad:c3.b", "grad:c1.b", "grad:c1.W"]
+    assert all(k.tails for k in finish)                 # the optimizer's update runs there
+
+
 @pytest.mark.parametrize("shape", gpu_schedule.TILES)
 def test_every_tile_shape_matches_reference(shape, monkeypatch):
     """Register tiles of 4x4, 2x2 and 1x1 outputs per thread, at batch 37 (rows past the
@@ -130,13 +177,19 @@ loss cross_entropy(logits, y)
 
 @pytest.mark.parametrize("policy, guarded", [
     ("block", {"grad_logits_W": 9, "grad_logits_b": 9}),
+    ("split", {"grad_logits_W": 9, "grad_logits_b": 9}),
     ("tile", {"logits_dense": 2, "grad_logits_W": 2})])
 def test_the_emulation_sees_every_missing_barrier(policy, guarded, monkeypatch):
     """The emulation's racecheck: with every barrier, no race; with any one barrier of
     these kernels left out, a race in that kernel. (A block reduction has a barrier
-    before the tree and after each of its 8 steps; a tile, after staging a chunk and
-    after using it. At batch 37 each block here meets several elements or chunks, so
-    every barrier guards something.)"""
+    before the tree and after each of its 8 steps, as has each part of a split one; a
+    tile, after staging a chunk and after using it. At batch 37 each block here meets
+    several elements or chunks, so every barrier guards something.)"""
+    if policy == "split":
+        monkeypatch.setattr(gpu_schedule, "choose_strategy", lambda c, tensors: (
+            ("block", None) if c.reduce == "sum" else ("thread", None)))
+        monkeypatch.setattr(gpu_schedule, "split_count", lambda c, tensors: (
+            2 if gpu_schedule._elements(c, tensors).is_Integer else 1))
     if policy == "tile":
         monkeypatch.setattr(gpu_schedule, "worth_tiling", lambda rows, cols, terms: True)
         monkeypatch.setattr(gpu_schedule, "tile_shape", lambda rows, cols: (16, 16, 1, 1))

@@ -94,21 +94,30 @@ def test_one_ptx_entry_per_launch_with_its_buffers_as_parameters(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_launch_grids_cover_the_work(name):
-    """A thread per element, a block per element, or a block per tile of the output."""
+    """A thread per element, a block per element, a block per part of an element's sum
+    (and a thread per element to add them), or a block per tile of the output."""
     _, spec, kernels, _ = compile_ir(model(name), target="ptx")
     buffers = {b["name"]: b for b in spec["buffers"]}
     for entry, launches in spec["launches"].items():
         assert len(launches) == len(kernels[entry])
         for launch, kernel in zip(launches, kernels[entry]):
-            assert launch["buffers"][0] == kernel.head.out and launch["strategy"] == kernel.strategy
+            assert launch["strategy"] == kernel.strategy
+            if kernel.strategy == "split":      # its output: the parts' sums, for the finish
+                assert launch["buffers"][-1] == kernel.scratch
+                assert kernel.head.out not in launch["buffers"]
+            else:
+                assert launch["buffers"][0] == kernel.head.out
             for n in (1, 7, 300):
                 sizes = {size: n for size in spec["size_names"]}
                 elements = math.prod(eval_dim(d, sizes) for d in buffers[kernel.head.out]["shape"])
                 blocks = eval_dim(launch["blocks"], sizes)
-                if kernel.strategy == "thread":
+                if kernel.strategy in ("thread", "finish"):
                     assert blocks == math.ceil(elements / BLOCK), launch
                 elif kernel.strategy == "block":
                     assert blocks == elements, launch
+                elif kernel.strategy == "split":
+                    assert blocks == elements * kernel.splits, launch
+                    assert buffers[kernel.scratch]["shape"] == [blocks]
                 else:
                     t, extent = kernel.tile, dict(zip(kernel.head.index, buffers[kernel.head.out]["shape"]))
                     rows = math.prod(eval_dim(extent[v], sizes) for v in t.rows)
@@ -141,19 +150,21 @@ def _kernel(spec, name, head, entry="predict"):
 
 
 def test_lenet5_train_step_sums_long_reductions_by_block_and_updates_in_place():
-    """Weight and bias gradients sum over the batch (and the image): a block each; every
-    parameter's Adam update runs in its gradient's launch (72 loop nests, 33 launches)."""
+    """Weight and bias gradients sum over the batch (and the image): a block each, or
+    (the convolutions' but c3.W) several blocks each and a finishing launch; every
+    parameter's Adam update runs in its gradient's (last) launch (72 loop nests, 33
+    launches and 3 more for the split sums)."""
     _, spec, kernels, _ = compile_ir(model("lenet5"), "adam", target="ptx")
     step = kernels["train_step"]
-    heads = {k.head.out: k for k in step}
+    heads = {k.head.out: k for k in step}           # a split sum: its finishing launch
     for p in ("c1.W", "c1.b", "c3.W", "c3.b", "f5.b", "f6.b", "logits.b", "logits.W"):
         kernel = heads[f"grad:{p}"]
-        assert kernel.strategy == "block", p
+        assert kernel.strategy == ("finish" if p in ("c1.W", "c1.b", "c3.b") else "block"), p
         assert [c.out for c in kernel.tails] == [f"state:{p}.m", f"state:{p}.v", p]
     for p in ("f5.W", "f6.W"):
         assert heads[f"grad:{p}"].strategy == "tile"
         assert heads[f"grad:{p}"].tails[-1].out == p
-    assert len(step) == 33 and sum(len(k.comps) for k in step) == 72
+    assert len(step) == 36 and sum(len(k.comps) for k in step) == 72 + 3
 
 
 def test_shared_memory_and_barriers_only_where_blocks_cooperate():
@@ -163,7 +174,7 @@ def test_shared_memory_and_barriers_only_where_blocks_cooperate():
     bodies = dict(re.findall(r"\.entry\s+(\w+)\s*\((?:[^)]*)\)\s*\{(.*?)\n\}", ptx, re.DOTALL))
     for launch in itertools.chain(*spec["launches"].values()):
         body = bodies[launch["kernel"]]
-        cooperative = launch["strategy"] in ("tile", "block")
+        cooperative = launch["strategy"] in ("tile", "block", "split")
         assert ("bar.sync" in body) == cooperative and ("st.shared" in body) == cooperative, launch
 
 
@@ -385,6 +396,61 @@ def test_a_kernel_failing_after_its_launch_is_reported_by_the_next_copy_with_a_h
         program.train_step({"x": x, "y": x})
 
 
+def test_kernels_index_in_32_bits_and_sizes_past_that_are_refused(monkeypatch):
+    """The kernels split positions into indices with 32-bit divisions: no innermost
+    loop of LeNet-5 or the MLP divides 64-bit integers (a GPU does that in several
+    instructions), but for the flatten's own index expression (i // 25, ...); before,
+    19 of LeNet-5's 35 did. Each launch states the most positions it numbers, and the
+    runtime refuses a batch that would pass 2**32 (here a limit of 50,000: LeNet-5's
+    conv1 numbers 4704 positions per example, f5.W's gradient 48,000) with one line,
+    before allocating anything."""
+    for name in ("lenet5", "mlp"):
+        bodies = dict(re.findall(r"\.entry\s+(\w+)\s*\((?:[^)]*)\)\s*\{(.*?)\n\}",
+                                 ptx_for(name)[1], re.DOTALL))
+        loops, dividing = 0, []
+        for kernel, body in bodies.items():
+            for label, block in re.findall(r"^(\$L__BB\d+_\d+):\n(.*?)(?=^\$L__|\Z)", body, re.M | re.S):
+                if re.search(rf"bra(\.uni)?\s+{re.escape(label)};", block):     # it loops to itself
+                    loops += 1
+                    if re.search(r"(mul\.hi|div|rem)\.[us]64", block):
+                        dividing.append(kernel)
+        assert loops >= 10 and all("flatten" in kernel for kernel in dividing), (name, dividing)
+    spec, ptx = ptx_for("lenet5")
+    largest = {launch["kernel"]: launch["largest_index"] for launch in spec["launches"]["train_step"]}
+    assert largest["k0_c1_conv2d"] == "4704*N"
+    assert eval_dim(next(v for k, v in largest.items() if "grad_c3_W" in k), {"N": 7}) == 2400
+    assert eval_dim(next(v for k, v in largest.items() if "grad_c3_W" in k), {"N": 30}) == 3000
+    program, driver = fake_program("lenet5", "sgd")
+    monkeypatch.setattr(cuda, "INDEX_LIMIT", 50_000)
+    allocated = len(driver.allocations)
+    with pytest.raises(ProgramError, match=r"^N=11 is too large for the GPU kernels: k0_c1_conv2d "
+                                           r"would number 51,744 positions \(at most 49,999\)$"):
+        program.train_step(reference.random_inputs(model("lenet5"), batch=11))
+    assert len(driver.allocations) == allocated
+    program.train_step(reference.random_inputs(model("lenet5"), batch=10))
+
+
+def test_profile_times_each_kernel_of_a_call_and_the_call_still_runs():
+    """CudaProgram.profile makes the call `repeats` times, each kernel between two events
+    (the fake records host time, as its kernels run at launch), and gives each kernel's
+    median time in launch order; the calls themselves train as usual."""
+    program, driver = fake_program("lenet5", "sgd")
+    inputs = reference.random_inputs(model("lenet5"), batch=5, seed=2)
+    program.configure(lr=0.1)
+    before = program.get_params()["c1.b"]
+    driver.grids.clear()
+    profile = program.profile("train_step", inputs, repeats=2)
+    launches = program.spec["launches"]["train_step"]
+    assert [p[0] for p in profile] == [launch["kernel"] for launch in launches]
+    assert [p[1] for p in profile] == [launch["strategy"] for launch in launches]
+    assert [(p[0], p[2]) for p in profile] * 2 == driver.grids
+    assert all(ms > 0 for *_, ms in profile)
+    assert program.steps == 2 and not np.allclose(program.get_params()["c1.b"], before)
+    assert program._timings is None                     # later calls are not timed
+    program.train_step(inputs)
+    assert program.steps == 3
+
+
 def test_calls_pass_the_argument_checks_of_the_installed_cuda_bindings():
     """Where cuda-bindings is installed but the driver library is not, every call goes
     first to the real binding: it converts its arguments (raising TypeError on a wrong
@@ -426,11 +492,12 @@ def test_calls_pass_the_argument_checks_of_the_installed_cuda_bindings():
     program.train_step(inputs)
     program.forward(inputs)
     program.get_params()
+    program.profile("train_step", inputs, repeats=1)
 
 
 def _as_real(argument):
-    """The fake's handles (tuples, dicts) stand for driver objects: pass 0 in their place."""
-    return 0 if isinstance(argument, (tuple, dict)) else argument
+    """The fake's handles (tuples, lists, dicts) stand for driver objects: pass 0 in their place."""
+    return 0 if isinstance(argument, (tuple, list, dict)) else argument
 
 
 def test_the_gpu_tests_run_over_the_dry_run_driver():

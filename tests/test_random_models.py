@@ -115,18 +115,22 @@ GPU_RELATIVE = 1e-4          # float32, against the float64 reference
 GPU_SEEDS = range(0, COUNT, 3)
 
 
-@pytest.fixture(params=["default", "tile", "block"])
+@pytest.fixture(params=["default", "tile", "block", "split"])
 def gpu_policy(request, monkeypatch):
     """The GPU schedule as chosen, or with every contraction tiled (16x16), or with every
-    sum reduced by a block: each strategy meets every kind of loop nest."""
+    sum reduced by a block (split into 3 parts where the outputs are a fixed number):
+    each strategy meets every kind of loop nest."""
     from compiler import gpu_schedule
     if request.param == "tile":
         monkeypatch.setattr(gpu_schedule, "worth_tiling", lambda rows, cols, terms: True)
         monkeypatch.setattr(gpu_schedule, "tile_shape", lambda rows, cols: (16, 16, 1, 1))
-    elif request.param == "block":
+    elif request.param in ("block", "split"):
         choose = gpu_schedule.choose_strategy
         monkeypatch.setattr(gpu_schedule, "choose_strategy", lambda c, tensors: (
             ("block", None) if c.reduce == "sum" else choose(c, tensors)))
+        split = 3 if request.param == "split" else 1
+        monkeypatch.setattr(gpu_schedule, "split_count", lambda c, tensors: (
+            split if gpu_schedule._elements(c, tensors).is_Integer else 1))
     return request.param
 
 

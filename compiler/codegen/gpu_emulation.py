@@ -143,6 +143,10 @@ class EmulatedKernelEmitter(GPUKernelEmitter):
         with self.writing():
             super().store_argmax(c, env, position)
 
+    def store_part(self, value, position):
+        with self.writing():
+            super().store_part(value, position)
+
     def global_stamps_of(self, tensor):
         """The stamps of a written tensor (null where the caller passed no table)."""
         if tensor not in self.global_stamps:

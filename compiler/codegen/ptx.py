@@ -31,6 +31,7 @@ I32 = ir.IntType(32)
 ARCHES = ("sm_80", "sm_90")
 PTX_VERSION = "+ptx80"
 SHARED = 3                        # NVPTX's address space of shared memory
+PART_INDEX = sympy.Symbol("part")  # the position in a split's scratch buffer
 
 
 class PTXEmitter(LLVMEmitter):
@@ -61,7 +62,7 @@ class PTXEmitter(LLVMEmitter):
         key = (tuple(id(c) for c in kernel.comps), kernel.strategy)
         if key in self.emitted:
             return self.emitted[key]
-        buffers = list(dict.fromkeys(t for c in kernel.comps for t in c.buffers))
+        buffers = kernel.buffers
         args = [PTR] * (1 + len(buffers)) + self.extra_args
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), args),
                          f"k{self.kernel_count}_{_identifier(kernel.head.out)}")
@@ -71,7 +72,8 @@ class PTXEmitter(LLVMEmitter):
             arg.add_attribute("noalias")
         self.kernel_emitter(self, fn, dict(zip(buffers, fn.args[1:])), kernel).emit()
         self.emitted[key] = {"kernel": fn.name, "buffers": buffers, "strategy": kernel.strategy,
-                             "blocks": kernel.blocks(self.tensors)}
+                             "blocks": kernel.blocks(self.tensors),
+                             "largest_index": kernel.largest_index(self.tensors)}
         return self.emitted[key]
 
     def mark_kernel(self, fn):
@@ -161,19 +163,23 @@ class GPUKernelEmitter(KernelEmitter):
     # ---- kernel -----------------------------------------------------------------------------
     def emit(self):
         {"thread": self.thread_strategy, "block": self.block_strategy,
-         "tile": self.tile_strategy}[self.kernel.strategy]()
+         "tile": self.tile_strategy, "split": self.split_strategy,
+         "finish": self.finish_strategy}[self.kernel.strategy]()
         self.b.ret_void()
 
     def element(self, linear, variables):
         """Index values of a row-major linear position over `variables` (the first one
-        is not reduced: the position is in range)."""
-        env, rest = {}, linear
+        is not reduced: the position is in range). In 32 bits: a GPU divides 64-bit
+        integers in several instructions, and the runtime allows no kernel positions
+        past 2**32 (spec["launches"]: "largest_index")."""
+        b = self.b
+        env, rest = {}, b.trunc(linear, I32)
         for k, v in reversed(list(enumerate(variables))):
             if k == 0:
-                env[v] = rest
+                env[v] = b.zext(rest, I64)
             else:
-                extent = self.dim(self.ranges[v])
-                env[v], rest = self.b.urem(rest, extent), self.b.udiv(rest, extent)
+                extent = b.trunc(self.dim(self.ranges[v]), I32)
+                env[v], rest = b.zext(b.urem(rest, extent), I64), b.udiv(rest, extent)
         return env
 
     def extent(self, variables):
@@ -213,27 +219,86 @@ class GPUKernelEmitter(KernelEmitter):
         with self.loop(self.extent(c.index), "element", start=self.special("ctaid"),
                        step=self.special("nctaid")) as linear:
             env = self.element(linear, c.index)
-            with self.threads() as tid:
-                acc = self.alloca(self.m.float)
-                b.store(ir.Constant(self.m.float, 0.0), acc)
-                with self.loop(self.extent(c.rindex), "term", start=tid, step=ir.Constant(I64, BLOCK)) as r:
-                    term = self.term(c, {**env, **self.element(r, c.rindex)}, guards)
-                    b.store(b.fadd(b.load(acc, typ=self.m.float), term, flags=FAST), acc)
-                self.store_shared(b.load(acc, typ=self.m.float), partial, tid)
-            self.sync()
-            half = BLOCK // 2
-            while half:
-                with self.threads() as tid:
-                    with b.if_then(b.icmp_unsigned("<", tid, ir.Constant(I64, half))):
-                        other = self.load_shared(partial, b.add(tid, ir.Constant(I64, half)))
-                        mine = self.load_shared(partial, tid)
-                        self.store_shared(b.fadd(mine, other, flags=FAST), partial, tid)
-                self.sync()
-                half //= 2
+            total = self.block_sum(c, env, guards, partial, ir.Constant(I64, 0), self.extent(c.rindex))
             with self.threads() as tid:
                 with b.if_then(b.icmp_unsigned("==", tid, ir.Constant(I64, 0))):
-                    self.store(c, env, self.load_shared(partial, ir.Constant(I64, 0)))
+                    self.store(c, env, total())
                     self.tails(env)
+
+    def split_strategy(self):
+        """Each block strides over (element, part) pairs: a block sum of the part's share
+        of the element's terms, which thread 0 stores in the scratch buffer at the pair."""
+        c, b, splits = self.kernel.head, self.b, ir.Constant(I64, self.kernel.splits)
+        guards = self.enter(c)
+        partial = self.shared(BLOCK)
+        terms = self.extent(c.rindex)
+        share = b.udiv(b.add(terms, ir.Constant(I64, self.kernel.splits - 1)), splits)
+        with self.loop(b.mul(self.extent(c.index), splits), "pair", start=self.special("ctaid"),
+                       step=self.special("nctaid")) as pair:
+            # pair < outputs x splits <= the GPU's resident blocks: 32 bits suffice
+            element, part = (b.zext(f(b.trunc(pair, I32), b.trunc(splits, I32)), I64)
+                             for f in (b.udiv, b.urem))
+            env = self.element(element, c.index)
+            first = b.mul(part, share)
+            end = b.add(first, share)
+            stop = b.select(b.icmp_unsigned("<", end, terms), end, terms)
+            total = self.block_sum(c, env, guards, partial, first, stop)
+            with self.threads() as tid:
+                with b.if_then(b.icmp_unsigned("==", tid, ir.Constant(I64, 0))):
+                    self.store_part(total(), pair)
+
+    def finish_strategy(self):
+        """Each thread strides over the head's elements, adding each one's parts (stored by
+        the split launch before) in order, then stores it and runs the tails there."""
+        c, b, splits = self.kernel.head, self.b, self.kernel.splits
+        self.enter(c)
+        with self.threads() as tid:
+            first = b.add(b.mul(self.special("ctaid"), ir.Constant(I64, BLOCK)), tid)
+            stride = b.mul(self.special("nctaid"), ir.Constant(I64, BLOCK))
+            with self.loop(self.extent(c.index), "element", start=first, step=stride) as linear:
+                env = self.element(linear, c.index)
+                acc = self.alloca(self.m.float)
+                b.store(ir.Constant(self.m.float, 0.0), acc)
+                base = b.mul(linear, ir.Constant(I64, splits))
+                with self.loop(ir.Constant(I64, splits), "part") as part:
+                    value = self.load_part(b.add(base, part))
+                    b.store(b.fadd(b.load(acc, typ=self.m.float), value, flags=FAST), acc)
+                self.store(c, env, b.load(acc, typ=self.m.float))
+                self.tails(env)
+
+    def block_sum(self, c, env, guards, partial, first, stop):
+        """The block's sum of c's terms first .. stop - 1 at the element `env`: each thread
+        adds every BLOCK-th, then a tree in shared memory adds the threads' sums. Returns
+        a function giving the total, to be called in a later phase."""
+        b = self.b
+        with self.threads() as tid:
+            acc = self.alloca(self.m.float)
+            b.store(ir.Constant(self.m.float, 0.0), acc)
+            with self.loop(stop, "term", start=b.add(first, tid), step=ir.Constant(I64, BLOCK)) as r:
+                term = self.term(c, {**env, **self.element(r, c.rindex)}, guards)
+                b.store(b.fadd(b.load(acc, typ=self.m.float), term, flags=FAST), acc)
+            self.store_shared(b.load(acc, typ=self.m.float), partial, tid)
+        self.sync()
+        half = BLOCK // 2
+        while half:
+            with self.threads() as tid:
+                with b.if_then(b.icmp_unsigned("<", tid, ir.Constant(I64, half))):
+                    other = self.load_shared(partial, b.add(tid, ir.Constant(I64, half)))
+                    mine = self.load_shared(partial, tid)
+                    self.store_shared(b.fadd(mine, other, flags=FAST), partial, tid)
+            self.sync()
+            half //= 2
+        return lambda: self.load_shared(partial, ir.Constant(I64, 0))
+
+    def store_part(self, value, position):
+        """Store one part's sum in the scratch buffer (a split launch)."""
+        self.b.store(value, self.scratch_at(position))
+
+    def load_part(self, position):
+        return self.b.load(self.scratch_at(position), typ=self.m.float)
+
+    def scratch_at(self, position):
+        return self.address(self.kernel.scratch, (PART_INDEX,), {PART_INDEX: position})[0]
 
     def tile_strategy(self):
         """Each block strides over TM x TN tiles of the output; per chunk of TK reduction
