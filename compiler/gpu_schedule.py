@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from .index_ir import N, TensorInfo
+from .index_ir import TensorInfo
 from .schedule import contiguous_reads, loop_ranges
 
 BLOCK = 256                 # threads per block, for every launch
@@ -260,7 +260,12 @@ def _variables(factor, c):
 
 def _extent(variables, ranges, batch=None):
     out = sympy.Mul(*[sympy.sympify(ranges[v]) for v in variables])
-    return int(out.subs(N, batch)) if batch is not None else out
+    return _nominal(out, batch) if batch is not None else out
+
+
+def _nominal(expr, batch):
+    """An extent's value with every size (N, and any other the model declares) at `batch`."""
+    return int(expr.subs({s: batch for s in expr.free_symbols}))
 
 
 def _elements(c, tensors, batch=None):
@@ -268,7 +273,7 @@ def _elements(c, tensors, batch=None):
 
 
 def _terms(c, batch):
-    return int(sympy.Mul(*[sympy.sympify(e) for e in c.rextent]).subs(N, batch))
+    return _nominal(sympy.Mul(*[sympy.sympify(e) for e in c.rextent]), batch)
 
 
 def _ceil(expr, divisor):

@@ -137,9 +137,11 @@ def _spec(model, lowered, used, sizes, dtype, optimizer):
         read = {t for c in comps for t in c.reads}
         entry_inputs[entry] = [i for i in model.inputs if i in read]
     defaults = dict(OPTIMIZERS[optimizer])
-    for key in defaults:
-        if key in model.train:
-            defaults[key] = float(model.train[key])
+    # The file's hyperparameters were tuned for its own optimizer (symnet train does the same).
+    if optimizer == model.train.get("optimizer", "sgd"):
+        for key in defaults:
+            if key in model.train:
+                defaults[key] = float(model.train[key])
     return {
         "name": model.name, "dtype": dtype, "size_names": sizes, "buffers": buffers,
         "entries": list(lowered.entries), "entry_inputs": entry_inputs,

@@ -280,3 +280,19 @@ def test_gpucheck_compares_adam_steps_not_rounding_noise():
     assert sorted(c.name for c in comparisons if c.name.startswith("step of")) == \
         [f"step of {p}" for p in sorted(model("lenet5").params)]
     assert all(c.passes() for c in comparisons), [(c.name, c.errors) for c in comparisons]
+
+
+def test_a_second_symbolic_size_schedules_for_the_gpu():
+    """The GPU schedule weighs strategies at a nominal size: for every size the model
+    declares (here D too), not only N (a second size once stopped the PTX target)."""
+    m = parse("model two\ninput x[N, D]\nparam s = 0.7\n"
+              "output t = sum(x * s, axis=1)\nloss mean(x * s)\n")
+    _, spec, _, _ = compile_ir(m, target="ptx")
+    assert spec["size_names"] == ["N", "D"]
+    program = compile(m, target="gpu-emulation", cache=False)
+    x = np.random.default_rng(1).standard_normal((6, 300)).astype(np.float32)
+    np.testing.assert_allclose(program.forward({"x": x})["t"], 0.7 * x.sum(axis=1), rtol=1e-5)
+    loss, grads = program.value_and_grad({"x": x})
+    assert loss == pytest.approx(0.7 * x.mean(), rel=1e-5)
+    assert grads["s"] == pytest.approx(x.mean(), rel=1e-4)
+    assert sanitizer_report(program) is None

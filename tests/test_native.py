@@ -198,3 +198,30 @@ def test_what_a_program_reads_back_its_entry_wrote(path, monkeypatch):
     assert read
     for entry, name in read:
         assert name in program.spec["written"][entry] or name in program.persistent, (entry, name)
+
+
+def test_a_sum_over_a_compound_extent_compiles():
+    """A loss summing a reshape(..., [-1, 4]) runs over 3*N rows, a size computed at the
+    kernel's entry (the IR once put it after the entry's branch: invalid IR); one over
+    x @ transpose(x * w) runs over N**2 elements (once: no code for a power). Both
+    against gradients written out by hand."""
+    reshaped = parse("model r\ninput x[N, 3, 4]\nparam w[3, 4] ~ ones\n"
+                     "o = reshape(x * w, [-1, 4])\nloss mean(o)\n")
+    gram = parse("model g\ninput x[N, 3]\nparam w[3] = 1\nloss mean(x @ transpose(x * w))\n")
+    x = np.random.default_rng(0).standard_normal((5, 3, 4))
+    loss, grads = compile(reshaped, dtype="f64", cache=False).value_and_grad({"x": x})
+    assert loss == pytest.approx(np.mean(x))
+    np.testing.assert_allclose(grads["w"], x.sum(axis=0) / x.size, rtol=1e-12)
+    x = x[:, :, 0]
+    loss, grads = compile(gram, dtype="f64", cache=False).value_and_grad({"x": x})
+    assert loss == pytest.approx(np.mean(x @ x.T))
+    np.testing.assert_allclose(grads["w"], x.sum(axis=0) ** 2 / 25, rtol=1e-12)
+
+
+def test_the_files_hyperparameters_go_with_its_optimizer():
+    """A file's `train sgd(lr=0.3)` was tuned for sgd: compiled for adam, adam's own
+    defaults apply (as `symnet train --optimizer adam` does)."""
+    m = parse("model t\ninput x[N]\nparam a = 1\nloss mean(a * x)\ntrain sgd(lr=0.3)\n")
+    assert compile(m, cache=False).spec["optimizer_defaults"] == {"lr": 0.3}
+    adam = compile(m, optimizer="adam", cache=False).spec["optimizer_defaults"]
+    assert adam["lr"] == 0.001 and adam["beta1"] == 0.9

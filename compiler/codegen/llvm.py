@@ -327,6 +327,11 @@ class KernelEmitter:
             for a in e.args[1:]:
                 out = b.mul(out, self.int_expr(a, env))
             return out
+        if e.is_Pow and e.exp.is_Integer and e.exp > 0:     # N**2: the size of x @ x.T
+            base = out = self.int_expr(e.base, env)
+            for _ in range(int(e.exp) - 1):
+                out = b.mul(out, base)
+            return out
         if isinstance(e, (fdiv, sympy.Mod)) and self.nonnegative(e.args[0]) and e.args[1].is_Integer \
                 and e.args[1] > 0:   # the common case: plain unsigned division (a shift for 2)
             num, den = self.int_expr(e.args[0], env), self.int_expr(e.args[1], env)
@@ -368,6 +373,10 @@ class KernelEmitter:
         if key.is_Integer:
             return ir.Constant(I64, int(key))
         if key not in self.dims:
+            # The sizes first: goto_entry_block does not nest (llvmlite returns to the
+            # end of the block it left, past the entry block's branch).
+            for size in sorted(map(str, key.free_symbols)):
+                self.size(size)
             with self.b.goto_entry_block():
                 self.dims[key] = self.int_expr(key, {})
         return self.dims[key]
