@@ -297,14 +297,17 @@ def readme(layout):
             else "a model without class outputs")
     outputs = "\n".join(f"  outputs[{k}]: '{o}', {size} floats per example"
                         for k, (o, size) in enumerate(layout.outputs))
+    files = [(f"lib{name}.so", "shared library (weights included)"),
+             (f"{name}.o", "the same code as one relocatable object, for static linking"),
+             (f"{name}.h", "the C interface"),
+             ("example.c", "reads raw float32 examples from a file and prints predictions")]
+    width = max(len(file) for file, _ in files) + 3      # one column, whatever the name
+    listing = "\n".join(f"  {file.ljust(width)}{what}" for file, what in files)
     return f"""\
 {layout.spec['name']}, exported by symnet: {kind}.
 
 Files
-  lib{name}.so   shared library (weights included)
-  {name}.o       the same code as one relocatable object, for static linking
-  {name}.h       the C interface
-  example.c      reads raw float32 examples from a file and prints predictions
+{listing}
 
 Build and run the example
   make                 # or: cc -O2 -o example example.c -L. -l{name} -Wl,-rpath,'$ORIGIN'
