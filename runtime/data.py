@@ -3,7 +3,8 @@
 What lives here:
 
 * ``load_dataset`` - Fashion-MNIST (or MNIST, or your own data) as a
-  ``Dataset`` of float32 images in [0, 1] and int32 labels.  Sources: IDX
+  ``Dataset`` of float32 images in [0, 1] and labels (int32 class indices,
+  or float targets where they are not whole non-negative numbers).  Sources: IDX
   files (the original MNIST format, gzip or raw), CSV, NPZ, and a small real
   Fashion-MNIST subset shipped in ``runtime/datasets/``.
 * ``read_idx`` / ``write_idx`` - the IDX file format.
@@ -82,7 +83,8 @@ class Dataset:
 
     Image data is float32 in [0, 1], shaped [n, 1, H, W] (NCHW, one channel);
     other data keeps its own shape [n, features...].  Labels are int32 class
-    indices; ``classes`` names them when known.
+    indices when every one is a whole non-negative number, else float targets (a
+    regression); ``classes`` names the classes when known.
     """
 
     name: str
@@ -93,10 +95,13 @@ class Dataset:
     classes: list[str] | None = None
 
     @property
-    def num_classes(self) -> int:
-        """len(classes) when named, else 1 + the largest label seen."""
+    def num_classes(self) -> int | None:
+        """len(classes) when named, else 1 + the largest label seen; None for float
+        targets, which are not classes."""
         if self.classes:
             return len(self.classes)
+        if self.y_train.dtype.kind == "f" or self.y_test.dtype.kind == "f":
+            return None
         top = max(self.y_train.max(initial=-1), self.y_test.max(initial=-1))
         return int(top) + 1
 
@@ -428,7 +433,7 @@ def _from_env(label: str, classes: list[str]) -> Dataset:
     """Load whatever $SYMNET_DATA points at, naming it ``label``."""
     spec = os.environ[ENV_VAR]
     ds = _load_path(spec)
-    if ds.classes is None and ds.num_classes <= len(classes):
+    if ds.classes is None and ds.num_classes is not None and ds.num_classes <= len(classes):
         ds.classes = classes
     ds.name = f"{label} (${ENV_VAR}={spec})"
     return ds

@@ -103,7 +103,7 @@ def _shape_data(program, x, y):
         raise TrainingError(f"{len(x)} examples but {len(y)} labels")
     k = num_classes(spec)
     if k is not None and len(y) and (y.min() < 0 or y.max() >= k):
-        raise TrainingError(f"labels range over {y.min()}..{y.max()}, but the model's output "
+        raise TrainingError(f"labels range over {y.min():g}..{y.max():g}, but the model's output "
                             f"'{spec['outputs'][0]}' has {k} classes (0..{k - 1})")
     if _buffer(spec, labels)["dtype"] != "i32":
         y = _finite(fit_to_shape(y, sample_shape(spec, labels)), "labels")

@@ -246,6 +246,23 @@ def test_npz_xy_keys(tmp_path):
     assert ds.classes == ["a", "b", "c", "d"]
 
 
+def test_float_targets_are_not_classes(tmp_path, monkeypatch):
+    """Labels that are not whole non-negative numbers stay float targets (a regression):
+    they have no number of classes, and $SYMNET_DATA does not name them as if they were
+    Fashion-MNIST's classes; whole ones are class indices."""
+    x = np.random.default_rng(3).random((12, 1)).astype(np.float32)
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x, y=2.5 * x[:, 0])
+    ds = load_dataset(str(path))
+    assert ds.y_train.dtype.kind == "f" and ds.num_classes is None
+    assert "classes=None" in repr(ds)
+    monkeypatch.setenv("SYMNET_DATA", str(path))
+    assert load_dataset("fashion-mnist").classes is None
+    np.savez(path, x=x, y=np.arange(12) % 3)
+    ds = load_dataset(str(path))
+    assert ds.y_train.dtype == np.int32 and ds.num_classes == 3
+
+
 def test_npz_missing_keys_and_mismatch(tmp_path):
     path = tmp_path / "d.npz"
     np.savez(path, images=np.zeros((2, 2)))
