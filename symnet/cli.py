@@ -218,7 +218,7 @@ def format_array(array, indent=0):
 def gradcheck_arguments(parser):
     """symnet gradcheck FILE [--seed S] [--batch B] [--samples K]"""
     parser.add_argument("file", help="the .nn model file")
-    parser.add_argument("--seed", type=int, default=0, help="random inputs and sample (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random inputs and sample (default 0)")
     parser.add_argument("--batch", type=positive_int, default=3, help="batch size N (default 3)")
     parser.add_argument("--samples", type=positive_int, default=24,
                         help="entries checked per parameter (default 24)")
@@ -252,9 +252,21 @@ def passes(check):
 
 def positive_int(text):
     """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return whole_number(text, 1)
+
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0 (NumPy refuses negative seeds)."""
+    return whole_number(text, 0)
+
+
+def whole_number(text, least):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
 
 

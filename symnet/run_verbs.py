@@ -35,7 +35,8 @@ from runtime.progress import format_epoch
 from runtime.train import (TrainingError, evaluate, input_roles, num_classes, predict,
                            sample_shape, settings_from_train, train)
 
-from .cli import format_array, format_table, model_with_loss, positive_int
+from .cli import (format_array, format_table, model_with_loss, non_negative_int,
+                  positive_int)
 from .verb import Verb
 
 RUNTIME_ERRORS = (DataError, TrainingError, CheckpointError, ProgramError)
@@ -140,7 +141,7 @@ def train_arguments(parser):
     parser.add_argument("--lr", type=positive_float, help="learning rate")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
                         help="default: the file's train statement, else sgd")
-    parser.add_argument("--seed", type=int, help="initial weights and data order (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, help="initial weights and data order (default 0)")
     parser.add_argument("-o", "--output", metavar="CHECKPOINT",
                         help="save the weights here after every epoch (an .npz archive)")
     parser.add_argument("-q", "--quiet", action="store_true",
@@ -442,7 +443,7 @@ def gpucheck_arguments(parser):
     parser.add_argument("file", help="the .nn model file")
     parser.add_argument("--batch", type=positive_int, nargs="+", default=list(gpucheck.BATCHES),
                         metavar="B", help="batch sizes to run (default: 5 300)")
-    parser.add_argument("--seed", type=int, default=0, help="random inputs (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random inputs (default 0)")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
                         help="the update in train_step (default: the file's, else sgd)")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import compiler
 from compiler import reference
 from symnet import cli
 
@@ -184,6 +185,14 @@ def test_missing_file_is_a_user_error(capsys):
      "symnet train: error: argument --epochs: must be at least 1, got 0 (see 'symnet train --help')"),
     (["compile", "examples/mlp.nn", "--arch", "sm_75"],
      "symnet compile: error: argument --arch: invalid choice: 'sm_75' (choose from 'sm_80', 'sm_90')"),
+    (["train", "examples/mlp.nn", "--seed", "-1"],
+     "symnet train: error: argument --seed: must be at least 0, got -1"),
+    (["gradcheck", "examples/linreg.nn", "--seed", "-1"],
+     "symnet gradcheck: error: argument --seed: must be at least 0, got -1"),
+    (["gpucheck", "examples/linreg.nn", "--seed", "-1"],
+     "symnet gpucheck: error: argument --seed: must be at least 0, got -1"),
+    (["train", "examples/mlp.nn", "--batch", "ten"],
+     "symnet train: error: argument --batch: expected a whole number, got 'ten'"),
 ])
 def test_a_wrong_command_line_is_one_line_with_status_1(capsys, argv, message):
     with pytest.raises(SystemExit) as exit:
@@ -191,6 +200,12 @@ def test_a_wrong_command_line_is_one_line_with_status_1(capsys, argv, message):
     assert exit.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_load_refuses_a_negative_seed_naming_it():
+    """NumPy's own error ('expected non-negative integer') would not say which value."""
+    with pytest.raises(ValueError, match="seed must be a whole number of at least 0, got -1"):
+        compiler.load("examples/mlp.nn", seed=-1)
 
 
 def test_version_names_the_release_and_the_code_generator(capsys):
