@@ -384,7 +384,7 @@ def compile_arguments(parser):
                              "(default: llvm, or ptx with --target ptx)")
     parser.add_argument("--target", choices=["cpu", "ptx"],
                         help="the host CPU or an NVIDIA GPU (default cpu; --emit ptx implies ptx)")
-    parser.add_argument("--arch", choices=["sm_80", "sm_90"], default="sm_80",
+    parser.add_argument("--arch", choices=["sm_80", "sm_90"],
                         help="GPU architecture for --target ptx (default sm_80)")
     parser.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
@@ -400,6 +400,10 @@ def compile_command(args):
     """Print (or write with -o) the code the compiler generates for the model."""
     target = args.target or ("ptx" if args.emit == "ptx" else "cpu")
     emit = args.emit or ("ptx" if target == "ptx" else "llvm")
+    if emit == "ptx" and target != "ptx":
+        raise SymnetError("--emit ptx needs --target ptx (or no --target)")
+    if args.arch and target != "ptx":
+        raise SymnetError(f"--arch {args.arch} is a GPU architecture; it needs --target ptx")
     if target == "ptx" and emit in ("asm", "obj"):
         raise SymnetError(f"--emit {emit} is host code; with --target ptx use --emit ptx, "
                           "llvm or schedule")

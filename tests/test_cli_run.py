@@ -234,6 +234,9 @@ def test_compile_writes_an_elf_object(tmp_path):
     (["--target", "ptx", "--emit", "asm"], "error: --emit asm is host code; with --target ptx use"),
     (["--emit", "ptx", "--dtype", "f64"], "error: --target ptx computes in float32; drop --dtype f64"),
     (["--target", "ptx", "--emit", "llvm", "-O", "3"], "error: -O with --emit llvm optimizes for the host"),
+    (["--target", "cpu", "--emit", "ptx"], "error: --emit ptx needs --target ptx"),
+    (["--arch", "sm_90"], "error: --arch sm_90 is a GPU architecture; it needs --target ptx"),
+    (["--target", "cpu", "--arch", "sm_80"], "error: --arch sm_80 is a GPU architecture"),
 ])
 def test_compile_refuses_options_that_do_not_go_together(options, message):
     assert one_error_line(symnet("compile", "examples/mlp.nn", *options)).startswith(message)
