@@ -237,7 +237,11 @@ def show_boundary(model, params, data_path, out, quiet):
     if not model.outputs:
         raise SymnetError(f"model {model.name} has no output to classify with")
     data = load_dataset(data_path)
-    points = np.concatenate([data.x_train, data.x_test]).reshape(-1, 2)
+    points = np.concatenate([data.x_train, data.x_test])
+    if points[0].size != 2:            # a reshape would pair up unrelated values
+        raise SymnetError(f"--boundary needs points of 2 features (x1, x2); {data_path} has "
+                          f"{points[0].size} per example (shape {list(points.shape)})")
+    points = points.reshape(-1, 2)
     labels = np.concatenate([data.y_train, data.y_test])
     make_parent_folder(out)
     bar = Stages(1, "show", quiet)

@@ -433,6 +433,17 @@ def test_show_boundary_of_a_trained_perceptron(tmp_path, capsys):
     assert (bottom_left == light[0]).all() and (top_right == light[1]).all()
 
 
+def test_show_boundary_refuses_data_without_2_features(tmp_path, capsys):
+    """One feature per row (the tutorial's study.csv) is not 2-D points two rows at a time."""
+    out = tmp_path / "b.png"
+    assert cli.main(["show", "examples/perceptron.nn", "--boundary", str(out),
+                     "--data", "docs/tutorial/study.csv", "-q"]) == 1
+    assert capsys.readouterr().err == (
+        "error: --boundary needs points of 2 features (x1, x2); docs/tutorial/study.csv has "
+        "1 per example (shape [48, 1])\n")
+    assert not out.exists()
+
+
 def test_stage_progress_names_the_stage_and_is_silent_when_quiet():
     stream = io.StringIO()                  # not a terminal: plain lines, no redrawing
     bar = present_verbs.Stages(2, "export", quiet=False, stream=stream, interval=0)
