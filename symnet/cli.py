@@ -124,6 +124,9 @@ def grad_command(args):
     """Print the gradient of the loss w.r.t. each parameter, the deltas, and values."""
     model = model_with_loss(args.file)
     simplify = not args.no_simplify
+    # Check the --at values before printing anything, so a mistake is the only output.
+    values = parse_assignments(args.at) if args.at else None
+    point = evaluation_point(model, values) if args.at else None
     if args.chain:
         print(chain.render_chains(model, wrt=args.wrt, fmt=args.format, simplify=simplify))
         return 0
@@ -140,7 +143,7 @@ def grad_command(args):
         for formula in derivation.deltas:
             print_formula(formula, args.format)
     if args.at:
-        print_values(model, parse_assignments(args.at), list(derivation.gradients), simplify)
+        print_values(model, values, point, list(derivation.gradients), simplify)
     return 0
 
 
@@ -175,9 +178,14 @@ def evaluation_point(model, values):
     missing = [name for name in model.inputs if name not in values]
     if missing:
         raise SymnetError(f"--at needs a value for every input; missing: {', '.join(missing)}")
-    for name, info in model.inputs.items():
-        if info.dtype == "i32" and not values[name].is_integer():
+    for name in (n for n, info in model.inputs.items() if info.dtype == "i32"):
+        if not values[name].is_integer():
             raise SymnetError(f"--at: input '{name}' holds class indices (i32), "
+                              f"got {format_number(values[name])}")
+        # As in training: an out-of-range class silently drops the loss's target term.
+        k = reference.classes_of(model, name)
+        if not 0 <= values[name] < k:
+            raise SymnetError(f"--at: input '{name}' is a class of 0..{k - 1}, "
                               f"got {format_number(values[name])}")
     sizes = {s: 1 for s in model.size_symbols}
     inputs = {name: np.full(shape_value(info.shape, sizes), values[name],
@@ -188,9 +196,9 @@ def evaluation_point(model, values):
     return inputs, params
 
 
-def print_values(model, values, wrt, simplify):
+def print_values(model, values, point, wrt, simplify):
     """The loss and the gradients at the --at point, from the float64 reference."""
-    inputs, params = evaluation_point(model, values)
+    inputs, params = point
     loss, grads = reference.value_and_grad(model, inputs, params, simplify=simplify)
     where = ", ".join(f"{name}={format_number(v)}" for name, v in values.items())
     print(f"at {where} (inputs as a batch of one):")

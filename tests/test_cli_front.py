@@ -111,6 +111,23 @@ def test_grad_at_mistakes(capsys, at, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("label", ["12", "10", "-1"])
+def test_grad_at_class_labels_must_be_classes_of_the_model(capsys, label):
+    """softmax_regression has 10 classes; another label would drop the loss's target term."""
+    status = cli.main(["grad", "examples/softmax_regression.nn", "--at", f"x=1,y={label}",
+                       "--wrt", "b"])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert err == f"error: --at: input 'y' is a class of 0..9, got {label}\n"
+    assert out == ""
+
+
+def test_grad_at_is_checked_before_the_formulas_print(capsys):
+    assert cli.main(["grad", "examples/linreg.nn", "--at", "a=0.4"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "missing: x, y" in err
+
+
 def test_grad_at_class_labels_must_be_integers(capsys):
     assert cli.main(["grad", "examples/mlp.nn", "--at", "x=1,y=2.5"]) == 1
     assert "input 'y' holds class indices (i32), got 2.5" in capsys.readouterr().err
