@@ -320,6 +320,9 @@ def run_arguments(parser):
 def run_command(args):
     """Feed one example (or a batch) through the model and print the outputs."""
     model = load(args.file)
+    if not model.outputs:
+        raise SymnetError(f"model {model.name} has no output for run to print; mark the "
+                          "tensor to compute as one: `output NAME = ...`")
     program, _ = compile_program(model, entries=("predict",))
     meta = checkpoint.restore(args.weights, program) if args.weights else {}
     x, single = shape_input(load_image(args.input), program.spec, args.input)
@@ -338,12 +341,13 @@ def run_command(args):
 
 def shape_input(array, spec, path):
     """(batch for the feature input, whether it is a single example): an array with
-    exactly one example's values is one example, else its first dimension is the batch."""
+    exactly one example's values is one example, else its first dimension is the batch
+    (a 1-D array is a batch only of scalar examples: else it is one flattened example)."""
     features, _ = input_roles(spec)
     shape = sample_shape(spec, features)
     if array.size == math.prod(shape):
         return fit_to_shape(array.reshape(1, -1), shape), True
-    if array.ndim > 1 and array.size == len(array) * math.prod(shape):
+    if (array.ndim > 1 or not shape) and array.size == len(array) * math.prod(shape):
         return fit_to_shape(array, shape), False
     raise SymnetError(f"{path}: an array shaped {list(array.shape)} is neither one example "
                       f"of input '{features}' {shape} nor a batch of them")

@@ -118,6 +118,34 @@ def test_run_takes_a_batch_from_npy(trained, tmp_path):
                           re.M)) == 4
 
 
+LINE = """\
+model line
+input x[N]
+param a = 2
+param b = 1
+output yhat = a * x + b
+"""
+
+
+def test_run_takes_a_1d_batch_of_scalar_examples(tmp_path):
+    model = tmp_path / "line.nn"
+    model.write_text(LINE)
+    batch = tmp_path / "x.npy"
+    np.save(batch, np.array([0.0, 1.0, 2.5]))
+    result = symnet("run", model, "--input", batch)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "yhat = [1, 3, 6]\n"
+
+
+def test_run_of_a_model_without_output_is_one_error_line(tmp_path):
+    """linreg has a loss but no output: there is nothing for run to print."""
+    x = tmp_path / "x.npy"
+    np.save(x, np.array(2.0))
+    line = one_error_line(symnet("run", "examples/linreg.nn", "--input", x))
+    assert line == ("error: model linreg has no output for run to print; mark the tensor "
+                    "to compute as one: `output NAME = ...`")
+
+
 def test_eval_with_the_checkpoint_of_another_model_is_one_error_line(trained):
     line = one_error_line(symnet_process("eval", "examples/mlp.nn", "--weights", trained.path))
     assert "checkpoint of model 'softmax_regression'" in line
