@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import compiler
@@ -169,6 +170,25 @@ def test_gradcheck_fails_on_a_wrong_gradient(capsys, monkeypatch):
     assert cli.main(["gradcheck", "examples/linreg.nn"]) == 1
     out = capsys.readouterr().out
     assert "FAIL: 2 of 2 parameters: a, b" in out
+
+
+NOT_FINITE = ("error: the loss is not finite at the random point of seed 0 (inputs outside "
+              "the domain of sqrt or log?); try another seed (--seed N)\n")
+
+
+@pytest.mark.parametrize("loss", ["mean(sqrt(x * w))", "mean(log(x * w))"])
+def test_gradcheck_outside_the_domain_says_so_without_numpy_warnings(tmp_path, loss):
+    """Random inputs x make x * w negative: the loss is NaN, which is not the gradient's fault."""
+    path = write(tmp_path, f"model root\ninput x[N]\nparam w = 0.5\nloss {loss}\n")
+    result = symnet("gradcheck", path)
+    assert result.returncode == 1
+    assert result.stderr == NOT_FINITE and result.stdout == ""
+
+
+def test_gradcheck_with_a_non_finite_difference_says_so(capsys, monkeypatch):
+    monkeypatch.setattr(reference, "finite_difference", lambda *args: np.array([np.nan]))
+    assert cli.main(["gradcheck", "examples/linreg.nn"]) == 1
+    assert capsys.readouterr().err == NOT_FINITE
 
 
 def test_gradcheck_runs_as_a_command():
