@@ -286,6 +286,25 @@ def format_table(rows):
 
 
 # ---- shared -------------------------------------------------------------------------
+def output_file(path, option, png=False):
+    """Check an output path before any work starts (a training run must not fail at its
+    end): a .png name for a PNG, not a folder, and a folder for it that exists (it is
+    made here: `-o out/model.ptx` in a fresh clone) and can be written."""
+    def refuse(why):
+        raise SymnetError(f"cannot write '{path}': {why}")
+    if png and not path.lower().endswith(".png"):
+        refuse(f"{option} draws a PNG image; the name must end in .png")
+    if os.path.isdir(path):
+        refuse(f"it is a folder; {option} needs a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        refuse(f"cannot create its folder: {err.strerror or err}")
+    if not os.access(folder, os.W_OK):
+        refuse(f"its folder {folder} is not writable")
+
+
 def model_with_loss(path, seed=0):
     """Load a model that must have a loss (grad, gradcheck, train)."""
     model = load(path, seed=seed)

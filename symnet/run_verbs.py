@@ -36,7 +36,7 @@ from runtime.train import (TrainingError, evaluate, input_roles, num_classes, pr
                            sample_shape, settings_from_train, train)
 
 from .cli import (format_array, format_table, model_with_loss, non_negative_int,
-                  positive_int)
+                  output_file, positive_int)
 from .verb import Verb
 
 RUNTIME_ERRORS = (DataError, TrainingError, CheckpointError, ProgramError)
@@ -123,7 +123,6 @@ def write_atomically(path, data):
     """Write bytes to `path` via a temporary file in the same folder and os.replace, so
     an interrupted write never leaves half a file."""
     path = os.path.abspath(path)
-    make_parent_folder(path)                # `-o out/model.ptx` in a fresh clone
     try:
         files.write_atomically(path, data)
     except OSError as err:
@@ -177,6 +176,10 @@ def training_settings(model, args):
 @reporting
 def train_command(args):
     """Compile, load data, train; print one line per epoch and checkpoint with -o."""
+    if args.output:
+        output_file(args.output, "-o")
+    if args.plot:
+        output_file(args.plot, "--plot", png=True)
     model = model_with_loss(args.file, seed=args.seed or 0)
     optimizer, settings = training_settings(model, args)
     if settings["seed"] != (args.seed or 0):  # a seed from the file's train statement
@@ -184,8 +187,6 @@ def train_command(args):
     program, seconds = compile_program(model, args.device, args.dtype, optimizer)
     data = load_data(args.data, program, args.limit)
     print_plan(model, program, seconds, data, args, optimizer, settings)
-    if args.output:
-        make_parent_folder(args.output)
     extra = {"file": args.file, "data": data.name, "classes": data.classes,
              "optimizer": optimizer, "dtype": args.dtype, "settings": settings}
 
@@ -231,14 +232,6 @@ def what_was_kept(path, history):
     if not history:
         return f"; no checkpoint was written to {path}"
     return f"; {path} keeps epoch {len(history)}"
-
-
-def make_parent_folder(path):
-    """Create the folder of an output file (a checkpoint's before training starts)."""
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    except OSError as err:
-        raise SymnetError(f"cannot create the folder of {path}: {err.strerror or err}") from None
 
 
 def save(path, program, extra, history, **more):
@@ -418,6 +411,8 @@ def compile_command(args):
         raise SymnetError("--target ptx computes in float32; drop --dtype f64")
     if emit == "obj" and not args.output:
         raise SymnetError("--emit obj writes a binary object file; give -o FILE")
+    if args.output:
+        output_file(args.output, "-o")
     model = load(args.file)
     ir_text, _, kernels, emitter = native.compile_ir(model, args.optimizer, args.dtype,
                                                      target, arch=args.arch)

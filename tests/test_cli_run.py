@@ -174,6 +174,22 @@ def write_csv(path, x):
     return path
 
 
+def test_train_checks_its_output_paths_before_any_work(tmp_path):
+    """Refused before the data loads, not after an epoch (-o) or the last one (--plot)."""
+    folder, file = tmp_path / "adir", tmp_path / "file"
+    folder.mkdir()
+    file.write_text("")
+    for flags, message in [
+            (["-o", folder], f"cannot write '{folder}': it is a folder; -o needs a file name"),
+            (["--plot", folder], f"cannot write '{folder}': --plot draws a PNG image; the name "
+                                 "must end in .png"),
+            (["--plot", tmp_path / "curves.pdf"], "the name must end in .png"),
+            (["--plot", file / "sub" / "c.png"], "cannot create its folder: Not a directory")]:
+        result = symnet("train", "examples/linreg.nn", "--epochs", 1, *flags)
+        assert message in one_error_line(result)
+        assert result.stdout == ""
+
+
 @pytest.mark.parametrize("x", [np.random.default_rng(1).integers(0, 2, 120), np.linspace(-1, 1, 120)],
                          ids=["whole numbers", "real numbers"])
 def test_linreg_recovers_a_line_from_a_csv(tmp_path, x):

@@ -149,6 +149,12 @@ def test_graph_verb_refuses_unknown_output_formats(tmp_path, capsys):
     assert "must end in .dot, .svg or .png" in capsys.readouterr().err
 
 
+def test_graph_verb_refuses_a_folder_as_output(tmp_path, capsys):
+    assert cli.main(["graph", "examples/linreg.nn", "-o", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == \
+        f"error: cannot write '{tmp_path}': it is a folder; -o needs a file name\n"
+
+
 # ---- chain rule ---------------------------------------------------------------------
 def evaluate(expr, env, indices, batch):
     """A factor's value at integer indices, reading tensors from the reference env."""
@@ -389,6 +395,17 @@ def test_show_named_tensors_and_their_errors(tmp_path, shirt, capsys):
     assert "error: 'c9' is not a tensor of lenet5" in capsys.readouterr().err
     assert cli.main(args + ["f5"]) == 1
     assert "feature maps need a tensor shaped [N, C, H, W]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["-o", "--boundary"])
+def test_show_writes_png_only_under_a_png_name(tmp_path, shirt, capsys, option):
+    """Not PNG data under a .jpg name: the same rule as graph's and train --plot's."""
+    out = tmp_path / "m.jpg"
+    mode = ["--input", str(shirt)] if option == "-o" else ["--data", "docs/tutorial/points.csv"]
+    assert cli.main(["show", "examples/perceptron.nn", *mode, option, str(out)]) == 1
+    assert capsys.readouterr().err == (f"error: cannot write '{out}': {option} draws a PNG "
+                                       "image; the name must end in .png\n")
+    assert not out.exists()
 
 
 def test_show_with_trained_weights_and_a_wrong_checkpoint(tmp_path, shirt, capsys):
