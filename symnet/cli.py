@@ -305,13 +305,14 @@ def output_file(path, option, png=False):
         refuse(f"its folder {folder} is not writable")
 
 
-def model_with_loss(path, seed=0):
-    """Load a model that must have a loss (grad, gradcheck, train)."""
+def model_with_loss(path, seed=0, consequence="so it has no gradient"):
+    """Load a model that must have a loss (grad, gradcheck, train, eval); the error
+    says what its absence means for the command."""
     model = load(path, seed=seed)
     if model.loss is None:
         where = model.loc or Loc(path, 1, 1, model.source.split("\n")[0])
-        raise SymnetError(f"model '{model.name}' has no loss statement, so it has no gradient;"
-                          " add one such as `loss mse(prediction, target)`", where)
+        raise SymnetError(f"model '{model.name}' has no loss statement, {consequence}; "
+                          "add one such as `loss mse(prediction, target)`", where)
     return model
 
 

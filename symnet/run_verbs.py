@@ -180,7 +180,10 @@ def train_command(args):
         output_file(args.output, "-o")
     if args.plot:
         output_file(args.plot, "--plot", png=True)
-    model = model_with_loss(args.file, seed=args.seed or 0)
+    model = model_with_loss(args.file, args.seed or 0,
+                            consequence="so there is nothing to train")
+    if not model.params:
+        raise SymnetError(f"model {model.name} has no parameters to train")
     optimizer, settings = training_settings(model, args)
     if settings["seed"] != (args.seed or 0):  # a seed from the file's train statement
         model = load(args.file, seed=settings["seed"])
@@ -266,7 +269,8 @@ def eval_arguments(parser):
 @reporting
 def eval_command(args):
     """Loss, accuracy and the confusion matrix of the checkpoint's weights."""
-    program, _ = compile_program(model_with_loss(args.file))
+    model = model_with_loss(args.file, consequence="so there is nothing to evaluate")
+    program, _ = compile_program(model)
     meta = checkpoint.restore(args.weights, program)
     data = load_data(args.data, program)
     x, y = (data.x_test, data.y_test) if args.split == "test" else (data.x_train, data.y_train)

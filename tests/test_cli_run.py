@@ -174,6 +174,27 @@ def write_csv(path, x):
     return path
 
 
+def test_train_of_a_model_without_parameters_is_refused_up_front(tmp_path):
+    model = tmp_path / "fixed.nn"
+    model.write_text("model fixed\ninput x[N]\ninput y[N]\nloss mean((x - y) ^ 2)\n")
+    result = symnet("train", model, "--data", write_csv(tmp_path / "line.csv", np.arange(4.0)))
+    assert one_error_line(result) == "error: model fixed has no parameters to train"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command, consequence", [("train", "nothing to train"),
+                                                  ("eval", "nothing to evaluate")])
+def test_train_and_eval_without_a_loss_say_what_it_means_for_them(tmp_path, command,
+                                                                  consequence):
+    model = tmp_path / "noloss.nn"
+    model.write_text("model noloss\ninput x[N, 2]\noutput y = dense(x, 1)\n")
+    weights = ["--weights", tmp_path / "w.npz"] if command == "eval" else []
+    result = symnet(command, model, *weights)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"{model}:1:1: error: model 'noloss' has no loss "
+                                    f"statement, so there is {consequence}; add one such as")
+
+
 def test_train_checks_its_output_paths_before_any_work(tmp_path):
     """Refused before the data loads, not after an epoch (-o) or the last one (--plot)."""
     folder, file = tmp_path / "adir", tmp_path / "file"
