@@ -31,7 +31,7 @@ from runtime import checkpoint, files, jit
 from runtime.checkpoint import CheckpointError
 from runtime.data import DataError, fit_to_shape, load_dataset, load_image
 from runtime.program import ProgramError
-from runtime.progress import format_epoch
+from runtime.progress import format_epoch, format_loss
 from runtime.train import (TrainingError, evaluate, input_roles, num_classes, predict,
                            sample_shape, settings_from_train, train)
 
@@ -223,8 +223,10 @@ def print_plan(model, program, seconds, data, args, optimizer, settings):
     print(f"compiled {model.name} for {args.device} ({args.dtype}) in {seconds:.2f} s"
           + (" (machine code from the cache)" if cached else ""))
     hypers = ", ".join(f"{k}={v:g}" for k, v in settings.items() if k in OPTIMIZERS[optimizer])
-    epochs = settings["epochs"]
-    print(f"training: {epochs} epoch{'s' * (epochs != 1)}, batch {settings['batch']}, "
+    epochs, batch, count = settings["epochs"], settings["batch"], len(data.x_train)
+    if isinstance(batch, int) and batch > count:    # a step takes at most every example
+        batch = f"{count} (every training example; capped from {batch})"
+    print(f"training: {epochs} epoch{'s' * (epochs != 1)}, batch {batch}, "
           f"{optimizer} ({hypers}), seed {settings['seed']}", flush=True)
 
 
@@ -278,7 +280,7 @@ def eval_command(args):
     print(f"{program.spec['name']} ({args.weights}) on the {args.split} split of {data.name}: "
           f"{result['count']:,} examples")
     if result["loss"] is not None:
-        print(f"loss {result['loss']:.4g}")
+        print(f"loss {format_loss(result['loss'])}")     # as train's epoch lines
     if result["accuracy"] is not None:
         print(f"accuracy {result['accuracy']:.2%}")
         names = class_names(len(result["confusion"]), data.classes,

@@ -195,6 +195,20 @@ def test_train_and_eval_without_a_loss_say_what_it_means_for_them(tmp_path, comm
                                     f"statement, so there is {consequence}; add one such as")
 
 
+def test_train_shows_the_capped_batch_and_eval_its_loss_format(tmp_path):
+    """A batch beyond the data is every example; eval's loss reads as train's (0.0000)."""
+    data, ckpt = write_csv(tmp_path / "line.csv", np.linspace(-1, 1, 120)), tmp_path / "l.npz"
+    trained = symnet("train", "examples/linreg.nn", "--data", data, "--batch", 100000,
+                     "--lr", 0.5, "--epochs", 300, "-o", ckpt, "-q")
+    assert trained.returncode == 0, trained.stderr
+    count = int(re.search(r"^data: .*: (\d+) training", trained.stdout, re.M).group(1))
+    assert f", batch {count} (every training example; capped from 100000), " in trained.stdout
+    result = symnet("eval", "examples/linreg.nn", "--weights", ckpt, "--data", data)
+    assert result.returncode == 0, result.stderr
+    loss = re.search(r"^loss (.+)$", result.stdout, re.M).group(1)
+    assert loss == "0.0000" and f"test loss {loss}" in trained.stdout.splitlines()[-2]
+
+
 def test_train_checks_its_output_paths_before_any_work(tmp_path):
     """Refused before the data loads, not after an epoch (-o) or the last one (--plot)."""
     folder, file = tmp_path / "adir", tmp_path / "file"
