@@ -226,7 +226,8 @@ def format_array(array, indent=0):
 def gradcheck_arguments(parser):
     """symnet gradcheck FILE [--seed S] [--batch B] [--samples K]"""
     parser.add_argument("file", help="the .nn model file")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="random inputs and sample (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="random inputs and sample (default 0)")
     parser.add_argument("--batch", type=positive_int, default=3, help="batch size N (default 3)")
     parser.add_argument("--samples", type=positive_int, default=24,
                         help="entries checked per parameter (default 24)")

@@ -140,7 +140,8 @@ def train_arguments(parser):
     parser.add_argument("--lr", type=positive_float, help="learning rate")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
                         help="default: the file's train statement, else sgd")
-    parser.add_argument("--seed", type=non_negative_int, help="initial weights and data order (default 0)")
+    parser.add_argument("--seed", type=non_negative_int,
+                        help="initial weights and data order (default 0)")
     parser.add_argument("-o", "--output", metavar="CHECKPOINT",
                         help="save the weights here after every epoch (an .npz archive)")
     parser.add_argument("-q", "--quiet", action="store_true",
@@ -452,7 +453,8 @@ def gpucheck_arguments(parser):
     parser.add_argument("file", help="the .nn model file")
     parser.add_argument("--batch", type=positive_int, nargs="+", default=list(gpucheck.BATCHES),
                         metavar="B", help="batch sizes to run (default: 5 300)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="random inputs (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="random inputs (default 0)")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
                         help="the update in train_step (default: the file's, else sgd)")
 
