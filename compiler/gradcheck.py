@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import reference
+from .errors import SymnetError
 
 
 @dataclass
@@ -20,20 +21,26 @@ class ParamCheck:
     rel_error: float
 
 
+# Random inputs may leave the domain of sqrt or log: _check_finite says so in one line,
+# instead of NumPy warnings and a NaN error blamed on the gradient.
+@np.errstate(all="ignore")
 def gradcheck(model, seed=0, batch=3, samples=24, eps=1e-6, simplify=True):
-    """Check every parameter; returns [ParamCheck] and the inputs used."""
+    """Check every parameter; returns [ParamCheck] and the inputs used. A SymnetError
+    when the loss is not finite at the random point or next to it."""
     rng = np.random.default_rng(seed)
     inputs = reference.random_inputs(model, batch=batch, seed=seed)
     # Move away from the initial values so that zero-initialised biases and weights
     # do not sit on kinks (relu at 0) or symmetric points.
     params = {k: v + rng.normal(0.0, 0.1, v.shape) for k, v in model.params.items()}
-    _, grads = reference.value_and_grad(model, inputs, params, simplify=simplify)
+    loss, grads = reference.value_and_grad(model, inputs, params, simplify=simplify)
+    _check_finite(loss, seed)
     results = []
     for name, grad in grads.items():
         count = min(samples, grad.size)
         flat = rng.choice(grad.size, size=count, replace=False) if grad.size else []
         positions = [np.unravel_index(int(i), grad.shape) for i in flat]
         numeric = reference.finite_difference(model, inputs, params, name, positions, eps)
+        _check_finite(numeric, seed)
         symbolic = np.array([grad[p] for p in positions])
         scale = max(np.max(np.abs(numeric), initial=0.0), np.max(np.abs(symbolic), initial=0.0))
         # Floor the scale: finite differences carry ~1e-10 absolute noise, which must not
@@ -41,3 +48,10 @@ def gradcheck(model, seed=0, batch=3, samples=24, eps=1e-6, simplify=True):
         error = float(np.max(np.abs(numeric - symbolic), initial=0.0) / max(scale, 1e-3))
         results.append(ParamCheck(name, grad.shape, count, scale, error))
     return results, inputs
+
+
+def _check_finite(values, seed):
+    """The loss (or its finite differences) must be a number to compare gradients with."""
+    if not np.isfinite(values).all():
+        raise SymnetError(f"the loss is not finite at the random point of seed {seed} (inputs "
+                          "outside the domain of sqrt or log?); try another seed (--seed N)")

@@ -124,6 +124,9 @@ def grad_command(args):
     """Print the gradient of the loss w.r.t. each parameter, the deltas, and values."""
     model = model_with_loss(args.file)
     simplify = not args.no_simplify
+    # Check the --at values before printing anything, so a mistake is the only output.
+    values = parse_assignments(args.at) if args.at else None
+    point = evaluation_point(model, values) if args.at else None
     if args.chain:
         print(chain.render_chains(model, wrt=args.wrt, fmt=args.format, simplify=simplify))
         return 0
@@ -140,7 +143,7 @@ def grad_command(args):
         for formula in derivation.deltas:
             print_formula(formula, args.format)
     if args.at:
-        print_values(model, parse_assignments(args.at), list(derivation.gradients), simplify)
+        print_values(model, values, point, list(derivation.gradients), simplify)
     return 0
 
 
@@ -175,9 +178,14 @@ def evaluation_point(model, values):
     missing = [name for name in model.inputs if name not in values]
     if missing:
         raise SymnetError(f"--at needs a value for every input; missing: {', '.join(missing)}")
-    for name, info in model.inputs.items():
-        if info.dtype == "i32" and not values[name].is_integer():
+    for name in (n for n, info in model.inputs.items() if info.dtype == "i32"):
+        if not values[name].is_integer():
             raise SymnetError(f"--at: input '{name}' holds class indices (i32), "
+                              f"got {format_number(values[name])}")
+        # As in training: an out-of-range class silently drops the loss's target term.
+        k = reference.classes_of(model, name)
+        if not 0 <= values[name] < k:
+            raise SymnetError(f"--at: input '{name}' is a class of 0..{k - 1}, "
                               f"got {format_number(values[name])}")
     sizes = {s: 1 for s in model.size_symbols}
     inputs = {name: np.full(shape_value(info.shape, sizes), values[name],
@@ -188,9 +196,9 @@ def evaluation_point(model, values):
     return inputs, params
 
 
-def print_values(model, values, wrt, simplify):
+def print_values(model, values, point, wrt, simplify):
     """The loss and the gradients at the --at point, from the float64 reference."""
-    inputs, params = evaluation_point(model, values)
+    inputs, params = point
     loss, grads = reference.value_and_grad(model, inputs, params, simplify=simplify)
     where = ", ".join(f"{name}={format_number(v)}" for name, v in values.items())
     print(f"at {where} (inputs as a batch of one):")
@@ -218,7 +226,8 @@ def format_array(array, indent=0):
 def gradcheck_arguments(parser):
     """symnet gradcheck FILE [--seed S] [--batch B] [--samples K]"""
     parser.add_argument("file", help="the .nn model file")
-    parser.add_argument("--seed", type=int, default=0, help="random inputs and sample (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="random inputs and sample (default 0)")
     parser.add_argument("--batch", type=positive_int, default=3, help="batch size N (default 3)")
     parser.add_argument("--samples", type=positive_int, default=24,
                         help="entries checked per parameter (default 24)")
@@ -252,9 +261,21 @@ def passes(check):
 
 def positive_int(text):
     """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return whole_number(text, 1)
+
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0 (NumPy refuses negative seeds)."""
+    return whole_number(text, 0)
+
+
+def whole_number(text, least):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
 
 
@@ -266,13 +287,33 @@ def format_table(rows):
 
 
 # ---- shared -------------------------------------------------------------------------
-def model_with_loss(path, seed=0):
-    """Load a model that must have a loss (grad, gradcheck, train)."""
+def output_file(path, option, png=False):
+    """Check an output path before any work starts (a training run must not fail at its
+    end): a .png name for a PNG, not a folder, and a folder for it that exists (it is
+    made here: `-o out/model.ptx` in a fresh clone) and can be written."""
+    def refuse(why):
+        raise SymnetError(f"cannot write '{path}': {why}")
+    if png and not path.lower().endswith(".png"):
+        refuse(f"{option} draws a PNG image; the name must end in .png")
+    if os.path.isdir(path):
+        refuse(f"it is a folder; {option} needs a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        refuse(f"cannot create its folder: {err.strerror or err}")
+    if not os.access(folder, os.W_OK):
+        refuse(f"its folder {folder} is not writable")
+
+
+def model_with_loss(path, seed=0, consequence="so it has no gradient"):
+    """Load a model that must have a loss (grad, gradcheck, train, eval); the error
+    says what its absence means for the command."""
     model = load(path, seed=seed)
     if model.loss is None:
         where = model.loc or Loc(path, 1, 1, model.source.split("\n")[0])
-        raise SymnetError(f"model '{model.name}' has no loss statement, so it has no gradient;"
-                          " add one such as `loss mse(prediction, target)`", where)
+        raise SymnetError(f"model '{model.name}' has no loss statement, {consequence}; "
+                          "add one such as `loss mse(prediction, target)`", where)
     return model
 
 

@@ -12,7 +12,6 @@ reference evaluator (compiler/reference.py), which keeps every intermediate tens
 wrapper (runtime/export.py).
 """
 import functools
-import os
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from runtime.export import ExportError, export_library
 from runtime.plot import save_decision_boundary, save_feature_maps
 from runtime.progress import Progress
 
+from .cli import output_file
 from .verb import Verb
 
 USER_ERRORS = (CheckpointError, DataError, ExportError)
@@ -62,15 +62,6 @@ class Stages(Progress):
         filled = int(min(self.steps / self.total, 1.0) * width)
         return (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] "
                 f"{self.steps}/{self.total} {self.stage}")
-
-
-def make_parent_folder(path):
-    """Create the folder an output file goes to (`-o out/maps.png` makes out/)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise SymnetError(f"cannot create the folder of {path}: {err.strerror or err}") from None
 
 
 def weights(model, path):
@@ -126,12 +117,13 @@ def graph_arguments(parser):
 
 def graph_command(args):
     """Draw the computation graph: tensors as nodes (name, op, shape), reads as edges."""
+    if args.output:
+        output_file(args.output, "-o")
     model = load(args.file)
     dot = to_dot(model, backward=args.backward)
     if args.output is None:
         print(dot, end="")
         return 0
-    make_parent_folder(args.output)
     write_graph(dot, args.output)
     print(f"wrote {args.output}")
     return 0
@@ -165,6 +157,9 @@ def show_command(args):
     if (args.input is None) == (args.boundary is None):
         raise SymnetError("show needs either --input IMAGE -o MAPS.png (feature maps) or "
                           "--boundary OUT.png --data CSV (decision regions)")
+    for path, option in ((args.output, "-o"), (args.boundary, "--boundary")):
+        if path:
+            output_file(path, option, png=True)
     model = load(args.file)
     params = weights(model, args.weights)
     if args.boundary:
@@ -175,7 +170,6 @@ def show_command(args):
         raise SymnetError("--input needs -o MAPS.png: where to draw the feature maps")
     tensors = args.tensors.split(",") if args.tensors else None
     maps = feature_maps(model, params, load_image(args.input), tensors)
-    make_parent_folder(args.output)
     save_feature_maps(maps, args.output)
     print(f"wrote {args.output}: {', '.join(f'{n} {list(a.shape)}' for n, a in maps)}")
     return 0
@@ -237,9 +231,12 @@ def show_boundary(model, params, data_path, out, quiet):
     if not model.outputs:
         raise SymnetError(f"model {model.name} has no output to classify with")
     data = load_dataset(data_path)
-    points = np.concatenate([data.x_train, data.x_test]).reshape(-1, 2)
+    points = np.concatenate([data.x_train, data.x_test])
+    if points[0].size != 2:            # a reshape would pair up unrelated values
+        raise SymnetError(f"--boundary needs points of 2 features (x1, x2); {data_path} has "
+                          f"{points[0].size} per example (shape {list(points.shape)})")
+    points = points.reshape(-1, 2)
     labels = np.concatenate([data.y_train, data.y_test])
-    make_parent_folder(out)
     bar = Stages(1, "show", quiet)
     bar("classifying the plane")
     save_decision_boundary(out, lambda xy: predicted_classes(model, params, features, xy),

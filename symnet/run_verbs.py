@@ -31,11 +31,12 @@ from runtime import checkpoint, files, jit
 from runtime.checkpoint import CheckpointError
 from runtime.data import DataError, fit_to_shape, load_dataset, load_image
 from runtime.program import ProgramError
-from runtime.progress import format_epoch
+from runtime.progress import format_epoch, format_loss
 from runtime.train import (TrainingError, evaluate, input_roles, num_classes, predict,
                            sample_shape, settings_from_train, train)
 
-from .cli import format_array, format_table, model_with_loss, positive_int
+from .cli import (format_array, format_table, model_with_loss, non_negative_int,
+                  output_file, positive_int)
 from .verb import Verb
 
 RUNTIME_ERRORS = (DataError, TrainingError, CheckpointError, ProgramError)
@@ -122,7 +123,6 @@ def write_atomically(path, data):
     """Write bytes to `path` via a temporary file in the same folder and os.replace, so
     an interrupted write never leaves half a file."""
     path = os.path.abspath(path)
-    make_parent_folder(path)                # `-o out/model.ptx` in a fresh clone
     try:
         files.write_atomically(path, data)
     except OSError as err:
@@ -140,7 +140,8 @@ def train_arguments(parser):
     parser.add_argument("--lr", type=positive_float, help="learning rate")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
                         help="default: the file's train statement, else sgd")
-    parser.add_argument("--seed", type=int, help="initial weights and data order (default 0)")
+    parser.add_argument("--seed", type=non_negative_int,
+                        help="initial weights and data order (default 0)")
     parser.add_argument("-o", "--output", metavar="CHECKPOINT",
                         help="save the weights here after every epoch (an .npz archive)")
     parser.add_argument("-q", "--quiet", action="store_true",
@@ -176,15 +177,20 @@ def training_settings(model, args):
 @reporting
 def train_command(args):
     """Compile, load data, train; print one line per epoch and checkpoint with -o."""
-    model = model_with_loss(args.file, seed=args.seed or 0)
+    if args.output:
+        output_file(args.output, "-o")
+    if args.plot:
+        output_file(args.plot, "--plot", png=True)
+    model = model_with_loss(args.file, args.seed or 0,
+                            consequence="so there is nothing to train")
+    if not model.params:
+        raise SymnetError(f"model {model.name} has no parameters to train")
     optimizer, settings = training_settings(model, args)
     if settings["seed"] != (args.seed or 0):  # a seed from the file's train statement
         model = load(args.file, seed=settings["seed"])
     program, seconds = compile_program(model, args.device, args.dtype, optimizer)
     data = load_data(args.data, program, args.limit)
     print_plan(model, program, seconds, data, args, optimizer, settings)
-    if args.output:
-        make_parent_folder(args.output)
     extra = {"file": args.file, "data": data.name, "classes": data.classes,
              "optimizer": optimizer, "dtype": args.dtype, "settings": settings}
 
@@ -218,8 +224,10 @@ def print_plan(model, program, seconds, data, args, optimizer, settings):
     print(f"compiled {model.name} for {args.device} ({args.dtype}) in {seconds:.2f} s"
           + (" (machine code from the cache)" if cached else ""))
     hypers = ", ".join(f"{k}={v:g}" for k, v in settings.items() if k in OPTIMIZERS[optimizer])
-    epochs = settings["epochs"]
-    print(f"training: {epochs} epoch{'s' * (epochs != 1)}, batch {settings['batch']}, "
+    epochs, batch, count = settings["epochs"], settings["batch"], len(data.x_train)
+    if isinstance(batch, int) and batch > count:    # a step takes at most every example
+        batch = f"{count} (every training example; capped from {batch})"
+    print(f"training: {epochs} epoch{'s' * (epochs != 1)}, batch {batch}, "
           f"{optimizer} ({hypers}), seed {settings['seed']}", flush=True)
 
 
@@ -230,14 +238,6 @@ def what_was_kept(path, history):
     if not history:
         return f"; no checkpoint was written to {path}"
     return f"; {path} keeps epoch {len(history)}"
-
-
-def make_parent_folder(path):
-    """Create the folder of an output file (a checkpoint's before training starts)."""
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    except OSError as err:
-        raise SymnetError(f"cannot create the folder of {path}: {err.strerror or err}") from None
 
 
 def save(path, program, extra, history, **more):
@@ -272,7 +272,8 @@ def eval_arguments(parser):
 @reporting
 def eval_command(args):
     """Loss, accuracy and the confusion matrix of the checkpoint's weights."""
-    program, _ = compile_program(model_with_loss(args.file))
+    model = model_with_loss(args.file, consequence="so there is nothing to evaluate")
+    program, _ = compile_program(model)
     meta = checkpoint.restore(args.weights, program)
     data = load_data(args.data, program)
     x, y = (data.x_test, data.y_test) if args.split == "test" else (data.x_train, data.y_train)
@@ -280,7 +281,7 @@ def eval_command(args):
     print(f"{program.spec['name']} ({args.weights}) on the {args.split} split of {data.name}: "
           f"{result['count']:,} examples")
     if result["loss"] is not None:
-        print(f"loss {result['loss']:.4g}")
+        print(f"loss {format_loss(result['loss'])}")     # as train's epoch lines
     if result["accuracy"] is not None:
         print(f"accuracy {result['accuracy']:.2%}")
         names = class_names(len(result["confusion"]), data.classes,
@@ -319,6 +320,9 @@ def run_arguments(parser):
 def run_command(args):
     """Feed one example (or a batch) through the model and print the outputs."""
     model = load(args.file)
+    if not model.outputs:
+        raise SymnetError(f"model {model.name} has no output for run to print; mark the "
+                          "tensor to compute as one: `output NAME = ...`")
     program, _ = compile_program(model, entries=("predict",))
     meta = checkpoint.restore(args.weights, program) if args.weights else {}
     x, single = shape_input(load_image(args.input), program.spec, args.input)
@@ -337,12 +341,13 @@ def run_command(args):
 
 def shape_input(array, spec, path):
     """(batch for the feature input, whether it is a single example): an array with
-    exactly one example's values is one example, else its first dimension is the batch."""
+    exactly one example's values is one example, else its first dimension is the batch
+    (a 1-D array is a batch only of scalar examples: else it is one flattened example)."""
     features, _ = input_roles(spec)
     shape = sample_shape(spec, features)
     if array.size == math.prod(shape):
         return fit_to_shape(array.reshape(1, -1), shape), True
-    if array.ndim > 1 and array.size == len(array) * math.prod(shape):
+    if (array.ndim > 1 or not shape) and array.size == len(array) * math.prod(shape):
         return fit_to_shape(array, shape), False
     raise SymnetError(f"{path}: an array shaped {list(array.shape)} is neither one example "
                       f"of input '{features}' {shape} nor a batch of them")
@@ -383,7 +388,7 @@ def compile_arguments(parser):
                              "(default: llvm, or ptx with --target ptx)")
     parser.add_argument("--target", choices=["cpu", "ptx"],
                         help="the host CPU or an NVIDIA GPU (default cpu; --emit ptx implies ptx)")
-    parser.add_argument("--arch", choices=["sm_80", "sm_90"], default="sm_80",
+    parser.add_argument("--arch", choices=["sm_80", "sm_90"],
                         help="GPU architecture for --target ptx (default sm_80)")
     parser.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
@@ -399,6 +404,10 @@ def compile_command(args):
     """Print (or write with -o) the code the compiler generates for the model."""
     target = args.target or ("ptx" if args.emit == "ptx" else "cpu")
     emit = args.emit or ("ptx" if target == "ptx" else "llvm")
+    if emit == "ptx" and target != "ptx":
+        raise SymnetError("--emit ptx needs --target ptx (or no --target)")
+    if args.arch and target != "ptx":
+        raise SymnetError(f"--arch {args.arch} is a GPU architecture; it needs --target ptx")
     if target == "ptx" and emit in ("asm", "obj"):
         raise SymnetError(f"--emit {emit} is host code; with --target ptx use --emit ptx, "
                           "llvm or schedule")
@@ -409,6 +418,8 @@ def compile_command(args):
         raise SymnetError("--target ptx computes in float32; drop --dtype f64")
     if emit == "obj" and not args.output:
         raise SymnetError("--emit obj writes a binary object file; give -o FILE")
+    if args.output:
+        output_file(args.output, "-o")
     model = load(args.file)
     ir_text, _, kernels, emitter = native.compile_ir(model, args.optimizer, args.dtype,
                                                      target, arch=args.arch)
@@ -442,7 +453,8 @@ def gpucheck_arguments(parser):
     parser.add_argument("file", help="the .nn model file")
     parser.add_argument("--batch", type=positive_int, nargs="+", default=list(gpucheck.BATCHES),
                         metavar="B", help="batch sizes to run (default: 5 300)")
-    parser.add_argument("--seed", type=int, default=0, help="random inputs (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="random inputs (default 0)")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
                         help="the update in train_step (default: the file's, else sgd)")
 

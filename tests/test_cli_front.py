@@ -4,8 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import compiler
 from compiler import reference
 from symnet import cli
 
@@ -110,6 +112,23 @@ def test_grad_at_mistakes(capsys, at, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("label", ["12", "10", "-1"])
+def test_grad_at_class_labels_must_be_classes_of_the_model(capsys, label):
+    """softmax_regression has 10 classes; another label would drop the loss's target term."""
+    status = cli.main(["grad", "examples/softmax_regression.nn", "--at", f"x=1,y={label}",
+                       "--wrt", "b"])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert err == f"error: --at: input 'y' is a class of 0..9, got {label}\n"
+    assert out == ""
+
+
+def test_grad_at_is_checked_before_the_formulas_print(capsys):
+    assert cli.main(["grad", "examples/linreg.nn", "--at", "a=0.4"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "missing: x, y" in err
+
+
 def test_grad_at_class_labels_must_be_integers(capsys):
     assert cli.main(["grad", "examples/mlp.nn", "--at", "x=1,y=2.5"]) == 1
     assert "input 'y' holds class indices (i32), got 2.5" in capsys.readouterr().err
@@ -153,6 +172,25 @@ def test_gradcheck_fails_on_a_wrong_gradient(capsys, monkeypatch):
     assert "FAIL: 2 of 2 parameters: a, b" in out
 
 
+NOT_FINITE = ("error: the loss is not finite at the random point of seed 0 (inputs outside "
+              "the domain of sqrt or log?); try another seed (--seed N)\n")
+
+
+@pytest.mark.parametrize("loss", ["mean(sqrt(x * w))", "mean(log(x * w))"])
+def test_gradcheck_outside_the_domain_says_so_without_numpy_warnings(tmp_path, loss):
+    """Random inputs x make x * w negative: the loss is NaN, which is not the gradient's fault."""
+    path = write(tmp_path, f"model root\ninput x[N]\nparam w = 0.5\nloss {loss}\n")
+    result = symnet("gradcheck", path)
+    assert result.returncode == 1
+    assert result.stderr == NOT_FINITE and result.stdout == ""
+
+
+def test_gradcheck_with_a_non_finite_difference_says_so(capsys, monkeypatch):
+    monkeypatch.setattr(reference, "finite_difference", lambda *args: np.array([np.nan]))
+    assert cli.main(["gradcheck", "examples/linreg.nn"]) == 1
+    assert capsys.readouterr().err == NOT_FINITE
+
+
 def test_gradcheck_runs_as_a_command():
     result = symnet("gradcheck", "examples/linreg.nn", "--seed", "3")
     assert result.returncode == 0, result.stderr
@@ -184,6 +222,14 @@ def test_missing_file_is_a_user_error(capsys):
      "symnet train: error: argument --epochs: must be at least 1, got 0 (see 'symnet train --help')"),
     (["compile", "examples/mlp.nn", "--arch", "sm_75"],
      "symnet compile: error: argument --arch: invalid choice: 'sm_75' (choose from 'sm_80', 'sm_90')"),
+    (["train", "examples/mlp.nn", "--seed", "-1"],
+     "symnet train: error: argument --seed: must be at least 0, got -1"),
+    (["gradcheck", "examples/linreg.nn", "--seed", "-1"],
+     "symnet gradcheck: error: argument --seed: must be at least 0, got -1"),
+    (["gpucheck", "examples/linreg.nn", "--seed", "-1"],
+     "symnet gpucheck: error: argument --seed: must be at least 0, got -1"),
+    (["train", "examples/mlp.nn", "--batch", "ten"],
+     "symnet train: error: argument --batch: expected a whole number, got 'ten'"),
 ])
 def test_a_wrong_command_line_is_one_line_with_status_1(capsys, argv, message):
     with pytest.raises(SystemExit) as exit:
@@ -191,6 +237,12 @@ def test_a_wrong_command_line_is_one_line_with_status_1(capsys, argv, message):
     assert exit.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_load_refuses_a_negative_seed_naming_it():
+    """NumPy's own error ('expected non-negative integer') would not say which value."""
+    with pytest.raises(ValueError, match="seed must be a whole number of at least 0, got -1"):
+        compiler.load("examples/mlp.nn", seed=-1)
 
 
 def test_version_names_the_release_and_the_code_generator(capsys):

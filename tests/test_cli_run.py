@@ -118,6 +118,34 @@ def test_run_takes_a_batch_from_npy(trained, tmp_path):
                           re.M)) == 4
 
 
+LINE = """\
+model line
+input x[N]
+param a = 2
+param b = 1
+output yhat = a * x + b
+"""
+
+
+def test_run_takes_a_1d_batch_of_scalar_examples(tmp_path):
+    model = tmp_path / "line.nn"
+    model.write_text(LINE)
+    batch = tmp_path / "x.npy"
+    np.save(batch, np.array([0.0, 1.0, 2.5]))
+    result = symnet("run", model, "--input", batch)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "yhat = [1, 3, 6]\n"
+
+
+def test_run_of_a_model_without_output_is_one_error_line(tmp_path):
+    """linreg has a loss but no output: there is nothing for run to print."""
+    x = tmp_path / "x.npy"
+    np.save(x, np.array(2.0))
+    line = one_error_line(symnet("run", "examples/linreg.nn", "--input", x))
+    assert line == ("error: model linreg has no output for run to print; mark the tensor "
+                    "to compute as one: `output NAME = ...`")
+
+
 def test_eval_with_the_checkpoint_of_another_model_is_one_error_line(trained):
     line = one_error_line(symnet_process("eval", "examples/mlp.nn", "--weights", trained.path))
     assert "checkpoint of model 'softmax_regression'" in line
@@ -144,6 +172,57 @@ def test_device_cuda_without_a_gpu_is_one_error_line():
 def write_csv(path, x):
     np.savetxt(path, np.c_[x, 2 * x + 1], delimiter=",", header="x,y", comments="", fmt="%.9g")
     return path
+
+
+def test_train_of_a_model_without_parameters_is_refused_up_front(tmp_path):
+    model = tmp_path / "fixed.nn"
+    model.write_text("model fixed\ninput x[N]\ninput y[N]\nloss mean((x - y) ^ 2)\n")
+    result = symnet("train", model, "--data", write_csv(tmp_path / "line.csv", np.arange(4.0)))
+    assert one_error_line(result) == "error: model fixed has no parameters to train"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command, consequence", [("train", "nothing to train"),
+                                                  ("eval", "nothing to evaluate")])
+def test_train_and_eval_without_a_loss_say_what_it_means_for_them(tmp_path, command,
+                                                                  consequence):
+    model = tmp_path / "noloss.nn"
+    model.write_text("model noloss\ninput x[N, 2]\noutput y = dense(x, 1)\n")
+    weights = ["--weights", tmp_path / "w.npz"] if command == "eval" else []
+    result = symnet(command, model, *weights)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"{model}:1:1: error: model 'noloss' has no loss "
+                                    f"statement, so there is {consequence}; add one such as")
+
+
+def test_train_shows_the_capped_batch_and_eval_its_loss_format(tmp_path):
+    """A batch beyond the data is every example; eval's loss reads as train's (0.0000)."""
+    data, ckpt = write_csv(tmp_path / "line.csv", np.linspace(-1, 1, 120)), tmp_path / "l.npz"
+    trained = symnet("train", "examples/linreg.nn", "--data", data, "--batch", 100000,
+                     "--lr", 0.5, "--epochs", 300, "-o", ckpt, "-q")
+    assert trained.returncode == 0, trained.stderr
+    count = int(re.search(r"^data: .*: (\d+) training", trained.stdout, re.M).group(1))
+    assert f", batch {count} (every training example; capped from 100000), " in trained.stdout
+    result = symnet("eval", "examples/linreg.nn", "--weights", ckpt, "--data", data)
+    assert result.returncode == 0, result.stderr
+    loss = re.search(r"^loss (.+)$", result.stdout, re.M).group(1)
+    assert loss == "0.0000" and f"test loss {loss}" in trained.stdout.splitlines()[-2]
+
+
+def test_train_checks_its_output_paths_before_any_work(tmp_path):
+    """Refused before the data loads, not after an epoch (-o) or the last one (--plot)."""
+    folder, file = tmp_path / "adir", tmp_path / "file"
+    folder.mkdir()
+    file.write_text("")
+    for flags, message in [
+            (["-o", folder], f"cannot write '{folder}': it is a folder; -o needs a file name"),
+            (["--plot", folder], f"cannot write '{folder}': --plot draws a PNG image; the name "
+                                 "must end in .png"),
+            (["--plot", tmp_path / "curves.pdf"], "the name must end in .png"),
+            (["--plot", file / "sub" / "c.png"], "cannot create its folder: Not a directory")]:
+        result = symnet("train", "examples/linreg.nn", "--epochs", 1, *flags)
+        assert message in one_error_line(result)
+        assert result.stdout == ""
 
 
 @pytest.mark.parametrize("x", [np.random.default_rng(1).integers(0, 2, 120), np.linspace(-1, 1, 120)],
@@ -234,6 +313,9 @@ def test_compile_writes_an_elf_object(tmp_path):
     (["--target", "ptx", "--emit", "asm"], "error: --emit asm is host code; with --target ptx use"),
     (["--emit", "ptx", "--dtype", "f64"], "error: --target ptx computes in float32; drop --dtype f64"),
     (["--target", "ptx", "--emit", "llvm", "-O", "3"], "error: -O with --emit llvm optimizes for the host"),
+    (["--target", "cpu", "--emit", "ptx"], "error: --emit ptx needs --target ptx"),
+    (["--arch", "sm_90"], "error: --arch sm_90 is a GPU architecture; it needs --target ptx"),
+    (["--target", "cpu", "--arch", "sm_80"], "error: --arch sm_80 is a GPU architecture"),
 ])
 def test_compile_refuses_options_that_do_not_go_together(options, message):
     assert one_error_line(symnet("compile", "examples/mlp.nn", *options)).startswith(message)

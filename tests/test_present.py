@@ -149,6 +149,12 @@ def test_graph_verb_refuses_unknown_output_formats(tmp_path, capsys):
     assert "must end in .dot, .svg or .png" in capsys.readouterr().err
 
 
+def test_graph_verb_refuses_a_folder_as_output(tmp_path, capsys):
+    assert cli.main(["graph", "examples/linreg.nn", "-o", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == \
+        f"error: cannot write '{tmp_path}': it is a folder; -o needs a file name\n"
+
+
 # ---- chain rule ---------------------------------------------------------------------
 def evaluate(expr, env, indices, batch):
     """A factor's value at integer indices, reading tensors from the reference env."""
@@ -391,6 +397,17 @@ def test_show_named_tensors_and_their_errors(tmp_path, shirt, capsys):
     assert "feature maps need a tensor shaped [N, C, H, W]" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["-o", "--boundary"])
+def test_show_writes_png_only_under_a_png_name(tmp_path, shirt, capsys, option):
+    """Not PNG data under a .jpg name: the same rule as graph's and train --plot's."""
+    out = tmp_path / "m.jpg"
+    mode = ["--input", str(shirt)] if option == "-o" else ["--data", "docs/tutorial/points.csv"]
+    assert cli.main(["show", "examples/perceptron.nn", *mode, option, str(out)]) == 1
+    assert capsys.readouterr().err == (f"error: cannot write '{out}': {option} draws a PNG "
+                                       "image; the name must end in .png\n")
+    assert not out.exists()
+
+
 def test_show_with_trained_weights_and_a_wrong_checkpoint(tmp_path, shirt, capsys):
     model = load("examples/lenet5.nn")
     ckpt = tmp_path / "lenet.npz"
@@ -431,6 +448,17 @@ def test_show_boundary_of_a_trained_perceptron(tmp_path, capsys):
     bottom_left = pixels[480 - plot.MARGIN[3] - 5, plot.MARGIN[0] + 5]
     top_right = pixels[plot.MARGIN[2] + 5, 480 - plot.MARGIN[1] - 5]
     assert (bottom_left == light[0]).all() and (top_right == light[1]).all()
+
+
+def test_show_boundary_refuses_data_without_2_features(tmp_path, capsys):
+    """One feature per row (the tutorial's study.csv) is not 2-D points two rows at a time."""
+    out = tmp_path / "b.png"
+    assert cli.main(["show", "examples/perceptron.nn", "--boundary", str(out),
+                     "--data", "docs/tutorial/study.csv", "-q"]) == 1
+    assert capsys.readouterr().err == (
+        "error: --boundary needs points of 2 features (x1, x2); docs/tutorial/study.csv has "
+        "1 per example (shape [48, 1])\n")
+    assert not out.exists()
 
 
 def test_stage_progress_names_the_stage_and_is_silent_when_quiet():
