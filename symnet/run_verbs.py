@@ -141,7 +141,7 @@ def train_arguments(parser):
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
                         help="default: the file's train statement, else sgd")
     parser.add_argument("--seed", type=non_negative_int,
-                        help="initial weights and data order (default 0)")
+                        help="initial weights and data order (default: the file's, else 0)")
     parser.add_argument("-o", "--output", metavar="CHECKPOINT",
                         help="save the weights here after every epoch (an .npz archive)")
     parser.add_argument("-q", "--quiet", action="store_true",
@@ -390,7 +390,8 @@ def compile_arguments(parser):
                         help="the host CPU or an NVIDIA GPU (default cpu; --emit ptx implies ptx)")
     parser.add_argument("--arch", choices=["sm_80", "sm_90"],
                         help="GPU architecture for --target ptx (default sm_80)")
-    parser.add_argument("--dtype", choices=["f32", "f64"], default="f32")
+    parser.add_argument("--dtype", choices=["f32", "f64"], default="f32",
+                        help="floating-point type of the generated code (default f32)")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
                         help="the update in train_step (default: the file's, else sgd)")
     parser.add_argument("-O", dest="opt_level", type=int, choices=range(4), metavar="0..3",
