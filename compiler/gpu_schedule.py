@@ -98,7 +98,8 @@ class GPUKernel:
 
     def blocks(self, tensors):
         """The grid this launch wants, as an int or a Python expression in the sizes:
-        threads for every element, a block per element, or a block per tile."""
+        threads for every element (thread, finish), a block per element, a block per
+        part of each element's sum (split), or a block per tile."""
         if self.strategy == "tile":
             ranges = loop_ranges(self.head, tensors)
             rows, cols = _extent(self.tile.rows, ranges), _extent(self.tile.cols, ranges)
@@ -111,13 +112,15 @@ class GPUKernel:
         return _ceil(elements, BLOCK)
 
 
-    def largest_index(self, tensors):
-        """The most positions the kernel numbers (output elements, or terms of its sum),
-        as an int or a Python expression in the sizes: its index arithmetic is 32-bit,
-        so the runtime refuses sizes that make this 2**32 or more."""
-        count = sympy.Max(_elements(self.head, tensors),
-                          sympy.Mul(*[sympy.sympify(e) for e in self.head.rextent]))
-        return int(count) if count.is_Integer else str(count).replace("Max(", "max(")
+    def positions(self, tensors):
+        """What the kernel numbers through its 32-bit index arithmetic, as ints or Python
+        expressions in the sizes: its output elements, and the terms of its sum where
+        threads or blocks share them out (block, split, tile); the runtime refuses
+        sizes that make one 2**32 or more."""
+        counts = [_elements(self.head, tensors)]
+        if self.strategy in ("block", "split", "tile"):
+            counts.append(sympy.Mul(*[sympy.sympify(e) for e in self.head.rextent]))
+        return [int(n) if n.is_Integer else str(n) for n in counts]
 
 
 def gpu_schedule(comps, tensors):

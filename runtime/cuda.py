@@ -54,10 +54,10 @@ INDEX_LIMIT = 2 ** 32   # the kernels number elements and terms in 32 bits
 
 def check_index_range(launches, sizes):
     """Refuse sizes for which a kernel would number more positions than its 32-bit
-    index arithmetic holds (spec["launches"][entry][k]["largest_index"])."""
+    index arithmetic holds (spec["launches"][entry][k]["positions"])."""
     limit = INDEX_LIMIT
     for launch in launches:
-        count = eval_dim(launch["largest_index"], sizes)
+        count = max(eval_dim(n, sizes) for n in launch["positions"])
         if count >= limit:
             shown = ", ".join(f"{name}={value}" for name, value in sizes.items())
             raise ProgramError(f"{shown} is too large for the GPU kernels: {launch['kernel']} "
@@ -219,11 +219,12 @@ class CudaDevice:
             self.call("cuMemcpyDtoH", array.ctypes.data, address, array.nbytes,
                       detail=self._after_kernels)
 
-    def _after_kernels(self, status):
-        """A copy reports the failure of a kernel queued before it: say how to name it."""
+    def _after_kernels(self, status, waiting="the copy"):
+        """A copy (or a wait) reports the failure of a kernel queued before it: say how
+        to name it."""
         if status == self.driver.CUresult.CUDA_ERROR_INVALID_VALUE:
-            return ""                   # the copy's own arguments
-        return " (a kernel queued before the copy failed; CUDA_LAUNCH_BLOCKING=1 names it)"
+            return ""                   # the call's own arguments
+        return f" (a kernel queued before {waiting} failed; CUDA_LAUNCH_BLOCKING=1 names it)"
 
     def run(self, launches):
         """Queue (function, grid, kernelParams addresses, values, kernel name) launches in
@@ -239,26 +240,62 @@ class CudaDevice:
 
     def timed_run(self, launches):
         """run(launches), each launch between two events, then wait for them; returns
-        each launch's GPU time in milliseconds (for profiling: the waits and events
-        slow a call down)."""
+        each launch's GPU time in milliseconds. A kernel that spins for WAIT_NS runs
+        first, so the host queues every launch before the first one starts and the
+        kernels run back to back, as they would if the host were fast: the times are
+        the kernels', not the host's launch overhead (except under
+        CUDA_LAUNCH_BLOCKING=1, where each launch waits)."""
         self.activate()
         events = self._events(len(launches) + 1)
         record, launch = self.driver.cuEventRecord, self.driver.cuLaunchKernel
+        wait, (_, wait_params) = self._wait_kernel(), kernel_params([WAIT_NS])
+        self._check(launch(wait, 1, 1, 1, BLOCK, 1, 1, 0, 0, wait_params.ctypes.data, 0),
+                    "cuLaunchKernel of symnet_wait")
         self._check(record(events[0], 0), "cuEventRecord")
         for (function, grid, addresses, _, name), event in zip(launches, events[1:]):
             self._check(launch(function, grid, 1, 1, BLOCK, 1, 1, 0, 0, addresses.ctypes.data, 0),
                         f"cuLaunchKernel of {name}")
             self._check(record(event, 0), "cuEventRecord")
-        self.call("cuEventSynchronize", events[len(launches)], detail=self._after_kernels)
+        self.call("cuEventSynchronize", events[len(launches)],
+                  detail=lambda status: self._after_kernels(status, "the profile's wait"))
         return [self.call("cuEventElapsedTime", start, end)
                 for start, end in zip(events, events[1:len(launches) + 1])]
 
     def _events(self, count):
-        """At least `count` timing events, made once and kept for the device's lifetime."""
+        """At least `count` timing events, made once and kept for the device's lifetime
+        (a process opens each device once)."""
         made = self.__dict__.setdefault("events", [])
         while len(made) < count:
             made.append(self.call("cuEventCreate", 0))       # CU_EVENT_DEFAULT: timed
         return made
+
+    def _wait_kernel(self):
+        if "wait" not in self.__dict__:
+            self.wait = self.function(self.load_module(WAIT_PTX), "symnet_wait")
+        return self.wait
+
+
+WAIT_NS = 10_000_000        # 10 ms: far longer than queueing a step's launches takes
+WAIT_PTX = """//
+// symnet_wait: spins for its argument's nanoseconds (runtime/cuda.py, timed_run).
+.version 8.0
+.target sm_80
+.address_size 64
+
+.visible .entry symnet_wait(.param .u64 nanoseconds)
+{
+	.reg .pred 	%p;
+	.reg .b64 	%start, %now, %wait;
+	ld.param.u64 	%wait, [nanoseconds];
+	mov.u64 	%start, %globaltimer;
+$L_spin:
+	mov.u64 	%now, %globaltimer;
+	sub.u64 	%now, %now, %start;
+	setp.lt.u64 	%p, %now, %wait;
+	@%p bra 	$L_spin;
+	ret;
+}
+"""
 
 
 class DeviceMemory:
@@ -361,14 +398,18 @@ class CudaProgram(Program):
     # ---- calls --------------------------------------------------------------------------
     def profile(self, method, *args, repeats=10):
         """The GPU time of each kernel of a call, such as profile("train_step", batch):
-        the call made `repeats` times, each kernel timed by events around it; returns
-        [(kernel, strategy, grid, median milliseconds)] in launch order."""
-        self._timings = []
-        try:
-            for _ in range(repeats):
-                getattr(self, method)(*args)
-        finally:
-            timings, self._timings = self._timings, None
+        the call made `repeats` times, each kernel timed by events around it (see
+        CudaDevice.timed_run); returns [(kernel, strategy, grid, median milliseconds)]
+        in launch order."""
+        with self.lock:
+            self._timings = []
+            try:
+                for _ in range(repeats):
+                    getattr(self, method)(*args)
+            finally:
+                timings, self._timings = self._timings, None
+        if not timings:
+            raise ValueError(f"profile: {method} launched no kernels")
         launches = self._last["launches"][self._last_entry]
         spec = {launch["kernel"]: launch["strategy"] for launch in self.spec["launches"][self._last_entry]}
         return [(name, spec[name], grid, float(np.median([t[k] for t in timings])))

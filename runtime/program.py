@@ -22,11 +22,10 @@ _FLOAT = {"f32": np.float32, "f64": np.float64}
 
 
 def eval_dim(dim, sizes):
-    """A dimension: an int, or an expression like 'N', '16*N' or 'max(10, N)' of the
-    symbolic sizes."""
+    """A dimension: an int, or an expression like 'N' or '16*N' of the symbolic sizes."""
     if isinstance(dim, int):
         return dim
-    return int(eval(dim, {"__builtins__": {}, "max": max}, dict(sizes)))
+    return int(eval(dim, {"__builtins__": {}}, dict(sizes)))
 
 
 class Program:

@@ -296,3 +296,24 @@ def test_a_second_symbolic_size_schedules_for_the_gpu():
     assert loss == pytest.approx(0.7 * x.mean(), rel=1e-5)
     assert grads["s"] == pytest.approx(x.mean(), rel=1e-4)
     assert sanitizer_report(program) is None
+
+
+def test_entries_compiled_apart_share_one_buffer_table():
+    """Program builds train_step and evaluate first and the other entries on first use,
+    each a module of its own indexing one buffer table: the scratch buffers of split
+    sums must be listed the same way whichever entries a module holds (listing only its
+    own, `predict` here wrote the 1024 parts of `stat` into the loss's 2-float scratch)."""
+    m = parse("model alias\ninput x[N, 16]\ninput z[N, 8192]\nparam s = 0.5\n"
+              "loss mean((x * s) ^ 2)\noutput stat = sum(z * z)\n")
+    tables = {entries: compile_ir(m, target="gpu-emulation", entries=entries)[1]["buffers"]
+              for entries in (None, ("predict",), ("train_step", "evaluate"))}
+    assert tables[None] == tables[("predict",)] == tables[("train_step", "evaluate")]
+    assert any(b["name"].startswith("split:stat:") for b in tables[None])
+    program = compile(m, target="gpu-emulation", cache=False)
+    rng = np.random.default_rng(4)
+    inputs = {"x": rng.standard_normal((3, 16)).astype(np.float32),
+              "z": rng.standard_normal((3, 8192)).astype(np.float32)}
+    loss, _ = program.evaluate(inputs)
+    assert program.forward(inputs)["stat"] == pytest.approx(float((inputs["z"] ** 2).sum()), rel=1e-5)
+    assert program.evaluate(inputs)[0] == pytest.approx(loss, rel=1e-6)
+    assert sanitizer_report(program) is None

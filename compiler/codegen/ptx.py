@@ -73,7 +73,7 @@ class PTXEmitter(LLVMEmitter):
         self.kernel_emitter(self, fn, dict(zip(buffers, fn.args[1:])), kernel).emit()
         self.emitted[key] = {"kernel": fn.name, "buffers": buffers, "strategy": kernel.strategy,
                              "blocks": kernel.blocks(self.tensors),
-                             "largest_index": kernel.largest_index(self.tensors)}
+                             "positions": kernel.positions(self.tensors)}
         return self.emitted[key]
 
     def mark_kernel(self, fn):
@@ -171,7 +171,7 @@ class GPUKernelEmitter(KernelEmitter):
         """Index values of a row-major linear position over `variables` (the first one
         is not reduced: the position is in range). In 32 bits: a GPU divides 64-bit
         integers in several instructions, and the runtime allows no kernel positions
-        past 2**32 (spec["launches"]: "largest_index")."""
+        past 2**32 (spec["launches"]: "positions")."""
         b = self.b
         env, rest = {}, b.trunc(linear, I32)
         for k, v in reversed(list(enumerate(variables))):
