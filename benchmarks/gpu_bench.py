@@ -10,9 +10,11 @@ same computation. Each step starts from host memory (the batch is copied to the 
 every step, as a training loop does) and is timed alone, up to a full synchronisation of
 the device (cuCtxSynchronize for symnet, torch.cuda.synchronize for PyTorch), after
 warm-up steps. The table gives the median step; samples/s = batch / median; the ratio is
-symnet samples/s / PyTorch samples/s (above 1: symnet faster). PyTorch's columns show
-"-" when torch does not import or sees no GPU. Without a GPU for symnet the script says
-why and exits with status 1.
+symnet samples/s / PyTorch samples/s (above 1: symnet faster). symnet is timed twice:
+as it runs by default (a cuLaunchKernel per kernel) and with each step one CUDA graph
+(`program.use_graphs = True`, the "graph" columns). PyTorch's columns show "-" when
+torch does not import or sees no GPU. Without a GPU for symnet the script says why and
+exits with status 1.
 
 --profile then times each of symnet's kernels in a train step (CUDA events around each
 launch, median of 10 steps), largest first, with their sum against the whole step: what
@@ -31,7 +33,7 @@ sys.path.insert(0, ROOT)
 
 from bench import torch, torch_lenet, torch_mlp  # noqa: E402  (the CPU benchmark's peers)
 from compiler import compile, load  # noqa: E402
-from runtime.cuda import GPUUnavailable, open_device  # noqa: E402
+from runtime.cuda import CudaError, GPUUnavailable, open_device  # noqa: E402
 
 MODELS = {"mlp": ("examples/mlp.nn", torch_mlp, (784,)),
           "lenet5": ("examples/lenet5.nn", torch_lenet, (1, 28, 28))}
@@ -53,13 +55,22 @@ def timed(step, synchronize, steps, warm_up):
 
 
 def symnet_case(model, x, y, lr, device, steps, warm_up, profile):
-    """(first loss, median step seconds, kernel profile or None) of symnet's PTX program."""
+    """{first loss, median step seconds with launches and with a graph, kernel profile}
+    of symnet's PTX program; a graph that fails leaves its error instead of a time."""
     program = compile(model, target="ptx", optimizer="sgd")
     program.configure(lr=lr)
     batch = {"x": x, "y": y}
-    first = program.train_step(batch)
-    seconds = timed(lambda: program.train_step(batch), device.synchronize, steps, warm_up)
-    return first, seconds, program.profile("train_step", batch) if profile else None
+    out = {"symnet_loss": program.train_step(batch)}
+    out["symnet"] = timed(lambda: program.train_step(batch), device.synchronize, steps, warm_up)
+    program.use_graphs = True
+    try:
+        out["graph"] = timed(lambda: program.train_step(batch), device.synchronize, steps,
+                             warm_up)
+    except CudaError as exc:
+        out["graph_error"] = str(exc)
+    program.use_graphs = False
+    out["profile"] = program.profile("train_step", batch) if profile else None
+    return out
 
 
 def torch_case(build, params, x, y, lr, steps, warm_up):
@@ -86,8 +97,7 @@ def run_case(name, batch, device, args):
     y = rng.integers(0, CLASSES, batch).astype(np.int32)
     lr = float(model.train.get("lr", 0.05))
     row = {"case": f"{name} batch {batch}", "batch": batch}
-    row["symnet_loss"], row["symnet"], row["profile"] = symnet_case(
-        model, x, y, lr, device, args.steps, args.warm_up, args.profile)
+    row.update(symnet_case(model, x, y, lr, device, args.steps, args.warm_up, args.profile))
     if torch is not None and torch.cuda.is_available():
         params = {k: np.asarray(v, np.float32) for k, v in model.params.items()}
         row["torch_loss"], row["torch"] = torch_case(build, params, x, y, lr, args.steps,
@@ -96,18 +106,27 @@ def run_case(name, batch, device, args):
 
 
 def print_table(rows):
-    header = f"{'case':<18} {'symnet ms':>10} {'samples/s':>11} {'torch ms':>10} " \
-             f"{'samples/s':>11} {'ratio':>7}  first losses (symnet / torch)"
+    header = f"{'case':<18} {'symnet ms':>10} {'samples/s':>11} {'graph ms':>9} " \
+             f"{'torch ms':>10} {'samples/s':>11} {'ratio':>7} {'graph':>7}  " \
+             "first losses (symnet / torch)"
     print(header)
     print("-" * len(header))
     for row in rows:
         ours = row["batch"] / row["symnet"]
+        graph = f"{1e3 * row['graph']:>9.3f}" if "graph" in row else f"{'-':>9}"
         theirs = row["batch"] / row["torch"] if "torch" in row else None
-        print(f"{row['case']:<18} {1e3 * row['symnet']:>10.3f} {ours:>11.0f} "
-              + (f"{1e3 * row['torch']:>10.3f} {theirs:>11.0f} {ours / theirs:>7.2f}"
-                 if theirs else f"{'-':>10} {'-':>11} {'-':>7}")
-              + f"  {row['symnet_loss']:.5f} / "
+        ratios = f"{'-':>7} {'-':>7}"
+        if theirs:
+            ratios = f"{ours / theirs:>7.2f} " + (f"{row['batch'] / row['graph'] / theirs:>7.2f}"
+                                                   if "graph" in row else f"{'-':>7}")
+        print(f"{row['case']:<18} {1e3 * row['symnet']:>10.3f} {ours:>11.0f} {graph} "
+              + (f"{1e3 * row['torch']:>10.3f} {theirs:>11.0f} " if theirs
+                 else f"{'-':>10} {'-':>11} ")
+              + ratios + f"  {row['symnet_loss']:.5f} / "
               + (f"{row['torch_loss']:.5f}" if "torch_loss" in row else "-"))
+    for row in rows:
+        if "graph_error" in row:
+            print(f"{row['case']}: no graph: {row['graph_error']}")
 
 
 def print_profile(row, shown=12):

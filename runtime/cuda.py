@@ -298,6 +298,43 @@ $L_spin:
 """
 
 
+class Graph:
+    """An entry's launches as one CUDA graph (a chain of kernel nodes), instantiated
+    once per batch size: a call is then one cuGraphLaunch instead of a cuLaunchKernel
+    per kernel (CudaProgram.use_graphs). The driver copies each node's parameter values
+    when the node is added."""
+    executable = graph = None
+
+    def __init__(self, device, launches):
+        self.device = device
+        device.activate()
+        self.graph = device.call("cuGraphCreate", 0)
+        previous = []
+        for function, grid, addresses, _, _ in launches:
+            node = device.driver.CUDA_KERNEL_NODE_PARAMS()
+            node.func = function
+            node.gridDimX, node.gridDimY, node.gridDimZ = grid, 1, 1
+            node.blockDimX, node.blockDimY, node.blockDimZ = BLOCK, 1, 1
+            node.sharedMemBytes = 0
+            node.kernelParams = addresses.ctypes.data
+            previous = [device.call("cuGraphAddKernelNode", self.graph, previous, len(previous), node)]
+        self.executable = device.call("cuGraphInstantiate", self.graph, 0)
+
+    def launch(self):
+        """Queue the whole graph on the default stream, in order with copies."""
+        self.device.activate()
+        self.device.call("cuGraphLaunch", self.executable, 0)
+
+    def __del__(self):
+        try:
+            if self.executable is not None:
+                self.device.call("cuGraphExecDestroy", self.executable)
+            if self.graph is not None:
+                self.device.call("cuGraphDestroy", self.graph)
+        except Exception:  # at interpreter exit the driver may be gone before us
+            pass
+
+
 class DeviceMemory:
     """One zero-filled cuMemAlloc block (zeroed like the CPU plan's np.zeros), freed
     when dropped: a batch size's plan that Program._workspace evicts takes it along."""
@@ -416,15 +453,22 @@ class CudaProgram(Program):
                 for k, (_, grid, _, _, name) in enumerate(launches)]
 
     _timings = None                  # while profiling: each call's kernel times
+    use_graphs = False               # run each entry as one CUDA graph (see Graph)
 
     def _call(self, entry, arrays, sizes):
         workspace = self._workspace(sizes)
         for name, array in arrays.items():
             self.device.upload(workspace["address"][name], array)
-        if self._timings is None:
-            self.device.run(workspace["launches"][entry])
+        launches = workspace["launches"][entry]
+        if self._timings is not None:
+            self._timings.append(self.device.timed_run(launches))
+        elif self.use_graphs and launches:
+            graphs = workspace["graphs"]
+            if entry not in graphs:
+                graphs[entry] = Graph(self.device, launches)
+            graphs[entry].launch()
         else:
-            self._timings.append(self.device.timed_run(workspace["launches"][entry]))
+            self.device.run(launches)
         self._last, self._last_entry = workspace, entry
 
     def _workspace_array(self, name):
@@ -459,7 +503,8 @@ class CudaProgram(Program):
         self.device.upload(sizes_address, size_values)
         launches = {entry: self._launches(kernels, address, sizes_address, sizes)
                     for entry, kernels in self.entries.items()}
-        return {"memory": memory, "address": address, "shapes": shapes, "launches": launches}
+        return {"memory": memory, "address": address, "shapes": shapes, "launches": launches,
+                "graphs": {}}
 
     def _launches(self, kernels, address, sizes_address, sizes):
         """(function, grid, kernelParams, values, name) per kernel; kernels over nothing are

@@ -63,6 +63,7 @@ class FakeDriver:
         self.context = None
         self.grids = []                 # (kernel, blocks) of every launch
         self.waits = []                 # the nanoseconds of each symnet_wait launch
+        self.instantiated = 0           # graphs instantiated
 
     def _reply(self, call, *values, status=CUresult.CUDA_SUCCESS):
         status = self.fail.get(call, status)
@@ -192,23 +193,65 @@ class FakeDriver:
 
     # launches
     def cuLaunchKernel(self, function, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
-        name, kernel, count = function
         if (gy, gz, by, bz, shared, stream, extra) != (1, 1, 1, 1, 0, 0, 0) or not 0 < gx \
                 or bx != BLOCK:
             return self._reply("cuLaunchKernel", status=1)
-        slots = (ctypes.c_uint64 * count).from_address(params)
-        args = [ctypes.c_uint64.from_address(slot).value for slot in slots]
+        return self._launch("cuLaunchKernel", function, gx, self._arguments(function, params))
+
+    def _arguments(self, function, params):
+        """The values a kernelParams array (void**) points at, one per kernel parameter."""
+        slots = (ctypes.c_uint64 * function[2]).from_address(params)
+        return [ctypes.c_uint64.from_address(slot).value for slot in slots]
+
+    def _launch(self, call, function, gx, args):
+        name, kernel, _ = function
         if name == "symnet_wait":                   # its argument: nanoseconds to wait
             self.waits.append(args[0])
-            return self._reply("cuLaunchKernel")
+            return self._reply(call)
         if not all(self._inside(pointer, 0) for pointer in args):
-            return self._reply("cuLaunchKernel", status=700)
-        status = self.fail.get("cuLaunchKernel", 0)
+            return self._reply(call, status=700)
+        status = self.fail.get(call, 0)
         if status == 0:
             for block in range(gx):
                 kernel(*args, block, gx)
             self.grids.append((name, gx))
         return (status,)
+
+    # graphs: a chain of kernel nodes, as runtime/cuda.py builds them
+    class CUDA_KERNEL_NODE_PARAMS:
+        """Like cuda-bindings' struct: fields set one by one."""
+
+    def cuGraphCreate(self, flags):
+        return self._reply("cuGraphCreate", ["graph"])
+
+    def cuGraphAddKernelNode(self, graph, dependencies, count, node):
+        # Each node depends on the one before (a chain), and the driver copies the
+        # parameter values now: the arrays they come from need not outlive this call.
+        if list(dependencies) != graph[1:][-1:] or count != len(dependencies) or \
+                (node.gridDimY, node.gridDimZ, node.blockDimX, node.blockDimY, node.blockDimZ,
+                 node.sharedMemBytes) != (1, 1, BLOCK, 1, 1, 0):
+            return self._reply("cuGraphAddKernelNode", None, status=1)
+        graph.append((node.func, node.gridDimX, self._arguments(node.func, node.kernelParams)))
+        return self._reply("cuGraphAddKernelNode", graph[-1])
+
+    def cuGraphInstantiate(self, graph, flags):
+        self.instantiated += 1
+        return self._reply("cuGraphInstantiate", ("executable", graph[1:]))
+
+    def cuGraphLaunch(self, executable, stream):
+        if stream != 0:
+            return self._reply("cuGraphLaunch", status=1)
+        for function, gx, args in executable[1]:
+            status = self._launch("cuGraphLaunch", function, gx, args)
+            if status[0]:
+                return status
+        return self._reply("cuGraphLaunch")
+
+    def cuGraphExecDestroy(self, executable):
+        return self._reply("cuGraphExecDestroy")
+
+    def cuGraphDestroy(self, graph):
+        return self._reply("cuGraphDestroy")
 
 
 def emulated_kernels(model, optimizer=None):

@@ -451,6 +451,31 @@ def test_profile_times_each_kernel_of_a_call_and_the_call_still_runs():
     assert program.steps == 3
 
 
+def test_graphs_compute_what_separate_launches_compute():
+    """With use_graphs, each entry runs as one CUDA graph of its launches, built once per
+    batch size and entry: the same kernels in the same order, so the same numbers, bit
+    for bit."""
+    m = model("lenet5")
+    plain, _ = fake_program("lenet5", "sgd")
+    graphed, driver = fake_program("lenet5", "sgd")
+    graphed.use_graphs = True
+    for program in (plain, graphed):
+        program.configure(lr=0.05)
+    for batch in (5, 5, 3, 5):
+        inputs = reference.random_inputs(m, batch=batch, seed=batch)
+        assert plain.train_step(inputs) == graphed.train_step(inputs)
+        for name, value in plain.forward(inputs).items():
+            np.testing.assert_array_equal(graphed.forward(inputs)[name], value)
+        loss, grads = plain.value_and_grad(inputs)
+        graph_loss, graph_grads = graphed.value_and_grad(inputs)
+        assert loss == graph_loss
+        for name in grads:
+            np.testing.assert_array_equal(graph_grads[name], grads[name])
+    assert driver.instantiated == 2 * 3             # batch sizes 5 and 3; three entries each
+    for name, value in plain.get_params().items():
+        np.testing.assert_array_equal(graphed.get_params()[name], value)
+
+
 def test_the_profiles_wait_kernel_passes_ptxas(tmp_path):
     """CudaDevice.timed_run's symnet_wait is PTX written by hand: ptxas checks it for
     both architectures, as it does the generated kernels."""
@@ -481,6 +506,18 @@ def test_calls_pass_the_argument_checks_of_the_installed_cuda_bindings():
     except Exception:                   # the driver library is missing: as wanted here
         pass
 
+    def _as_real(argument):
+        """The fake's handles (tuples, lists, dicts) stand for driver objects: pass 0 in
+        their place; a graph node's parameters become the binding's own struct."""
+        if isinstance(argument, FakeDriver.CUDA_KERNEL_NODE_PARAMS):
+            node = real.CUDA_KERNEL_NODE_PARAMS()
+            for key, value in vars(argument).items():
+                setattr(node, key, _as_real(value))
+            return node
+        if isinstance(argument, list) and all(isinstance(a, tuple) for a in argument):
+            return []                                   # no graph nodes to depend on here
+        return 0 if isinstance(argument, (tuple, list, dict)) else argument
+
     class Checked(FakeDriver):
         CUresult = real.CUresult
         CUdevice_attribute = real.CUdevice_attribute
@@ -507,11 +544,8 @@ def test_calls_pass_the_argument_checks_of_the_installed_cuda_bindings():
     program.forward(inputs)
     program.get_params()
     program.profile("train_step", inputs, repeats=1)
-
-
-def _as_real(argument):
-    """The fake's handles (tuples, lists, dicts) stand for driver objects: pass 0 in their place."""
-    return 0 if isinstance(argument, (tuple, list, dict)) else argument
+    program.use_graphs = True
+    program.train_step(inputs)
 
 
 def test_the_gpu_tests_run_over_the_dry_run_driver():
