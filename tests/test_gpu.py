@@ -179,3 +179,20 @@ def test_powers_of_negative_bases_follow_c_pow():
     with np.errstate(divide="ignore", invalid="ignore"):
         np.testing.assert_allclose(outputs["general"], np.power(x, e), rtol=1e-5)
         np.testing.assert_allclose(outputs["integer"], x ** 9 + x ** 3 - x ** -11.0, rtol=1e-6)
+
+
+def test_graphs_and_the_profile_on_the_device():
+    """An entry run as one CUDA graph computes what its separate launches compute, bit
+    for bit (the same kernels in the same order); the profile times every kernel."""
+    m = model("lenet5")
+    plain, graphed = compile(m, target="ptx", optimizer="sgd"), compile(m, target="ptx", optimizer="sgd")
+    graphed.use_graphs = True
+    for batch in (64, 37, 64):
+        inputs = reference.random_inputs(m, batch=batch, seed=batch)
+        assert plain.train_step(inputs) == graphed.train_step(inputs)
+        np.testing.assert_array_equal(graphed.forward(inputs)["logits"], plain.forward(inputs)["logits"])
+    for name, value in plain.get_params().items():
+        np.testing.assert_array_equal(graphed.get_params()[name], value)
+    profile = plain.profile("train_step", reference.random_inputs(m, batch=64), repeats=3)
+    assert [p[0] for p in profile] == [launch["kernel"] for launch in plain.spec["launches"]["train_step"]]
+    assert all(ms > 0 for *_, ms in profile)
