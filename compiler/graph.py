@@ -82,6 +82,7 @@ class Builder:
         self.loc = None
         self.current_op = "value"
         self.layer_base = None
+        self.defining = None           # the fn whose body is being checked
 
     # ---- errors and names -----------------------------------------------------------
     def error(self, message, loc=None):
@@ -371,6 +372,12 @@ def _init_spec(b, e):
         b.error(f"unknown initializer '{name}'" + _suggest(name, ops.INITIALIZERS), e.loc)
     if len(args) != ops.INITIALIZERS[name]:
         b.error(f"{name} takes {ops.INITIALIZERS[name]} arguments, got {len(args)}", e.loc)
+    if name == "normal" and not args[1] > 0:
+        b.error(f"normal(mean, std) needs a positive std, got {_number_text(args[1])}",
+                e.args[1].loc)
+    if name == "uniform" and not args[0] < args[1]:
+        b.error(f"uniform(lo, hi) needs lo below hi, got uniform({_number_text(args[0])}, "
+                f"{_number_text(args[1])})", e.loc)
     return (name, args)
 
 
@@ -474,9 +481,12 @@ def _fn_stmt(b, s):
     b.define(s.name, s.loc)
     if len(set(s.params)) != len(s.params):
         b.error(f"fn {s.name} has a repeated parameter name", s.loc)
-    b.functions[s.name] = s
-    # Check the body once now, so mistakes are reported where they are written.
+    # Check the body once now, so mistakes are reported where they are written. The fn is
+    # known only after its body: it cannot call itself, nor a fn defined later.
+    b.defining = s.name
     _scalar_expr(b, s.body, {p: sympy.Symbol(p, real=True) for p in s.params}, {}, None)
+    b.defining = None
+    b.functions[s.name] = s
 
 
 def _op_stmt(b, s):
@@ -718,6 +728,8 @@ def _scalar_expr(b, e, names, reads, ctx):
             params = {p: sympy.Symbol(p, real=True) for p in fn.params}
             body = _scalar_expr(b, fn.body, params, {}, None)
             return body.xreplace({params[p]: a for p, a in zip(fn.params, args)})
+        if e.func == b.defining:
+            b.error(f"fn '{e.func}' calls itself; a fn cannot be recursive", e.loc)
         if e.func not in ops.ELEMENTWISE:
             b.error(f"unknown function '{e.func}' (only elementwise functions are allowed here)"
                     + _suggest(e.func, list(ops.ELEMENTWISE) + list(b.functions)), e.loc)
