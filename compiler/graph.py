@@ -717,8 +717,9 @@ def _scalar_expr(b, e, names, reads, ctx):
     if isinstance(e, S.BinOp):
         if e.op == "@":
             b.error("'@' is not allowed in a scalar body; write the sum with sum(k: ...)", e.loc)
-        return _ARITH[e.op](_scalar_expr(b, e.left, names, reads, ctx),
-                            _scalar_expr(b, e.right, names, reads, ctx))
+        value = _ARITH[e.op](_scalar_expr(b, e.left, names, reads, ctx),
+                             _scalar_expr(b, e.right, names, reads, ctx))
+        return ops.check_finite(b, value, _OP_LABEL[e.op], e.loc)
     if isinstance(e, S.Call):
         if e.func in b.functions:
             fn = b.functions[e.func]
@@ -743,7 +744,8 @@ def _scalar_expr(b, e, names, reads, ctx):
             if kw.name not in [p[0] for p in op.params if p[1] == "float"]:
                 b.error(f"{e.func} has no argument '{kw.name}'", kw.loc)
             kwargs[kw.name] = float(_number(b, kw.value))
-        return fn(*[_scalar_expr(b, a, names, reads, ctx) for a in e.args], **kwargs)
+        value = fn(*[_scalar_expr(b, a, names, reads, ctx) for a in e.args], **kwargs)
+        return ops.check_finite(b, value, e.func, e.loc)
     if isinstance(e, S.Index):
         if ctx is None:
             b.error(f"indexing {e.base}[...] is only allowed inside an op definition", e.loc)

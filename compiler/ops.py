@@ -74,7 +74,23 @@ def elementwise(ctx, fn, values, loc, label):
     reads = {}
     for e in elems:
         reads.update(e.reads)
-    return Elem(shape, fn(*[e.expr for e in elems]), reads, label)
+    return Elem(shape, check_finite(ctx, fn(*[e.expr for e in elems]), label, loc), reads, label)
+
+
+OPERATOR_LABELS = ("add", "sub", "mul", "div", "pow", "neg")
+NOT_FINITE = (sympy.zoo, sympy.nan, sympy.oo, -sympy.oo)
+
+
+def check_finite(ctx, expr, label, loc):
+    """Refuse what sympy folds to infinity, nan or an imaginary number (1 / 0, log(0),
+    (-1) ^ 0.5): no code computes it, and it is always a mistake in the model."""
+    what = "this value" if label in OPERATOR_LABELS else f"{label}(...)"
+    if expr.has(*NOT_FINITE):
+        ctx.error("division by zero" if label in ("div", "pow")
+                  else f"{what} is infinite or undefined here", loc)
+    if expr.has(sympy.I):
+        ctx.error(f"{what} is not a real number", loc)
+    return expr
 
 
 def read(tensor, index):

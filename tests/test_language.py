@@ -36,3 +36,23 @@ DEFINITIONS = {  # file, line, col, message
 @pytest.mark.parametrize("case", DEFINITIONS)
 def test_definition_mistakes_are_located(tmp_path, capsys, case):
     check_error(tmp_path, capsys, case, *DEFINITIONS[case])
+
+
+# ---- values sympy folds to infinity, nan or an imaginary number -------------------------
+NOT_FINITE = {  # no code computes them
+    "divide_by_zero_output": ("input x[N, 3]\nh = x / 0\noutput h\n", 2, 7, "division by zero"),
+    "divide_by_zero_loss": ("input x[N, 3]\nh = 1 / 0\nloss mean(x * h)\n",
+                            2, 7, "division by zero"),
+    "divide_by_a_zero_difference": ("input x[N]\nh = x / (N - N)\n", 2, 7, "division by zero"),
+    "zero_to_a_negative_power": ("input x[N]\nh = x * 0 ^ -1\n", 2, 11, "division by zero"),
+    "log_of_zero": ("input x[N]\nh = x * log(0)\n", 2, 9, "log(...) is infinite or undefined here"),
+    "sqrt_of_negative": ("input x[N]\nh = x * sqrt(-1)\n", 2, 9, "sqrt(...) is not a real number"),
+    "divide_by_zero_in_fn": ("fn g(z) = z / 0\n", 1, 13, "division by zero"),
+    "fn_of_a_pole": ("fn f(z) = 1 / z\ninput x[N]\nh = f(0) * x\n",
+                     3, 5, "f(...) is infinite or undefined here"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_FINITE)
+def test_non_finite_constants_are_located(tmp_path, capsys, case):
+    check_error(tmp_path, capsys, case, *NOT_FINITE[case])
