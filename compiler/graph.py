@@ -606,8 +606,9 @@ def _call(b, e):
 LAYERS = ("dense", "conv2d", "maxout")
 
 
-def _bind_arguments(b, op, call):
-    """Match a call's positional and keyword arguments to an op's parameters."""
+def _bind_arguments(b, op, call, tensor=None):
+    """Match a call's positional and keyword arguments to an op's parameters; tensor
+    arguments are evaluated by `tensor` (to sympy in fn and op bodies)."""
     names = [p[0] for p in op.params]
     if len(call.args) > len(names):
         b.error(f"{op.name} takes at most {len(names)} arguments, got {len(call.args)}", call.loc)
@@ -630,7 +631,10 @@ def _bind_arguments(b, op, call):
             else:
                 bound[name] = None
             continue
-        bound[name] = _argument(b, op.name, name, kind, given[name])
+        if kind == "tensor" and tensor:
+            bound[name] = tensor(given[name])
+        else:
+            bound[name] = _argument(b, op.name, name, kind, given[name])
     return bound
 
 
@@ -734,17 +738,9 @@ def _scalar_expr(b, e, names, reads, ctx):
         if e.func not in ops.ELEMENTWISE:
             b.error(f"unknown function '{e.func}' (only elementwise functions are allowed here)"
                     + _suggest(e.func, list(ops.ELEMENTWISE) + list(b.functions)), e.loc)
-        fn, params = ops.ELEMENTWISE[e.func]
         op = ops.BUILTINS[e.func]
-        positional = [p for p in op.params if p[1] == "tensor"]
-        if len(e.args) != len(positional):
-            b.error(f"{e.func} takes {len(positional)} argument(s), got {len(e.args)}", e.loc)
-        kwargs = {}
-        for kw in e.kwargs:
-            if kw.name not in [p[0] for p in op.params if p[1] == "float"]:
-                b.error(f"{e.func} has no argument '{kw.name}'", kw.loc)
-            kwargs[kw.name] = float(_number(b, kw.value))
-        value = fn(*[_scalar_expr(b, a, names, reads, ctx) for a in e.args], **kwargs)
+        args = _bind_arguments(b, op, e, lambda a: _scalar_expr(b, a, names, reads, ctx))
+        value = ops.ELEMENTWISE[e.func][0](*[args[p[0]] for p in op.params])
         return ops.check_finite(b, value, e.func, e.loc)
     if isinstance(e, S.Index):
         if ctx is None:

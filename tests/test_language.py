@@ -1,8 +1,10 @@
 """The language's rules that reviewers found unenforced or wrong: each mistake is one
 located diagnostic with exit status 1, and the forms that must work compute the right
 values (checked against NumPy written here)."""
+import numpy as np
 import pytest
 
+from compiler import parse, reference
 from symnet.cli import main
 
 
@@ -56,3 +58,36 @@ NOT_FINITE = {  # no code computes them
 @pytest.mark.parametrize("case", NOT_FINITE)
 def test_non_finite_constants_are_located(tmp_path, capsys, case):
     check_error(tmp_path, capsys, case, *NOT_FINITE[case])
+
+
+# ---- positional arguments are the same everywhere ---------------------------------------
+def leaky(z, alpha):
+    return np.where(z > 0, z, alpha * z)
+
+
+def elu(z, alpha):
+    return np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0)))
+
+
+def test_positional_alpha_in_fn_op_and_statement_bodies():
+    model = parse("fn f(z) = leaky_relu(z, 0.2)\n"
+                  "fn g(z) = elu(z, 0.5) + elu(z)\n"
+                  "op h(A)[n, j] = leaky_relu(A[n, j], 0.3) * elu(A[n, j], alpha=2)\n"
+                  "input x[N, 3]\n"
+                  "output a = f(x)\noutput b = g(x)\noutput c = h(x)\n"
+                  "output d = leaky_relu(x, 0.2) - elu(x, 0.5)\n", "alpha.nn")
+    x = np.random.default_rng(0).normal(size=(4, 3)) * 2
+    out = reference.forward(model, {"x": x})
+    np.testing.assert_allclose(out["a"], leaky(x, 0.2), rtol=1e-14)
+    np.testing.assert_allclose(out["b"], elu(x, 0.5) + elu(x, 1.0), rtol=1e-14)
+    np.testing.assert_allclose(out["c"], leaky(x, 0.3) * elu(x, 2.0), rtol=1e-14)
+    np.testing.assert_allclose(out["d"], leaky(x, 0.2) - elu(x, 0.5), rtol=1e-14)
+
+
+def test_positional_alpha_in_a_fn_has_the_right_gradient():
+    model = parse("fn f(z) = leaky_relu(z, 0.2) + elu(z, 0.5)\nparam w[6] = [-2, -1, -0.5, 0.5, 1, 2]\n"
+                  "loss sum(f(w * 3))\n", "grad.nn")
+    _, grads = reference.value_and_grad(model, {})
+    z = 3 * model.params["w"]
+    expected = 3 * (np.where(z > 0, 1, 0.2) + np.where(z > 0, 1, 0.5 * np.exp(z)))
+    np.testing.assert_allclose(grads["w"], expected, rtol=1e-12)
