@@ -100,8 +100,9 @@ class Builder:
         return name
 
     def define(self, name, loc):
-        if name in self.defined_at:
-            prev = self.defined_at[name]
+        """A name the source defines: once, and not one a layer made (`h.W`)."""
+        prev = self.defined_at.get(name) or self.locations.get(name)
+        if prev:
             self.error(f"'{name}' is already defined at line {prev.line}", loc)
         if name in ops.BUILTINS and name not in ("max", "min", "sum", "mean"):
             self.error(f"'{name}' is a builtin function and cannot be redefined", loc)
@@ -199,7 +200,11 @@ class Builder:
             self.error(f"parameter {self.layer_base}.{suffix} needs fixed dimensions, "
                        f"got {format_shape(shape)}", loc)
         check_size(self, shape, f"{self.layer_base}.{suffix}", loc)
-        name = self.unique(f"{self.layer_base}.{suffix}")
+        name = f"{self.layer_base}.{suffix}"
+        if name in self.defined_at:
+            self.error(f"{self.current_op} names its parameter '{name}', but '{name}' is "
+                       f"already defined at line {self.defined_at[name].line}", loc)
+        name = self.unique(name)
         self.tensors[name] = TensorInfo(name, tuple(shape), "f32", "param")
         self.graph.add_node(name, kind="param", op="param", shape=tuple(shape), dtype="f32", loc=loc)
         self.locations[name] = loc
@@ -449,6 +454,12 @@ def _output_stmt(b, s):
         tensor = b.env[s.name]
     else:
         tensor = _bind(b, s.name, s.expr, s.loc)
+    if tensor != s.name:
+        # `output o = h` (or `output o` of an alias): forward returns it as o, so o is a
+        # tensor of its own, a copy.
+        b.target = s.name
+        tensor = b.materialize(Elem.of(tensor, b.shape(tensor)), s.name, label="copy")
+        b.env[s.name] = tensor
     if tensor in b.outputs:
         b.error(f"'{s.name}' is already an output", s.loc)
     b.outputs.append(tensor)

@@ -4,7 +4,8 @@ values (checked against NumPy written here)."""
 import numpy as np
 import pytest
 
-from compiler import parse, reference
+from compiler import compile, gradcheck, parse, reference
+from compiler.builder import Builder, F
 from symnet.cli import main
 
 
@@ -91,3 +92,59 @@ def test_positional_alpha_in_a_fn_has_the_right_gradient():
     z = 3 * model.params["w"]
     expected = 3 * (np.where(z > 0, 1, 0.2) + np.where(z > 0, 1, 0.5 * np.exp(z)))
     np.testing.assert_allclose(grads["w"], expected, rtol=1e-12)
+
+
+# ---- names: layer parameters, outputs ---------------------------------------------------
+NAMES = {  # a name is defined once, a layer's included
+    "dotted_name_after_layer": ("input x[N, 3]\nh = dense(x, 2)\nh.W = x * 3\noutput o = h.W\n",
+                                3, 1, "'h.W' is already defined at line 2"),
+    "dotted_name_before_layer": ("input x[N, 3]\nh.W = x * 3\nh = dense(x, 2)\n", 3, 5,
+                                 "dense names its parameter 'h.W', but 'h.W' is already "
+                                 "defined at line 2"),
+    "layer_internal_name": ("input x[N, 3]\nh = relu(dense(x, 2))\nh.dense = x\n",
+                            3, 1, "'h.dense' is already defined at line 2"),
+}
+
+
+@pytest.mark.parametrize("case", NAMES)
+def test_name_collisions_are_located(tmp_path, capsys, case):
+    check_error(tmp_path, capsys, case, *NAMES[case])
+
+
+OUTPUTS = """\
+input x[N, 3]
+h = relu(x)
+output o = h
+output h
+output i = x
+g = x
+output g
+"""
+
+
+@pytest.mark.parametrize("run", ["reference", "native"])
+def test_outputs_keep_their_names(run):
+    model = parse(OUTPUTS, "outputs.nn")
+    x = np.random.default_rng(1).normal(size=(2, 3))
+    forward = (compile(model, dtype="f64", cache=False).forward if run == "native"
+               else lambda inputs: reference.forward(model, inputs))
+    out = forward({"x": x})
+    assert sorted(out) == ["g", "h", "i", "o"]
+    for name, value in [("o", np.maximum(x, 0)), ("h", np.maximum(x, 0)), ("i", x), ("g", x)]:
+        np.testing.assert_array_equal(out[name], value)
+
+
+def test_output_of_an_alias_built_in_python():
+    b = Builder()
+    x = b.input("x", ["N", 2])
+    h = b.let("h", F.relu(x))
+    b.output("o", h)
+    out = reference.forward(b.build(), {"x": np.array([[-1.0, 2.0]])})
+    assert list(out) == ["o"] and np.array_equal(out["o"], [[0, 2]])
+
+
+def test_output_copy_passes_gradients_through():
+    model = parse("input x[N, 2]\nparam w[2] = [0.5, -1.5]\nh = x * w\noutput o = h\n"
+                  "loss mean(o * o)\n", "copy.nn")
+    checks, _ = gradcheck(model, seed=0)
+    assert all(c.rel_error < 1e-7 for c in checks)
