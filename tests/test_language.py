@@ -6,6 +6,7 @@ import pytest
 
 from compiler import compile, gradcheck, parse, reference
 from compiler.builder import Builder, F
+from compiler.reference import classes_of
 from symnet.cli import main
 
 
@@ -148,3 +149,27 @@ def test_output_copy_passes_gradients_through():
                   "loss mean(o * o)\n", "copy.nn")
     checks, _ = gradcheck(model, seed=0)
     assert all(c.rel_error < 1e-7 for c in checks)
+
+
+# ---- i32 inputs: class labels are range-checked, other integers are not -----------------
+def test_classes_come_from_onehot_and_cross_entropy():
+    onehot = parse("input y[N] : i32\nt = onehot(y, 7)\nloss mean(t * 2)\n", "o.nn")
+    labels = parse("input y[N] : i32\ninput z[N, 4]\nloss cross_entropy(z * 2, y)\n", "c.nn")
+    counts = parse("input k[N] : i32\nparam w = 1\nloss mean(k * w)\n", "k.nn")
+    assert (classes_of(onehot, "y"), classes_of(labels, "y"), classes_of(counts, "k")) == (7, 4, None)
+
+
+def test_an_i32_count_is_not_refused_as_a_class():
+    model = parse("input k[N] : i32\nparam w = 1.5\nloss mean(k * w)\n", "k.nn")
+    k = np.array([2, 5, -1, 9])
+    loss, grads = compile(model, dtype="f64", cache=False).value_and_grad({"k": k})
+    assert loss == pytest.approx(np.mean(k * 1.5))
+    assert grads["w"] == pytest.approx(np.mean(k))
+    assert reference.random_inputs(model, batch=4)["k"].dtype == np.int32
+
+
+def test_labels_outside_the_classes_are_still_refused():
+    model = parse("input y[N] : i32\ninput z[N, 3]\nloss cross_entropy(z, y)\n", "c.nn")
+    program = compile(model, dtype="f64", cache=False)
+    with pytest.raises(Exception, match="holds class 3, outside 0..2"):
+        program.evaluate({"y": np.array([0, 3]), "z": np.zeros((2, 3))})
