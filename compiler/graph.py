@@ -70,6 +70,7 @@ class Builder:
         self.forward = []
         self.params, self.consts, self.inputs = {}, {}, {}
         self.outputs, self.loss, self.train = [], None, {}
+        self.train_loc = None
         self.env = {}                  # source name -> tensor name
         self.defined_at = {}           # any defined name -> Loc
         self.functions, self.user_ops = {}, {}
@@ -508,13 +509,17 @@ def _op_stmt(b, s):
 
 
 def _train_stmt(b, s):
-    from .defaults import OPTIMIZERS, TRAIN_KEYS
+    from .defaults import OPTIMIZERS
+    if b.train:
+        b.error(f"the model already has a train statement (line {b.train_loc.line})", s.loc)
     if s.optimizer not in OPTIMIZERS:
         b.error(f"unknown optimizer '{s.optimizer}'; expected one of {', '.join(OPTIMIZERS)}", s.loc)
+    keys = list(OPTIMIZERS[s.optimizer]) + ["batch", "epochs", "seed"]
     train = {"optimizer": s.optimizer}
     for kw in s.kwargs:
-        if kw.name not in TRAIN_KEYS:
-            b.error(f"unknown training option '{kw.name}'" + _suggest(kw.name, TRAIN_KEYS), kw.loc)
+        if kw.name not in keys:
+            b.error(f"{s.optimizer} has no option '{kw.name}'; it takes {', '.join(keys)}"
+                    + _suggest(kw.name, keys), kw.loc)
         if isinstance(kw.value, S.Name) and kw.value.id in b.sizes and kw.name == "batch":
             train[kw.name] = "full"          # batch=N: full-batch gradient descent
             continue
@@ -527,7 +532,7 @@ def _train_stmt(b, s):
         if kw.name in ("beta", "beta1", "beta2") and not 0 <= value < 1:
             b.error(f"{kw.name} must be in [0, 1), got {_number_text(value)}", kw.value.loc)
         train[kw.name] = value
-    b.train = train
+    b.train, b.train_loc = train, s.loc
 
 
 _STATEMENTS = {S.ModelStmt: _model_stmt, S.InputStmt: _input_stmt, S.ParamStmt: _param_stmt,

@@ -6,6 +6,7 @@ import pytest
 
 from compiler import compile, gradcheck, parse, reference
 from compiler.builder import Builder, F
+from compiler.errors import SymnetError
 from compiler.reference import classes_of
 from symnet.cli import main
 
@@ -173,3 +174,28 @@ def test_labels_outside_the_classes_are_still_refused():
     program = compile(model, dtype="f64", cache=False)
     with pytest.raises(Exception, match="holds class 3, outside 0..2"):
         program.evaluate({"y": np.array([0, 3]), "z": np.zeros((2, 3))})
+
+
+# ---- train statements -------------------------------------------------------------------
+TRAIN = {  # one, with its optimizer's keys
+    "train_unknown_key": ("train sgd(lr=0.1, beta=0.9)\n", 1, 19,
+                          "sgd has no option 'beta'; it takes lr, batch, epochs, seed"),
+    "train_key_of_another_optimizer": ("train adam(beta=0.9)\n", 1, 12,
+                                       "adam has no option 'beta'; it takes lr, beta1, beta2, "
+                                       "eps, batch, epochs, seed; did you mean 'beta2'?"),
+    "second_train": ("train sgd(lr=0.1)\ntrain adam(lr=0.01)\n",
+                     2, 1, "the model already has a train statement (line 1)"),
+}
+
+
+@pytest.mark.parametrize("case", TRAIN)
+def test_train_mistakes_are_located(tmp_path, capsys, case):
+    check_error(tmp_path, capsys, case, *TRAIN[case])
+
+
+def test_second_train_and_foreign_keys_raise_symnet_errors():
+    with pytest.raises(SymnetError, match="momentum has no option 'beta1'"):
+        parse("train momentum(lr=0.1, beta1=0.9)\n")
+    model = parse("input x[N]\ntrain momentum(lr=0.1, beta=0.8, batch=N, epochs=3, seed=2)\n")
+    assert model.train == {"optimizer": "momentum", "lr": 0.1, "beta": 0.8, "batch": "full",
+                           "epochs": 3, "seed": 2}
