@@ -505,7 +505,20 @@ def _op_stmt(b, s):
     b.define(s.name, s.loc)
     if len(set(s.indices)) != len(s.indices) or len(set(s.operands)) != len(s.operands):
         b.error(f"op {s.name} repeats an operand or index name", s.loc)
+    _check_reductions(b, s.body, set(s.indices))
     b.user_ops[s.name] = s
+
+
+def _check_reductions(b, e, bound):
+    """Each sum(k: ...) and max(k: ...) binds a new index: not an output index, and not
+    the index of a reduction around it."""
+    if isinstance(e, S.Reduce):
+        if e.index in bound:
+            b.error(f"{e.kind}({e.index}: ...) reuses the index '{e.index}', which is already "
+                    "bound here; give the reduction its own index", e.loc)
+        bound = bound | {e.index}
+    for child in _children(e):
+        _check_reductions(b, child, bound)
 
 
 def _train_stmt(b, s):
@@ -808,8 +821,11 @@ def _infer_ranges(b, op, operands, loc):
     def walk(e):
         if isinstance(e, S.Index) and e.base in operands:
             shape = b.shape(operands[e.base])
+            if len(e.indices) != len(shape):
+                b.error(f"{e.base} has shape {format_shape(shape)} ({len(shape)} indices), "
+                        f"indexed with {len(e.indices)}", e.loc)
             for d, i in enumerate(e.indices):
-                if isinstance(i, S.Name) and d < len(shape):
+                if isinstance(i, S.Name):
                     if i.id in ranges and ranges[i.id] != shape[d]:
                         prev = seen[i.id]
                         b.error(f"index '{i.id}' ranges over {ranges[i.id]} in {prev} but over "

@@ -172,6 +172,9 @@ def log_softmax(ctx, loc, z, axis=-1):
 
 def onehot(ctx, loc, y, k):
     y = ctx.materialize(y)
+    if ctx.tensor(y).dtype != "i32":
+        ctx.error(f"onehot expects i32 class indices, got {format_shape(ctx.shape(y))} f32; "
+                  "declare the input with `: i32`", loc)
     shape = ctx.shape(y) + (k,)
     variables = index_symbols([f"i{d}" for d in range(len(shape))])
     s, acc = read(y, variables[:-1])

@@ -199,3 +199,24 @@ def test_second_train_and_foreign_keys_raise_symnet_errors():
     model = parse("input x[N]\ntrain momentum(lr=0.1, beta=0.8, batch=N, epochs=3, seed=2)\n")
     assert model.train == {"optimizer": "momentum", "lr": 0.1, "beta": 0.8, "batch": "full",
                            "epochs": 3, "seed": 2}
+
+
+# ---- op bodies and onehot ---------------------------------------------------------------
+OPS = {  # rank, index binding, dtype
+    "too_few_indices": ("input x[N, 2]\nop f(A)[n, j] = A[n]\no = f(x)\n",
+                        2, 17, "A has shape [N, 2] (2 indices), indexed with 1"),
+    "onehot_of_floats": ("input x[N, 4]\no = onehot(x, 3)\n", 2, 5,
+                         "onehot expects i32 class indices, got [N, 4] f32; declare the input "
+                         "with `: i32`"),
+    "sum_over_an_output_index": ("input x[N, 2]\nop bad(A)[n, j] = sum(j: A[n, j])\n", 2, 19,
+                                 "sum(j: ...) reuses the index 'j', which is already bound "
+                                 "here; give the reduction its own index"),
+    "nested_sums_over_one_index": ("op bad(A)[n] = max(k: sum(k: A[n, k]))\n", 1, 23,
+                                   "sum(k: ...) reuses the index 'k', which is already bound "
+                                   "here; give the reduction its own index"),
+}
+
+
+@pytest.mark.parametrize("case", OPS)
+def test_op_and_onehot_mistakes_are_located(tmp_path, capsys, case):
+    check_error(tmp_path, capsys, case, *OPS[case])
