@@ -271,7 +271,7 @@ def test_unicode_anywhere(name, inserted, where):
 
 
 @pytest.mark.parametrize("text", [
-    "input \u00e9t\u00e9[N]\n", "input x\x00[N]\n", "\ufeffinput x[N]\n",
+    "input \u00e9t\u00e9[N]\n", "input x\x00[N]\n", "input x[N]\n\ufeffh = x\n",  # BOM: only first
     "input x[N]\nh = x\u202e + x\n", "input x[N]\u2028h = x\n", "input x[N, \U0001f600]\n",
 ])
 def test_unicode_outside_comments_is_a_located_error(text):

@@ -220,3 +220,16 @@ OPS = {  # rank, index binding, dtype
 @pytest.mark.parametrize("case", OPS)
 def test_op_and_onehot_mistakes_are_located(tmp_path, capsys, case):
     check_error(tmp_path, capsys, case, *OPS[case])
+
+
+# ---- statements -------------------------------------------------------------------------
+STATEMENTS = {  # hints for a likely slip
+    "loss_assigned": ("input x[N]\ninput y[N]\nloss = mse(x, y)\n", 3, 1,
+                      "cannot assign to keyword 'loss'; write `loss mse(x, y)`, "
+                      "or `loss J = mse(x, y)` to name it"),
+}
+
+
+@pytest.mark.parametrize("case", STATEMENTS)
+def test_statement_mistakes_are_located(tmp_path, capsys, case):
+    check_error(tmp_path, capsys, case, *STATEMENTS[case])
