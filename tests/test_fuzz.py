@@ -63,7 +63,7 @@ def check_diagnostic(error, text):
     match = LOCATED.match(formatted)
     assert match, f"not FILE:LINE:COL: error: ... : {formatted!r}"
     line, col = int(match[1]), int(match[2])
-    lines = text.split("\n")
+    lines = text.removeprefix("\ufeff").split("\n")      # a byte-order mark is skipped
     assert 1 <= line <= len(lines), f"line {line} outside a {len(lines)}-line text"
     source_line = lines[line - 1].rstrip("\r")
     assert 1 <= col <= len(source_line) + 1, f"column {col} outside line {source_line!r}"
