@@ -70,6 +70,7 @@ class Builder:
         self.forward = []
         self.params, self.consts, self.inputs = {}, {}, {}
         self.outputs, self.loss, self.train = [], None, {}
+        self.train_loc = None
         self.env = {}                  # source name -> tensor name
         self.defined_at = {}           # any defined name -> Loc
         self.functions, self.user_ops = {}, {}
@@ -82,6 +83,7 @@ class Builder:
         self.loc = None
         self.current_op = "value"
         self.layer_base = None
+        self.defining = None           # the fn whose body is being checked
 
     # ---- errors and names -----------------------------------------------------------
     def error(self, message, loc=None):
@@ -99,8 +101,9 @@ class Builder:
         return name
 
     def define(self, name, loc):
-        if name in self.defined_at:
-            prev = self.defined_at[name]
+        """A name the source defines: once, and not one a layer made (`h.W`)."""
+        prev = self.defined_at.get(name) or self.locations.get(name)
+        if prev:
             self.error(f"'{name}' is already defined at line {prev.line}", loc)
         if name in ops.BUILTINS and name not in ("max", "min", "sum", "mean"):
             self.error(f"'{name}' is a builtin function and cannot be redefined", loc)
@@ -198,7 +201,11 @@ class Builder:
             self.error(f"parameter {self.layer_base}.{suffix} needs fixed dimensions, "
                        f"got {format_shape(shape)}", loc)
         check_size(self, shape, f"{self.layer_base}.{suffix}", loc)
-        name = self.unique(f"{self.layer_base}.{suffix}")
+        name = f"{self.layer_base}.{suffix}"
+        if name in self.defined_at:
+            self.error(f"{self.current_op} names its parameter '{name}', but '{name}' is "
+                       f"already defined at line {self.defined_at[name].line}", loc)
+        name = self.unique(name)
         self.tensors[name] = TensorInfo(name, tuple(shape), "f32", "param")
         self.graph.add_node(name, kind="param", op="param", shape=tuple(shape), dtype="f32", loc=loc)
         self.locations[name] = loc
@@ -371,6 +378,12 @@ def _init_spec(b, e):
         b.error(f"unknown initializer '{name}'" + _suggest(name, ops.INITIALIZERS), e.loc)
     if len(args) != ops.INITIALIZERS[name]:
         b.error(f"{name} takes {ops.INITIALIZERS[name]} arguments, got {len(args)}", e.loc)
+    if name == "normal" and not args[1] > 0:
+        b.error(f"normal(mean, std) needs a positive std, got {_number_text(args[1])}",
+                e.args[1].loc)
+    if name == "uniform" and not args[0] < args[1]:
+        b.error(f"uniform(lo, hi) needs lo below hi, got uniform({_number_text(args[0])}, "
+                f"{_number_text(args[1])})", e.loc)
     return (name, args)
 
 
@@ -442,6 +455,12 @@ def _output_stmt(b, s):
         tensor = b.env[s.name]
     else:
         tensor = _bind(b, s.name, s.expr, s.loc)
+    if tensor != s.name:
+        # `output o = h` (or `output o` of an alias): forward returns it as o, so o is a
+        # tensor of its own, a copy.
+        b.target = s.name
+        tensor = b.materialize(Elem.of(tensor, b.shape(tensor)), s.name, label="copy")
+        b.env[s.name] = tensor
     if tensor in b.outputs:
         b.error(f"'{s.name}' is already an output", s.loc)
     b.outputs.append(tensor)
@@ -474,26 +493,46 @@ def _fn_stmt(b, s):
     b.define(s.name, s.loc)
     if len(set(s.params)) != len(s.params):
         b.error(f"fn {s.name} has a repeated parameter name", s.loc)
-    b.functions[s.name] = s
-    # Check the body once now, so mistakes are reported where they are written.
+    # Check the body once now, so mistakes are reported where they are written. The fn is
+    # known only after its body: it cannot call itself, nor a fn defined later.
+    b.defining = s.name
     _scalar_expr(b, s.body, {p: sympy.Symbol(p, real=True) for p in s.params}, {}, None)
+    b.defining = None
+    b.functions[s.name] = s
 
 
 def _op_stmt(b, s):
     b.define(s.name, s.loc)
     if len(set(s.indices)) != len(s.indices) or len(set(s.operands)) != len(s.operands):
         b.error(f"op {s.name} repeats an operand or index name", s.loc)
+    _check_reductions(b, s.body, set(s.indices))
     b.user_ops[s.name] = s
 
 
+def _check_reductions(b, e, bound):
+    """Each sum(k: ...) and max(k: ...) binds a new index: not an output index, and not
+    the index of a reduction around it."""
+    if isinstance(e, S.Reduce):
+        if e.index in bound:
+            b.error(f"{e.kind}({e.index}: ...) reuses the index '{e.index}', which is already "
+                    "bound here; give the reduction its own index", e.loc)
+        bound = bound | {e.index}
+    for child in _children(e):
+        _check_reductions(b, child, bound)
+
+
 def _train_stmt(b, s):
-    from .defaults import OPTIMIZERS, TRAIN_KEYS
+    from .defaults import OPTIMIZERS
+    if b.train:
+        b.error(f"the model already has a train statement (line {b.train_loc.line})", s.loc)
     if s.optimizer not in OPTIMIZERS:
         b.error(f"unknown optimizer '{s.optimizer}'; expected one of {', '.join(OPTIMIZERS)}", s.loc)
+    keys = list(OPTIMIZERS[s.optimizer]) + ["batch", "epochs", "seed"]
     train = {"optimizer": s.optimizer}
     for kw in s.kwargs:
-        if kw.name not in TRAIN_KEYS:
-            b.error(f"unknown training option '{kw.name}'" + _suggest(kw.name, TRAIN_KEYS), kw.loc)
+        if kw.name not in keys:
+            b.error(f"{s.optimizer} has no option '{kw.name}'; it takes {', '.join(keys)}"
+                    + _suggest(kw.name, keys), kw.loc)
         if isinstance(kw.value, S.Name) and kw.value.id in b.sizes and kw.name == "batch":
             train[kw.name] = "full"          # batch=N: full-batch gradient descent
             continue
@@ -506,7 +545,7 @@ def _train_stmt(b, s):
         if kw.name in ("beta", "beta1", "beta2") and not 0 <= value < 1:
             b.error(f"{kw.name} must be in [0, 1), got {_number_text(value)}", kw.value.loc)
         train[kw.name] = value
-    b.train = train
+    b.train, b.train_loc = train, s.loc
 
 
 _STATEMENTS = {S.ModelStmt: _model_stmt, S.InputStmt: _input_stmt, S.ParamStmt: _param_stmt,
@@ -596,8 +635,9 @@ def _call(b, e):
 LAYERS = ("dense", "conv2d", "maxout")
 
 
-def _bind_arguments(b, op, call):
-    """Match a call's positional and keyword arguments to an op's parameters."""
+def _bind_arguments(b, op, call, tensor=None):
+    """Match a call's positional and keyword arguments to an op's parameters; tensor
+    arguments are evaluated by `tensor` (to sympy in fn and op bodies)."""
     names = [p[0] for p in op.params]
     if len(call.args) > len(names):
         b.error(f"{op.name} takes at most {len(names)} arguments, got {len(call.args)}", call.loc)
@@ -620,7 +660,10 @@ def _bind_arguments(b, op, call):
             else:
                 bound[name] = None
             continue
-        bound[name] = _argument(b, op.name, name, kind, given[name])
+        if kind == "tensor" and tensor:
+            bound[name] = tensor(given[name])
+        else:
+            bound[name] = _argument(b, op.name, name, kind, given[name])
     return bound
 
 
@@ -707,8 +750,9 @@ def _scalar_expr(b, e, names, reads, ctx):
     if isinstance(e, S.BinOp):
         if e.op == "@":
             b.error("'@' is not allowed in a scalar body; write the sum with sum(k: ...)", e.loc)
-        return _ARITH[e.op](_scalar_expr(b, e.left, names, reads, ctx),
-                            _scalar_expr(b, e.right, names, reads, ctx))
+        value = _ARITH[e.op](_scalar_expr(b, e.left, names, reads, ctx),
+                             _scalar_expr(b, e.right, names, reads, ctx))
+        return ops.check_finite(b, value, _OP_LABEL[e.op], e.loc)
     if isinstance(e, S.Call):
         if e.func in b.functions:
             fn = b.functions[e.func]
@@ -718,20 +762,15 @@ def _scalar_expr(b, e, names, reads, ctx):
             params = {p: sympy.Symbol(p, real=True) for p in fn.params}
             body = _scalar_expr(b, fn.body, params, {}, None)
             return body.xreplace({params[p]: a for p, a in zip(fn.params, args)})
+        if e.func == b.defining:
+            b.error(f"fn '{e.func}' calls itself; a fn cannot be recursive", e.loc)
         if e.func not in ops.ELEMENTWISE:
             b.error(f"unknown function '{e.func}' (only elementwise functions are allowed here)"
                     + _suggest(e.func, list(ops.ELEMENTWISE) + list(b.functions)), e.loc)
-        fn, params = ops.ELEMENTWISE[e.func]
         op = ops.BUILTINS[e.func]
-        positional = [p for p in op.params if p[1] == "tensor"]
-        if len(e.args) != len(positional):
-            b.error(f"{e.func} takes {len(positional)} argument(s), got {len(e.args)}", e.loc)
-        kwargs = {}
-        for kw in e.kwargs:
-            if kw.name not in [p[0] for p in op.params if p[1] == "float"]:
-                b.error(f"{e.func} has no argument '{kw.name}'", kw.loc)
-            kwargs[kw.name] = float(_number(b, kw.value))
-        return fn(*[_scalar_expr(b, a, names, reads, ctx) for a in e.args], **kwargs)
+        args = _bind_arguments(b, op, e, lambda a: _scalar_expr(b, a, names, reads, ctx))
+        value = ops.ELEMENTWISE[e.func][0](*[args[p[0]] for p in op.params])
+        return ops.check_finite(b, value, e.func, e.loc)
     if isinstance(e, S.Index):
         if ctx is None:
             b.error(f"indexing {e.base}[...] is only allowed inside an op definition", e.loc)
@@ -782,8 +821,11 @@ def _infer_ranges(b, op, operands, loc):
     def walk(e):
         if isinstance(e, S.Index) and e.base in operands:
             shape = b.shape(operands[e.base])
+            if len(e.indices) != len(shape):
+                b.error(f"{e.base} has shape {format_shape(shape)} ({len(shape)} indices), "
+                        f"indexed with {len(e.indices)}", e.loc)
             for d, i in enumerate(e.indices):
-                if isinstance(i, S.Name) and d < len(shape):
+                if isinstance(i, S.Name):
                     if i.id in ranges and ranges[i.id] != shape[d]:
                         prev = seen[i.id]
                         b.error(f"index '{i.id}' ranges over {ranges[i.id]} in {prev} but over "

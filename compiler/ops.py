@@ -74,7 +74,23 @@ def elementwise(ctx, fn, values, loc, label):
     reads = {}
     for e in elems:
         reads.update(e.reads)
-    return Elem(shape, fn(*[e.expr for e in elems]), reads, label)
+    return Elem(shape, check_finite(ctx, fn(*[e.expr for e in elems]), label, loc), reads, label)
+
+
+OPERATOR_LABELS = ("add", "sub", "mul", "div", "pow", "neg")
+NOT_FINITE = (sympy.zoo, sympy.nan, sympy.oo, -sympy.oo)
+
+
+def check_finite(ctx, expr, label, loc):
+    """Refuse what sympy folds to infinity, nan or an imaginary number (1 / 0, log(0),
+    (-1) ^ 0.5): no code computes it, and it is always a mistake in the model."""
+    what = "this value" if label in OPERATOR_LABELS else f"{label}(...)"
+    if expr.has(*NOT_FINITE):
+        ctx.error("division by zero" if label in ("div", "pow")
+                  else f"{what} is infinite or undefined here", loc)
+    if expr.has(sympy.I):
+        ctx.error(f"{what} is not a real number", loc)
+    return expr
 
 
 def read(tensor, index):
@@ -156,6 +172,9 @@ def log_softmax(ctx, loc, z, axis=-1):
 
 def onehot(ctx, loc, y, k):
     y = ctx.materialize(y)
+    if ctx.tensor(y).dtype != "i32":
+        ctx.error(f"onehot expects i32 class indices, got {format_shape(ctx.shape(y))} f32; "
+                  "declare the input with `: i32`", loc)
     shape = ctx.shape(y) + (k,)
     variables = index_symbols([f"i{d}" for d in range(len(shape))])
     s, acc = read(y, variables[:-1])
@@ -300,26 +319,35 @@ def maxout(ctx, loc, x, units, pieces=2):
 
 
 def _conv_geometry(ctx, loc, shape, kh, kw, stride, pad, what):
+    """Output height and width, and the padding before them (top, left).
+
+    An integer pad pads every side alike; "same" pads as TensorFlow does: the output is
+    ceil(H / stride), the total padding max((out - 1) * stride + k - H, 0), its smaller
+    half on top (left). Reads outside the input are zero, so the padding after the image
+    needs no code: only the offset before it and the output size matter."""
     if len(shape) != 4:
         ctx.error(f"{what} expects [N, C, H, W], got {format_shape(shape)}", loc)
-    if isinstance(pad, str):
-        if pad not in ("valid", "same"):
-            ctx.error(f'pad must be "valid", "same" or an integer, got "{pad}"', loc)
-        pad = 0 if pad == "valid" else (kh - 1) // 2
-    if stride < 1 or pad < 0:
+    if isinstance(pad, str) and pad not in ("valid", "same"):
+        ctx.error(f'pad must be "valid", "same" or an integer, got "{pad}"', loc)
+    pad = 0 if pad == "valid" else pad
+    if stride < 1 or (pad != "same" and pad < 0):
         ctx.error(f"{what} needs stride >= 1 and pad >= 0", loc)
     H, W = shape[2], shape[3]
     if not isinstance(H, int) or not isinstance(W, int):
         ctx.error(f"{what} needs fixed image sizes, got {format_shape(shape)}", loc)
+    if pad == "same":
+        Ho, Wo = -(-H // stride), -(-W // stride)
+        return Ho, Wo, (max((Ho - 1) * stride + kh - H, 0) // 2,
+                        max((Wo - 1) * stride + kw - W, 0) // 2)
     if H + 2 * pad < kh or W + 2 * pad < kw:
         ctx.error(f"{what} window {kh}x{kw} does not fit input {format_shape(shape)}"
                   + (f" with pad {pad}" if pad else ""), loc)
-    return (H + 2 * pad - kh) // stride + 1, (W + 2 * pad - kw) // stride + 1, pad
+    return (H + 2 * pad - kh) // stride + 1, (W + 2 * pad - kw) // stride + 1, (pad, pad)
 
 
 def conv2d(ctx, loc, x, kernel=None, filters=None, size=None, stride=1, pad="valid",
            bias=True, init="he"):
-    """out[n,o,y,x] = sum_{c,ky,kx} in[n, c, s*y+ky-p, s*x+kx-p] * K[o, c, ky, kx] (+ b[o]).
+    """out[n,o,y,x] = sum_{c,ky,kx} in[n, c, s*y+ky-ph, s*x+kx-pw] * K[o, c, ky, kx] (+ b[o]).
 
     Cross-correlation, as in every framework. A [kh, kw] kernel is applied to each
     input channel separately (one filter per channel, shared)."""
@@ -340,7 +368,7 @@ def conv2d(ctx, loc, x, kernel=None, filters=None, size=None, stride=1, pad="val
             ctx.error("conv2d needs a kernel tensor or filters=C and size=K", loc)
         kh = kw = size
         cout = filters
-    Ho, Wo, p = _conv_geometry(ctx, loc, shape, kh, kw, stride, pad, "conv2d")
+    Ho, Wo, (ph, pw) = _conv_geometry(ctx, loc, shape, kh, kw, stride, pad, "conv2d")
     if kernel is None:
         if not isinstance(shape[1], int):
             ctx.error(f"conv2d needs a fixed number of input channels, got {format_shape(shape)}", loc)
@@ -348,7 +376,7 @@ def conv2d(ctx, loc, x, kernel=None, filters=None, size=None, stride=1, pad="val
     n, o, y, xx, c, ky, kx = index_symbols(["n", "o", "y", "x", "c", "ky", "kx"])
     depthwise = len(ctx.shape(kernel)) == 2
     channel = o if depthwise else c
-    ir, iacc = read(x, (n, channel, stride * y + ky - p, stride * xx + kx - p))
+    ir, iacc = read(x, (n, channel, stride * y + ky - ph, stride * xx + kx - pw))
     kr, kacc = read(kernel, (ky, kx) if depthwise else (o, c, ky, kx))
     rindex, rextent = ((ky, kx), (kh, kw)) if depthwise else ((c, ky, kx), (shape[1], kh, kw))
     out = ctx.new_tensor(ctx.hint(), (shape[0], cout, Ho, Wo))

@@ -82,7 +82,9 @@ class _Lexer:
     def __init__(self, text: str, filename: str):
         self.filename = filename
         # split on '\n' only (splitlines would also break at form feeds and U+2028),
-        # and drop the '\r' of CRLF files so it never shows up in diagnostics
+        # and drop the '\r' of CRLF files so it never shows up in diagnostics; a UTF-8
+        # byte-order mark (Windows editors write one) is not part of the text
+        text = text[1:] if text.startswith("\ufeff") else text
         self.lines = [line.rstrip("\r") for line in text.split("\n")]
         self.open: List[Token] = []     # unclosed brackets, innermost last
 
@@ -277,7 +279,11 @@ class _Parser:
         tok = self.peek()
         if tok.kind == "NAME" and tok.text in KEYWORDS:
             if self.at("=", 1):
-                self.error(f"cannot assign to keyword '{tok.text}'; choose another name", tok)
+                hint = "choose another name"
+                if tok.text == "loss":
+                    expr = self._rest_of_line(self.peek(1))
+                    hint = f"write `loss {expr}`, or `loss J = {expr}` to name it"
+                self.error(f"cannot assign to keyword '{tok.text}'; {hint}", tok)
             self.next()
             return getattr(self, "stmt_" + tok.text)(tok)
         if tok.kind == "NAME" and self.at("=", 1):
@@ -286,6 +292,12 @@ class _Parser:
             return ast.AssignStmt(tok.text, self.expr(), self.loc(tok))
         self.error(f"unknown statement {_describe(tok)}; expected model, input, param, const, "
                    "output, loss, fn, op, train or NAME = EXPR", tok)
+
+    def _rest_of_line(self, tok: Token) -> str:
+        """The source after `tok` on its line, if it is a whole expression; else EXPR."""
+        rest = self.lexer.lines[tok.line - 1][tok.col:].split("#")[0].strip()
+        whole = all(rest.count(a) == rest.count(b) for a, b in CLOSER_OF.items())
+        return _clip(rest) if rest and whole else "EXPR"
 
     def end_statement(self, stmt):
         tok = self.peek()

@@ -59,8 +59,8 @@ class MaxOver(ExprWithLimits):
     def _pretty(self, printer):
         from sympy.printing.pretty.stringpict import prettyForm
         ranges = ", ".join(f"{v}≤{hi}" for v, _, hi in self.limits)
-        body = printer._print(self.function)
-        return prettyForm(*body.parens().left(f"max[{ranges}]"))
+        body = prettyForm(*printer._print(self.function).parens())
+        return prettyForm(*body.left(f"max[{ranges}]"))
 
 
 @dataclass(frozen=True)

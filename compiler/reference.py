@@ -8,6 +8,7 @@ import sympy
 
 from .autodiff import differentiate
 from .errors import SymnetError
+from .functions import eq
 from .index_ir import dim_value, interpret
 
 
@@ -93,8 +94,8 @@ def random_inputs(model, batch=3, seed=0):
     inputs = {}
     for name, info in model.inputs.items():
         shape = tuple(dim_value(d, {s: batch for s in model.size_symbols}) for d in info.shape)
-        if info.dtype == "i32":
-            classes = classes_of(model, name)
+        if info.dtype == "i32":      # class labels, or small counts when not labels
+            classes = classes_of(model, name) or 5
             inputs[name] = rng.integers(0, classes, shape).astype(np.int32)
         else:
             inputs[name] = rng.normal(0.0, 1.0, shape)
@@ -102,14 +103,14 @@ def random_inputs(model, batch=3, seed=0):
 
 
 def classes_of(model, label_input):
-    """How many classes an i32 input indexes: the width of what it is compared with."""
+    """How many classes an i32 input holds: the range of the class index it is compared
+    with, eq(label, k), in cross_entropy or onehot. None for an i32 input used otherwise
+    (a count, a factor), whose values are then not range-checked."""
     for c in model.forward:
-        for a in c.accesses.values():
-            if a.tensor == label_input:
-                for b in c.accesses.values():
-                    shape = model.tensors[b.tensor].shape
-                    if b.tensor != label_input and len(shape) == 2 and isinstance(shape[1], int):
-                        return shape[1]
-                if c.index and isinstance(model.tensors[c.out].shape[-1], int):
-                    return model.tensors[c.out].shape[-1]
-    return 2
+        labels = {s for s, a in c.accesses.items() if a.tensor == label_input}
+        extents = {**dict(zip(c.index, model.tensors[c.out].shape)),
+                   **dict(zip(c.rindex, c.rextent))}
+        for label, k in (compare.args for compare in c.body.atoms(eq)):
+            if label in labels and sympy.sympify(extents.get(k)).is_Integer:
+                return int(extents[k])
+    return None

@@ -68,6 +68,8 @@ VARIANTS = [
     'conv2d(x, filters=2, size=3, pad="same")',
     'conv2d(x, filters=2, size=3, pad="same", stride=2)',
     "conv2d(x, filters=4, size=4, pad=1, stride=2)",
+    'conv2d(x, filters=2, size=2, pad="same", stride=2)',
+    'conv2d(x, K3, pad="same", stride=3)',
     "conv2d(x, filters=1, size=2, bias=false)",
     "conv2d(x, K)",
     "conv2d(x, K2, stride=2, pad=1)",
@@ -85,6 +87,7 @@ def variant_model(expr):
         "param x[2, 3, 7, 7] ~ normal(0, 1)\n"
         "param K[5, 3, 3, 3] ~ normal(0, 0.3)\n"
         "param K2[2, 2] ~ normal(0, 0.5)\n"
+        "param K3[2, 3, 4, 1] ~ normal(0, 0.5)\n"
         f"h = {expr}\n"
         "loss mean(h * h)\n", "variant.nn")
 
@@ -144,3 +147,73 @@ def test_shape_errors_are_located_and_name_both_shapes(source, message):
         parse(source, "bad.nn")
     assert message in err.value.message
     assert err.value.format().startswith("bad.nn:2:")
+
+
+# ---- pad="same": TensorFlow's rule, per dimension -------------------------------------
+def numpy_conv_same(x, K, stride):
+    """"same" convolution by np.pad and a loop over output positions, and the gradients
+    of sum(out * R) by the same loop: (out, grad_fn(R) -> (dx, dK))."""
+    N, C, H, W = x.shape
+    kh, kw = K.shape[2:]
+    Ho, Wo = -(-H // stride), -(-W // stride)
+    th, tw = max((Ho - 1) * stride + kh - H, 0), max((Wo - 1) * stride + kw - W, 0)
+    top, left = th // 2, tw // 2
+    xp = np.pad(x, ((0, 0), (0, 0), (top, th - top), (left, tw - left)))
+
+    def window(y, z):
+        return np.s_[:, :, y * stride:y * stride + kh, z * stride:z * stride + kw]
+
+    out = np.zeros((N, K.shape[0], Ho, Wo))
+    for y in range(Ho):
+        for z in range(Wo):
+            out[:, :, y, z] = np.einsum("ncab,ocab->no", xp[window(y, z)], K)
+
+    def grads(R):
+        dxp, dK = np.zeros_like(xp), np.zeros_like(K)
+        for y in range(Ho):
+            for z in range(Wo):
+                dK += np.einsum("no,ncab->ocab", R[:, :, y, z], xp[window(y, z)])
+                dxp[window(y, z)] += np.einsum("no,ocab->ncab", R[:, :, y, z], K)
+        return dxp[:, :, top:top + H, left:left + W], dK
+    return out, grads
+
+
+@pytest.mark.parametrize("kh, kw", [(2, 2), (3, 3), (4, 4), (3, 1), (1, 3), (2, 3), (5, 2)])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_same_padding_matches_numpy(kh, kw, stride):
+    H, W = 6, 7
+    Ho, Wo = -(-H // stride), -(-W // stride)
+    model = parse(f"param x[2, 2, {H}, {W}] ~ zeros\nparam K[3, 2, {kh}, {kw}] ~ zeros\n"
+                  f"param R[2, 3, {Ho}, {Wo}] ~ zeros\n"
+                  f'output o = conv2d(x, K, stride={stride}, pad="same")\n'
+                  "loss sum(o * R)\n", "same.nn")
+    rng = np.random.default_rng(kh * 10 + kw + stride * 100)
+    params = {"x": rng.normal(size=(2, 2, H, W)), "K": rng.normal(size=(3, 2, kh, kw)),
+              "R": rng.normal(size=(2, 3, Ho, Wo))}
+    expected, grads = numpy_conv_same(params["x"], params["K"], stride)
+    out = reference.forward(model, {}, params)["o"]
+    assert out.shape == (2, 3, Ho, Wo)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    _, got = reference.value_and_grad(model, {}, params)
+    dx, dK = grads(params["R"])
+    np.testing.assert_allclose(got["x"], dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got["K"], dK, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("image, kernel, stride, out", [
+    ((5, 5), (2, 2), 1, (5, 5)), ((5, 5), (2, 2), 2, (3, 3)), ((6, 7), (3, 1), 1, (6, 7)),
+    ((6, 7), (1, 3), 1, (6, 7)), ((6, 7), (4, 4), 3, (2, 3)), ((2, 2), (5, 5), 1, (2, 2))])
+def test_same_output_is_input_size_over_stride_rounded_up(image, kernel, stride, out):
+    model = parse(f"input x[N, 1, {image[0]}, {image[1]}]\n"
+                  f"param K[1, 1, {kernel[0]}, {kernel[1]}] ~ ones\n"
+                  f'output o = conv2d(x, K, stride={stride}, pad="same")\n', "same.nn")
+    assert model.tensors["o"].shape[2:] == out
+
+
+def test_same_with_an_even_kernel_pads_after_the_image_like_tensorflow():
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    model = parse('input x[N, 1, 5, 5]\nparam K[1, 1, 2, 2] ~ ones\n'
+                  'output o = conv2d(x, K, pad="same")\n', "same.nn")
+    out = reference.forward(model, {"x": x})["o"][0, 0]
+    padded = np.pad(x[0, 0], ((0, 1), (0, 1)))
+    assert np.array_equal(out, padded[:5, :5] + padded[1:, :5] + padded[:5, 1:] + padded[1:, 1:])

@@ -210,6 +210,20 @@ def test_blank_lines_comments_tabs_crlf():
     assert parse_program("").statements == () and parse_program("\n\n  # x\n").statements == ()
 
 
+def test_byte_order_mark_is_skipped():
+    """Windows editors start UTF-8 files with U+FEFF; columns count from after it."""
+    prog = parse_program("\ufeffmodel m\ninput x[N]\n")
+    assert [type(s).__name__ for s in prog.statements] == ["ModelStmt", "InputStmt"]
+    assert prog.statements[0].loc.line_text == "model m"
+    assert parse_program("\ufeff").statements == ()
+    with pytest.raises(SymnetError) as info:
+        parse_program("\ufeffy = a $ b", "bom.nn")
+    assert info.value.format() == "bom.nn:1:7: error: unexpected character '$'\n" \
+        "    y = a $ b\n          ^"
+    with pytest.raises(SymnetError, match="unexpected character '\\\\ufeff'"):
+        parse_program("y = 1\n\ufeffz = 2")        # only at the very start
+
+
 def test_no_trailing_newline_and_trailing_commas():
     s = parse_program("y = f(a, b,)\nz = [1, 2,]").statements
     assert show(s[0].expr) == "f(a, b)" and show(s[1].expr) == "[1, 2]"
@@ -253,7 +267,11 @@ ERRORS = [
     ("y = " + "-" * 500 + "x", 1, 5 + MAX_DEPTH, "expression nested too deeply"),
     ("param a = " + "[" * 300 + "1" + "]" * 300, 1, 11 + MAX_DEPTH,
      "expression nested too deeply"),
-    ("loss = x", 1, 1, "cannot assign to keyword 'loss'; choose another name"),
+    ("loss = mse(x, y)  # J", 1, 1,
+     "cannot assign to keyword 'loss'; write `loss mse(x, y)`, or `loss J = mse(x, y)` to name it"),
+    ("loss = mse(x,\n y)", 1, 1,
+     "cannot assign to keyword 'loss'; write `loss EXPR`, or `loss J = EXPR` to name it"),
+    ("output = x", 1, 1, "cannot assign to keyword 'output'; choose another name"),
     ("x = 1\nmodel m", 2, 1, "'model' must be the first statement"),
     ("model\n", 1, 6, "expected a model name after 'model', found end of line"),
     ("param W[3]", 1, 11, "expected '=' or '~' after the parameter, found end of line"),

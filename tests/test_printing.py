@@ -226,3 +226,34 @@ def test_summary_skips_argmax_buffers_and_groups_thousands():
     assert ".argmax" not in table
     assert "Total learnable parameters: 109,386" in table
     assert "100,352" in table
+
+
+# ---- every example, every format, as `symnet grad` prints it ---------------------------
+def examples_with_a_loss():
+    import glob
+    return [path for path in sorted(glob.glob("examples/*.nn")) if load(path).loss]
+
+
+# Models whose max reductions once crashed the unicode printer (MaxOver._pretty).
+MAX_MODELS = {
+    "maxout_mse": "input x[N, 3]\ninput t[N, 2]\ng = maxout(x, 2, pieces=3)\nloss mse(g, t)\n",
+    "softmax_axis0": "input x[N, 3]\np = softmax(dense(x, 2), axis=0)\nloss mean(p * p)\n",
+    "conv_maxpool": "input x[N, 1, 6, 6]\nc = maxpool(relu(conv2d(x, filters=2, size=3)), 2)\n"
+                    "loss mean(c)\n",
+}
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-simplify"], ["--chain"]])
+@pytest.mark.parametrize("source", examples_with_a_loss() + list(MAX_MODELS))
+def test_grad_prints_in_every_format(tmp_path, capsys, source, flags):
+    """`symnet grad` in text, unicode and LaTeX, simplified, raw and as chains."""
+    from symnet.cli import main
+    if source in MAX_MODELS:
+        path = tmp_path / f"{source}.nn"
+        path.write_text(MAX_MODELS[source])
+        source = str(path)
+    for fmt in ("text", "unicode", "latex"):
+        assert main(["grad", source, "--format", fmt, "--traceback", *flags]) == 0
+        out = capsys.readouterr().out
+        lhs = {"text": "dJ/d", "unicode": "∂J/∂", "latex": r"\frac{\partial J}{\partial "}[fmt]
+        assert lhs in out and "grad:" not in out
