@@ -183,8 +183,8 @@ def evaluation_point(model, values):
             raise SymnetError(f"--at: input '{name}' holds class indices (i32), "
                               f"got {format_number(values[name])}")
         # As in training: an out-of-range class silently drops the loss's target term.
-        k = reference.classes_of(model, name)
-        if not 0 <= values[name] < k:
+        k = reference.classes_of(model, name)       # None: not a class label (a count)
+        if k is not None and not 0 <= values[name] < k:
             raise SymnetError(f"--at: input '{name}' is a class of 0..{k - 1}, "
                               f"got {format_number(values[name])}")
     sizes = {s: 1 for s in model.size_symbols}

@@ -123,6 +123,17 @@ def test_grad_at_class_labels_must_be_classes_of_the_model(capsys, label):
     assert out == ""
 
 
+def test_grad_at_takes_any_whole_count_for_an_i32_input_that_is_not_a_label(capsys, tmp_path):
+    """An i32 input multiplied in (a count) has no classes: --at takes any whole value
+    there (the class check once compared it with None)."""
+    path = tmp_path / "counts.nn"
+    path.write_text("model counts\ninput x[N]\ninput k[N] : i32\nparam w = 0.5\n"
+                    "loss mean(k * w * x)\n")
+    assert cli.main(["grad", str(path), "--at", "x=2,k=3"]) == 0
+    out = capsys.readouterr().out
+    assert "J = 3\n" in out and "dJ/dw = 6\n" in out
+
+
 def test_grad_at_is_checked_before_the_formulas_print(capsys):
     assert cli.main(["grad", "examples/linreg.nn", "--at", "a=0.4"]) == 1
     out, err = capsys.readouterr()
