@@ -73,17 +73,23 @@ class GPUKernel:
     strategy: str           # "thread" | "block" | "tile" | "split" | "finish"
     tails: list = field(default_factory=list)
     tile: Tile = None
-    splits: int = 1         # split, finish: blocks (parts of the terms) per output element
-    scratch: str = None     # split, finish: the parts' sums, [element, part] flattened
+    splits: int = 1         # split, a split tile, finish: parts of the terms per output
+    scratch: str = None     # ... and the parts' sums, [element, part] flattened
 
     @property
     def comps(self):
         return [self.head] + self.tails
 
     @property
+    def parts(self):
+        """Whether this launch sums parts of the terms into the scratch buffer (a split,
+        or a tile split over the reduction), leaving its output to a finish launch."""
+        return self.splits > 1 and self.strategy != "finish"
+
+    @property
     def buffers(self):
         """Every tensor the kernel takes, in order: its nests', then the scratch buffer."""
-        if self.strategy == "split":
+        if self.parts:
             used = self.head.reads
         else:
             used = [t for c in self.comps for t in c.buffers]
@@ -92,18 +98,19 @@ class GPUKernel:
     @property
     def written(self):
         """The tensors this launch writes."""
-        if self.strategy == "split":
+        if self.parts:
             return {self.scratch}           # its output is the finish launch's to store
         return {c.out for c in self.comps} | {c.argmax for c in self.comps if c.argmax}
 
     def blocks(self, tensors):
         """The grid this launch wants, as an int or a Python expression in the sizes:
         threads for every element (thread, finish), a block per element, a block per
-        part of each element's sum (split), or a block per tile."""
+        part of each element's sum (split), or a block per tile (and part)."""
         if self.strategy == "tile":
             ranges = loop_ranges(self.head, tensors)
             rows, cols = _extent(self.tile.rows, ranges), _extent(self.tile.cols, ranges)
-            return _product(_ceil(rows, self.tile.tm), _ceil(cols, self.tile.tn))
+            tiles = _product(_ceil(rows, self.tile.tm), _ceil(cols, self.tile.tn))
+            return _product(tiles, self.splits) if self.splits > 1 else tiles
         elements = _elements(self.head, tensors)
         if self.strategy == "block":
             return int(elements) if elements.is_Integer else str(elements)
@@ -132,12 +139,14 @@ def gpu_schedule(comps, tensors):
             last.tails.append(c)
         else:
             strategy, tile = choose_strategy(c, tensors)
-            splits = split_count(c, tensors) if strategy == "block" else 1
+            splits = {"block": split_count, "tile": tile_split_count}.get(
+                strategy, lambda c, tensors: 1)(c, tensors)
             if splits > 1:
                 scratch = f"split:{c.out}:{splits}"
                 tensors[scratch] = TensorInfo(scratch, (int(_elements(c, tensors)) * splits,),
                                               "f32", "aux")
-                kernels.append(GPUKernel(c, "split", splits=splits, scratch=scratch))
+                kernels.append(GPUKernel(c, "split" if strategy == "block" else "tile",
+                                         tile=tile, splits=splits, scratch=scratch))
                 kernels.append(GPUKernel(c, "finish", splits=splits, scratch=scratch))
             else:
                 kernels.append(GPUKernel(c, strategy, [], tile))
@@ -189,6 +198,21 @@ def split_count(c, tensors):
     return max(1, min(SLOTS // int(elements), _terms(c, NOMINAL) // PART))
 
 
+def tile_split_count(c, tensors):
+    """Parts of the reduction for a contraction whose tiles (a fixed number) leave most
+    of the GPU idle (a convolution's weight gradient: 16 x 150 outputs, N x 10 x 10
+    terms): as for split_count, blocks for the whole GPU, at least PART terms each."""
+    tile = contraction_tile(c, tensors)
+    if not _elements(c, tensors).is_Integer:
+        return 1
+    ranges = loop_ranges(c, tensors)
+    tiles = math.ceil(_extent(tile.rows, ranges, NOMINAL) / tile.tm) * \
+        math.ceil(_extent(tile.cols, ranges, NOMINAL) / tile.tn)
+    if tiles >= SLOTS // 8:
+        return 1
+    return max(1, min(SLOTS // tiles, _terms(c, NOMINAL) // PART))
+
+
 def contraction_tile(c, tensors):
     """A Tile for a sum whose body is (factors of rows, reduction) x (factors of columns,
     reduction), with enough outputs and terms to fill tiles; else None."""
@@ -217,7 +241,8 @@ def contraction_tile(c, tensors):
     a_guards = tuple(g for g, u in zip(c.guards, guard_uses) if not u & second)
     b_guards = tuple(g for g, u in zip(c.guards, guard_uses) if u & second)
     rows_n, cols_n = _extent(rows, ranges, NOMINAL), _extent(cols, ranges, NOMINAL)
-    if not worth_tiling(rows_n, cols_n, _terms(c, NOMINAL)):
+    if not worth_tiling(rows_n, cols_n, _terms(c, NOMINAL)) and \
+            not worth_splitting(rows_n, cols_n, _terms(c, NOMINAL)):
         return None
     tm, tn, rm, rn = tile_shape(rows_n, cols_n)
     return Tile(rows, cols, a, b, a_guards, b_guards, tm, tn, rm, rn,
@@ -228,6 +253,12 @@ def worth_tiling(rows, cols, terms):
     """Enough columns to fill most of a 16-wide tile, outputs for many tiles, and a
     reduction of at least one chunk; a narrower product runs a thread per element."""
     return cols >= 12 and rows >= 16 and terms >= TK and rows * cols >= 4096
+
+
+def worth_splitting(rows, cols, terms):
+    """Too few outputs to tile for their number, but sums long enough to split the tiles
+    over the reduction (tile_split_count): a convolution's weight gradient."""
+    return cols >= 12 and rows >= 16 and terms >= 2 * PART
 
 
 def tile_shape(rows, cols):
@@ -301,6 +332,8 @@ def format_gpu_schedule(kernels, tensors):
                     f"{', '.join(map(str, t.cols))}), {t.rm}x{t.rn} per thread, chunks of {t.tk}")
         if kernel.strategy == "split":
             how += f" into {kernel.splits} parts per output"
+        elif kernel.parts:
+            how += f", the reduction in {kernel.splits} parts"
         if kernel.strategy == "finish":
             how += f" (adds the {kernel.splits} parts of each output)"
         lines.append(f"launch {k}: {how}, blocks {kernel.blocks(tensors)}")

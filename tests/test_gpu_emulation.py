@@ -77,14 +77,17 @@ def test_long_reductions_keep_float32_accuracy():
 @pytest.mark.parametrize("splits", [2, 7, 98, 500])
 def test_split_reductions_cover_every_term_once(splits, monkeypatch):
     """A sum split into parts, one block each, then added by the finish launch: LeNet-5's
-    bias and weight gradients of both convolutions (4 launches each) at batch 3, where
-    the parts of 98 or 500 get one term or none, and 7 leaves a short last part. A term
-    counted twice or left out changes the gradient; one step of SGD runs the tails."""
-    monkeypatch.setattr(gpu_schedule, "split_count", lambda c, tensors: (
-        splits if c.out in ("grad:c1.b", "grad:c1.W", "grad:c3.b", "grad:c3.W") else 1))
+    bias and weight gradients of both convolutions at batch 3 (c3.W's as a 16x16 tile
+    split over the reduction, the others as block sums), where the parts of 98 or 500
+    get one term (or chunk) or none, and 7 leaves a short last part. A term counted
+    twice or left out changes the gradient; one step of SGD runs the tails."""
+    def count(c, tensors):
+        return splits if c.out in ("grad:c1.b", "grad:c1.W", "grad:c3.b", "grad:c3.W") else 1
+    monkeypatch.setattr(gpu_schedule, "split_count", count)
+    monkeypatch.setattr(gpu_schedule, "tile_split_count", count)
     m = model("lenet5")
     _, spec, kernels, _ = compile_ir(m, target="gpu-emulation")
-    assert sum(k.strategy == "split" for k in kernels["train_step"]) == 4
+    assert sorted(k.strategy for k in kernels["train_step"] if k.parts) == ["split"] * 3 + ["tile"]
     assert {b["shape"][0] for b in spec["buffers"] if b["name"].startswith("split:grad:c1.b")} \
         == {6 * splits}
     program = compile(m, target="gpu-emulation", optimizer="sgd", cache=False)
@@ -103,21 +106,24 @@ def test_split_reductions_cover_every_term_once(splits, monkeypatch):
 
 
 def test_few_outputs_with_long_sums_are_split():
-    """The schedule splits a block reduction only where its outputs leave most of the
-    GPU idle and its sums are long: LeNet-5's convolution gradients, not its dense ones
-    (sums over the batch alone) nor c3.W (2400 outputs); each part gets at least PART
-    terms at the nominal batch, and the parts fill the GPU (SLOTS blocks) at most."""
+    """The schedule splits a sum only where its outputs leave most of the GPU idle and
+    its sums are long: LeNet-5's convolution gradients (c3.W's 16 x 150 as a contraction
+    in ten 16x16 tiles, split over the reduction), not its dense ones (sums over the
+    batch alone); each part gets at least PART terms at the nominal batch, and the
+    parts fill the GPU (SLOTS blocks) at most."""
     m = model("lenet5")
     _, _, kernels, _ = compile_ir(m, target="ptx")
-    split = {k.head.out: k.splits for k in kernels["train_step"] if k.strategy == "split"}
-    assert split == {"grad:c1.b": 98, "grad:c1.W": 6, "grad:c3.b": 12}
-    terms = {"grad:c1.b": 128 * 28 * 28, "grad:c1.W": 128 * 28 * 28, "grad:c3.b": 128 * 10 * 10}
-    outputs = {"grad:c1.b": 6, "grad:c1.W": 150, "grad:c3.b": 16}
-    for out, parts in split.items():
+    split = {k.head.out: (k.strategy, k.splits) for k in kernels["train_step"] if k.parts}
+    assert split == {"grad:c1.b": ("split", 98), "grad:c1.W": ("split", 6),
+                     "grad:c3.b": ("split", 12), "grad:c3.W": ("tile", 12)}
+    terms = {"grad:c1.b": 128 * 28 * 28, "grad:c1.W": 128 * 28 * 28, "grad:c3.b": 128 * 10 * 10,
+             "grad:c3.W": 128 * 10 * 10}
+    blocks = {"grad:c1.b": 6, "grad:c1.W": 150, "grad:c3.b": 16, "grad:c3.W": 10}  # c3.W: tiles
+    for out, (_, parts) in split.items():
         assert terms[out] // parts >= gpu_schedule.PART
-        assert outputs[out] * parts <= gpu_schedule.SLOTS
+        assert blocks[out] * parts <= gpu_schedule.SLOTS
     finish = [k for k in kernels["train_step"] if k.strategy == "finish"]
-    assert [k.head.out for k in finish] == ["grad:c3.b", "grad:c1.b", "grad:c1.W"]
+    assert [k.head.out for k in finish] == ["grad:c3.b", "grad:c3.W", "grad:c1.b", "grad:c1.W"]
     assert all(k.tails for k in finish)                 # the optimizer's update runs there
 
 

@@ -95,14 +95,15 @@ def test_one_ptx_entry_per_launch_with_its_buffers_as_parameters(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_launch_grids_cover_the_work(name):
     """A thread per element, a block per element, a block per part of an element's sum
-    (and a thread per element to add them), or a block per tile of the output."""
+    (and a thread per element to add them), or a block per tile of the output (and
+    part of the reduction)."""
     _, spec, kernels, _ = compile_ir(model(name), target="ptx")
     buffers = {b["name"]: b for b in spec["buffers"]}
     for entry, launches in spec["launches"].items():
         assert len(launches) == len(kernels[entry])
         for launch, kernel in zip(launches, kernels[entry]):
             assert launch["strategy"] == kernel.strategy
-            if kernel.strategy == "split":      # its output: the parts' sums, for the finish
+            if kernel.parts:                    # its output: the parts' sums, for the finish
                 assert launch["buffers"][-1] == kernel.scratch
                 assert kernel.head.out not in launch["buffers"]
             else:
@@ -123,7 +124,7 @@ def test_launch_grids_cover_the_work(name):
                     rows = math.prod(eval_dim(extent[v], sizes) for v in t.rows)
                     cols = math.prod(eval_dim(extent[v], sizes) for v in t.cols)
                     assert rows * cols == elements
-                    assert blocks == math.ceil(rows / t.tm) * math.ceil(cols / t.tn), launch
+                    assert blocks == math.ceil(rows / t.tm) * math.ceil(cols / t.tn) * kernel.splits, launch
 
 
 def test_lenet5_launches_by_hand():
@@ -151,20 +152,20 @@ def _kernel(spec, name, head, entry="predict"):
 
 def test_lenet5_train_step_sums_long_reductions_by_block_and_updates_in_place():
     """Weight and bias gradients sum over the batch (and the image): a block each, or
-    (the convolutions' but c3.W) several blocks each and a finishing launch; every
-    parameter's Adam update runs in its gradient's (last) launch (72 loop nests, 33
-    launches and 3 more for the split sums)."""
+    (the convolutions') several blocks each (c3.W: tiles split over the reduction) and a
+    finishing launch; every parameter's Adam update runs in its gradient's (last)
+    launch (72 loop nests, 33 launches and 4 more for the split sums)."""
     _, spec, kernels, _ = compile_ir(model("lenet5"), "adam", target="ptx")
     step = kernels["train_step"]
     heads = {k.head.out: k for k in step}           # a split sum: its finishing launch
     for p in ("c1.W", "c1.b", "c3.W", "c3.b", "f5.b", "f6.b", "logits.b", "logits.W"):
         kernel = heads[f"grad:{p}"]
-        assert kernel.strategy == ("finish" if p in ("c1.W", "c1.b", "c3.b") else "block"), p
+        assert kernel.strategy == ("finish" if p.startswith("c") else "block"), p
         assert [c.out for c in kernel.tails] == [f"state:{p}.m", f"state:{p}.v", p]
     for p in ("f5.W", "f6.W"):
         assert heads[f"grad:{p}"].strategy == "tile"
         assert heads[f"grad:{p}"].tails[-1].out == p
-    assert len(step) == 36 and sum(len(k.comps) for k in step) == 72 + 3
+    assert len(step) == 37 and sum(len(k.comps) for k in step) == 72 + 4
 
 
 def test_shared_memory_and_barriers_only_where_blocks_cooperate():

@@ -301,9 +301,11 @@ class GPUKernelEmitter(KernelEmitter):
         return self.address(self.kernel.scratch, (PART_INDEX,), {PART_INDEX: position})[0]
 
     def tile_strategy(self):
-        """Each block strides over TM x TN tiles of the output; per chunk of TK reduction
-        steps, all threads stage A's and B's chunk in shared memory, then each thread
-        multiplies out its RM x RN register tile from there."""
+        """Each block strides over TM x TN tiles of the output (and, split, over parts of
+        the reduction: (tile, part) pairs); per chunk of TK reduction steps, all threads
+        stage A's and B's chunk in shared memory, then each thread multiplies out its
+        RM x RN register tile from there. A split tile stores its part's sums in the
+        scratch buffer, for the finish launch."""
         c, t, b = self.kernel.head, self.kernel.tile, self.b
         needed = self.enter(c)
         a_guards = tuple(g for g in t.a_guards if g in needed)
@@ -314,22 +316,31 @@ class GPUKernelEmitter(KernelEmitter):
         rows, cols, depth = self.extent(t.rows), self.extent(t.cols), self.extent(c.rindex)
         col_tiles = b.udiv(b.add(cols, ir.Constant(I64, t.tn - 1)), ir.Constant(I64, t.tn))
         row_tiles = b.udiv(b.add(rows, ir.Constant(I64, t.tm - 1)), ir.Constant(I64, t.tm))
+        splits = ir.Constant(I64, self.kernel.splits)
+        # A part's share of the reduction: whole chunks, so that parts never share one.
+        chunks = b.udiv(b.add(depth, ir.Constant(I64, t.tk - 1)), ir.Constant(I64, t.tk))
+        share = b.mul(b.udiv(b.add(chunks, ir.Constant(I64, self.kernel.splits - 1)), splits),
+                      ir.Constant(I64, t.tk))
         zero = ir.Constant(self.m.float, 0.0)
         across = t.tn // t.rn                      # threads along a tile's columns
 
         def place(tid):                            # (row, column) of a thread in the tile
             return b.udiv(tid, ir.Constant(I64, across)), b.urem(tid, ir.Constant(I64, across))
-        with self.loop(b.mul(row_tiles, col_tiles), "tile", start=self.special("ctaid"),
-                       step=self.special("nctaid")) as tile:
+        with self.loop(b.mul(b.mul(row_tiles, col_tiles), splits), "tile",
+                       start=self.special("ctaid"), step=self.special("nctaid")) as pair:
+            tile, part = b.udiv(pair, splits), b.urem(pair, splits)
             m0 = b.mul(b.udiv(tile, col_tiles), ir.Constant(I64, t.tm))
             n0 = b.mul(b.urem(tile, col_tiles), ir.Constant(I64, t.tn))
+            first = b.mul(part, share)
+            end = b.add(first, share)
+            stop = b.select(b.icmp_unsigned("<", end, depth), end, depth)
             with self.threads() as tid:
                 for k in range(t.rm * t.rn):
                     b.store(zero, acc(tid, k))
-            with self.loop(depth, "chunk", step=ir.Constant(I64, t.tk)) as k0:
+            with self.loop(stop, "chunk", start=first, step=ir.Constant(I64, t.tk)) as k0:
                 with self.threads() as tid:
-                    self.stage(a_tile, t.a, a_guards, t.rows, t.tm, t.a_k_fastest, m0, rows, k0, depth, tid)
-                    self.stage(b_tile, t.b, b_guards, t.cols, t.tn, t.b_k_fastest, n0, cols, k0, depth, tid)
+                    self.stage(a_tile, t.a, a_guards, t.rows, t.tm, t.a_k_fastest, m0, rows, k0, stop, tid)
+                    self.stage(b_tile, t.b, b_guards, t.cols, t.tn, t.b_k_fastest, n0, cols, k0, stop, tid)
                 self.sync()
                 with self.threads() as tid:
                     ty, tx = place(tid)
@@ -353,13 +364,25 @@ class GPUKernelEmitter(KernelEmitter):
                         inside = b.and_(b.icmp_unsigned("<", m, rows), b.icmp_unsigned("<", n, cols))
                         with b.if_then(inside):
                             env = {**self.element(m, t.rows), **self.element(n, t.cols)}
-                            self.store(c, env, b.load(acc(tid, i * t.rn + j), typ=self.m.float))
-                            self.tails(env)
+                            value = b.load(acc(tid, i * t.rn + j), typ=self.m.float)
+                            if self.kernel.parts:
+                                position = b.add(b.mul(self.position(env, c.index), splits), part)
+                                self.store_part(value, position)
+                            else:
+                                self.store(c, env, value)
+                                self.tails(env)
+
+    def position(self, env, variables):
+        """The row-major linear position of index values `env` over `variables`."""
+        b, out = self.b, ir.Constant(I64, 0)
+        for v in variables:
+            out = b.add(b.mul(out, self.dim(self.ranges[v])), env[v])
+        return out
 
     def stage(self, tile, side, guards, variables, width, k_fastest, first, extent, k0, depth, tid):
         """This thread's share of a TK x width chunk of one side, into shared memory laid
         out [k][position] (rows padded to width + 1): the side's factors at (first + position, k0 + k), 0 past
-        the output's or the reduction's end."""
+        the output's end or `depth` (the reduction's, or its part's)."""
         b, c, tk = self.b, self.kernel.head, self.kernel.tile.tk
         for s in range(tk * width // BLOCK):
             e = b.add(tid, ir.Constant(I64, s * BLOCK))
