@@ -317,10 +317,11 @@ class GPUKernelEmitter(KernelEmitter):
         col_tiles = b.udiv(b.add(cols, ir.Constant(I64, t.tn - 1)), ir.Constant(I64, t.tn))
         row_tiles = b.udiv(b.add(rows, ir.Constant(I64, t.tm - 1)), ir.Constant(I64, t.tm))
         splits = ir.Constant(I64, self.kernel.splits)
-        # A part's share of the reduction: whole chunks, so that parts never share one.
-        chunks = b.udiv(b.add(depth, ir.Constant(I64, t.tk - 1)), ir.Constant(I64, t.tk))
-        share = b.mul(b.udiv(b.add(chunks, ir.Constant(I64, self.kernel.splits - 1)), splits),
-                      ir.Constant(I64, t.tk))
+        if self.kernel.parts:
+            # A part's share of the reduction: whole chunks, so that parts never share one.
+            chunks = b.udiv(b.add(depth, ir.Constant(I64, t.tk - 1)), ir.Constant(I64, t.tk))
+            share = b.mul(b.udiv(b.add(chunks, ir.Constant(I64, self.kernel.splits - 1)), splits),
+                          ir.Constant(I64, t.tk))
         zero = ir.Constant(self.m.float, 0.0)
         across = t.tn // t.rn                      # threads along a tile's columns
 
@@ -328,12 +329,14 @@ class GPUKernelEmitter(KernelEmitter):
             return b.udiv(tid, ir.Constant(I64, across)), b.urem(tid, ir.Constant(I64, across))
         with self.loop(b.mul(b.mul(row_tiles, col_tiles), splits), "tile",
                        start=self.special("ctaid"), step=self.special("nctaid")) as pair:
-            tile, part = b.udiv(pair, splits), b.urem(pair, splits)
+            tile, part, first, stop = pair, None, ir.Constant(I64, 0), depth
+            if self.kernel.parts:
+                tile, part = b.udiv(pair, splits), b.urem(pair, splits)
+                first = b.mul(part, share)
+                end = b.add(first, share)
+                stop = b.select(b.icmp_unsigned("<", end, depth), end, depth)
             m0 = b.mul(b.udiv(tile, col_tiles), ir.Constant(I64, t.tm))
             n0 = b.mul(b.urem(tile, col_tiles), ir.Constant(I64, t.tn))
-            first = b.mul(part, share)
-            end = b.add(first, share)
-            stop = b.select(b.icmp_unsigned("<", end, depth), end, depth)
             with self.threads() as tid:
                 for k in range(t.rm * t.rn):
                     b.store(zero, acc(tid, k))
