@@ -129,6 +129,9 @@ def grad_command(args):
     point = evaluation_point(model, values) if args.at else None
     if args.chain:
         print(chain.render_chains(model, wrt=args.wrt, fmt=args.format, simplify=simplify))
+        if args.at:
+            print_values(model, values, point, [args.wrt] if args.wrt else list(model.params),
+                         simplify)
         return 0
     derivation = printing.derive(model, wrt=args.wrt, simplify=simplify)
     comment = "% " if args.format == "latex" else ""

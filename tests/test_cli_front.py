@@ -134,6 +134,19 @@ def test_grad_at_takes_any_whole_count_for_an_i32_input_that_is_not_a_label(caps
     assert "J = 3\n" in out and "dJ/dw = 6\n" in out
 
 
+def test_grad_chain_at_prints_the_values_after_the_chains(capsys):
+    """--chain with --at: the chain-rule factors, then the loss and the gradients at the
+    point, as without --chain (the values were checked, then ignored)."""
+    args = ["grad", "examples/neuron.nn", "--wrt", "yhat.b", "--at", "x=1,y=2"]
+    assert cli.main(args) == 0
+    plain = capsys.readouterr().out
+    assert cli.main(args + ["--chain"]) == 0
+    chained = capsys.readouterr().out
+    values = plain[plain.index("at x=1, y=2"):]
+    assert values == "at x=1, y=2 (inputs as a batch of one):\n  J = 4\n  dJ/dyhat.b = [-4]\n"
+    assert chained.startswith("the chain rule") and chained.endswith(values)
+
+
 def test_grad_at_is_checked_before_the_formulas_print(capsys):
     assert cli.main(["grad", "examples/linreg.nn", "--at", "a=0.4"]) == 1
     out, err = capsys.readouterr()
