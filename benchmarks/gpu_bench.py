@@ -112,21 +112,25 @@ def print_table(rows):
     print(header)
     print("-" * len(header))
     for row in rows:
-        ours = row["batch"] / row["symnet"]
-        graph = f"{1e3 * row['graph']:>9.3f}" if "graph" in row else f"{'-':>9}"
-        theirs = row["batch"] / row["torch"] if "torch" in row else None
-        ratios = f"{'-':>7} {'-':>7}"
-        if theirs:
-            ratios = f"{ours / theirs:>7.2f} " + (f"{row['batch'] / row['graph'] / theirs:>7.2f}"
-                                                   if "graph" in row else f"{'-':>7}")
-        print(f"{row['case']:<18} {1e3 * row['symnet']:>10.3f} {ours:>11.0f} {graph} "
-              + (f"{1e3 * row['torch']:>10.3f} {theirs:>11.0f} " if theirs
-                 else f"{'-':>10} {'-':>11} ")
-              + ratios + f"  {row['symnet_loss']:.5f} / "
+        ms = {key: 1e3 * row[key] if key in row else None for key in ("symnet", "graph", "torch")}
+        rate = {key: row["batch"] / row[key] if key in row else None
+                for key in ("symnet", "graph", "torch")}
+        ratio = {key: rate[key] / rate["torch"] if rate[key] and rate["torch"] else None
+                 for key in ("symnet", "graph")}
+        cells = [_cell(ms["symnet"], 10, ".3f"), _cell(rate["symnet"], 11, ".0f"),
+                 _cell(ms["graph"], 9, ".3f"), _cell(ms["torch"], 10, ".3f"),
+                 _cell(rate["torch"], 11, ".0f"), _cell(ratio["symnet"], 7, ".2f"),
+                 _cell(ratio["graph"], 7, ".2f")]
+        print(f"{row['case']:<18} {' '.join(cells)}  {row['symnet_loss']:.5f} / "
               + (f"{row['torch_loss']:.5f}" if "torch_loss" in row else "-"))
     for row in rows:
         if "graph_error" in row:
             print(f"{row['case']}: no graph: {row['graph_error']}")
+
+
+def _cell(value, width, form):
+    """A right-aligned number, or '-' where there is none."""
+    return f"{value:>{width}{form}}" if value is not None else f"{'-':>{width}}"
 
 
 def print_profile(row, shown=12):

@@ -118,7 +118,6 @@ class GPUKernel:
             return int(elements) * self.splits
         return _ceil(elements, BLOCK)
 
-
     def positions(self, tensors):
         """What the kernel numbers through its 32-bit index arithmetic, as ints or Python
         expressions in the sizes: its output elements, and the terms of its sum where
@@ -139,8 +138,11 @@ def gpu_schedule(comps, tensors):
             last.tails.append(c)
         else:
             strategy, tile = choose_strategy(c, tensors)
-            splits = {"block": split_count, "tile": tile_split_count}.get(
-                strategy, lambda c, tensors: 1)(c, tensors)
+            splits = 1
+            if strategy == "block":
+                splits = split_count(c, tensors)
+            elif strategy == "tile":
+                splits = tile_split_count(c, tile, tensors)
             if splits > 1:
                 scratch = f"split:{c.out}:{splits}"
                 tensors[scratch] = TensorInfo(scratch, (int(_elements(c, tensors)) * splits,),
@@ -190,27 +192,29 @@ def choose_strategy(c, tensors):
 
 def split_count(c, tensors):
     """Blocks per output for a block reduction whose outputs (a fixed number) leave most
-    of the GPU idle: enough to fill it, each with at least PART terms at the nominal
-    batch; 1 (no split) when that is not 2 or more."""
+    of the GPU idle: 1 (no split) for more than half of SLOTS, else _parts."""
     elements = _elements(c, tensors)
-    if c.reduce != "sum" or c.argmax or not elements.is_Integer or 2 * int(elements) > SLOTS:
+    if not elements.is_Integer or 2 * int(elements) > SLOTS:
         return 1
-    return max(1, min(SLOTS // int(elements), _terms(c, NOMINAL) // PART))
+    return _parts(c, int(elements))
 
 
-def tile_split_count(c, tensors):
+def tile_split_count(c, tile, tensors):
     """Parts of the reduction for a contraction whose tiles (a fixed number) leave most
     of the GPU idle (a convolution's weight gradient: 16 x 150 outputs, N x 10 x 10
-    terms): as for split_count, blocks for the whole GPU, at least PART terms each."""
-    tile = contraction_tile(c, tensors)
+    terms): 1 for a block per multiprocessor or more (SLOTS / 8), else _parts."""
     if not _elements(c, tensors).is_Integer:
         return 1
     ranges = loop_ranges(c, tensors)
     tiles = math.ceil(_extent(tile.rows, ranges, NOMINAL) / tile.tm) * \
         math.ceil(_extent(tile.cols, ranges, NOMINAL) / tile.tn)
-    if tiles >= SLOTS // 8:
-        return 1
-    return max(1, min(SLOTS // tiles, _terms(c, NOMINAL) // PART))
+    return 1 if tiles >= SLOTS // 8 else _parts(c, tiles)
+
+
+def _parts(c, units):
+    """Parts of c's terms for each of `units` blocks' worth of work: enough to fill the
+    GPU (SLOTS blocks), each with at least PART terms at the nominal batch."""
+    return max(1, min(SLOTS // units, _terms(c, NOMINAL) // PART))
 
 
 def contraction_tile(c, tensors):

@@ -83,14 +83,13 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entr
         scheduled = {entry: schedule(comps, lowered.tensors, lanes=emitter.lanes)
                      for entry, comps in lowered.entries.items()}
         in_registers = keep_stores(scheduled, _observed(model, lowered), lowered.tensors)
-        kernels = {entry: scheduled[entry] for entry in wanted}
     else:
         # Every entry here too: an entry compiled later must number the scratch buffers
         # of split sums (in the buffer table) as the others do.
         scheduled = {entry: gpu_schedule(comps, lowered.tensors)
                      for entry, comps in lowered.entries.items()}
         scratch = [k.scratch for ks in scheduled.values() for k in ks if k.scratch]
-        kernels = {entry: scheduled[entry] for entry in wanted}
+    kernels = {entry: scheduled[entry] for entry in wanted}
     used = list(dict.fromkeys(_used_buffers(lowered) + scratch))
     buffer_index = {name: k for k, name in enumerate(used)}
     for entry, entry_kernels in kernels.items():

@@ -142,6 +142,7 @@ class CudaDevice:
         self.multiprocessors = self.attribute("MULTIPROCESSOR_COUNT")
         self.max_blocks = resident_blocks(self.multiprocessors,
                                           self.attribute("MAX_THREADS_PER_MULTIPROCESSOR"))
+        self.events, self.wait = [], None            # for timed_run, made on first use
 
     def __repr__(self):
         major, minor = self.capability
@@ -232,11 +233,14 @@ class CudaDevice:
         reported by a later call (a copy): CUDA_LAUNCH_BLOCKING=1 makes each launch wait,
         so that the failure is reported here, with the kernel's name."""
         self.activate()
-        launch = self.driver.cuLaunchKernel
-        for function, grid, addresses, _, name in launches:
-            self._check(launch(function, grid, 1, 1, BLOCK, 1, 1, 0, 0, addresses.ctypes.data, 0),
-                        f"cuLaunchKernel of {name}")
+        for launch in launches:
+            self._launch(*launch)
 
+    def _launch(self, function, grid, addresses, values, name):
+        """One launch of `grid` blocks of BLOCK threads on the default stream."""
+        self._check(self.driver.cuLaunchKernel(function, grid, 1, 1, BLOCK, 1, 1, 0, 0,
+                                               addresses.ctypes.data, 0),
+                    f"cuLaunchKernel of {name}")
 
     def timed_run(self, launches):
         """run(launches), each launch between two events, then wait for them; returns
@@ -247,15 +251,12 @@ class CudaDevice:
         CUDA_LAUNCH_BLOCKING=1, where each launch waits)."""
         self.activate()
         events = self._events(len(launches) + 1)
-        record, launch = self.driver.cuEventRecord, self.driver.cuLaunchKernel
-        wait, (_, wait_params) = self._wait_kernel(), kernel_params([WAIT_NS])
-        self._check(launch(wait, 1, 1, 1, BLOCK, 1, 1, 0, 0, wait_params.ctypes.data, 0),
-                    "cuLaunchKernel of symnet_wait")
-        self._check(record(events[0], 0), "cuEventRecord")
-        for (function, grid, addresses, _, name), event in zip(launches, events[1:]):
-            self._check(launch(function, grid, 1, 1, BLOCK, 1, 1, 0, 0, addresses.ctypes.data, 0),
-                        f"cuLaunchKernel of {name}")
-            self._check(record(event, 0), "cuEventRecord")
+        values, addresses = kernel_params([WAIT_NS])
+        self._launch(self._wait_kernel(), 1, addresses, values, "symnet_wait")
+        self.call("cuEventRecord", events[0], 0)
+        for launch, event in zip(launches, events[1:]):
+            self._launch(*launch)
+            self.call("cuEventRecord", event, 0)
         self.call("cuEventSynchronize", events[len(launches)],
                   detail=lambda status: self._after_kernels(status, "the profile's wait"))
         return [self.call("cuEventElapsedTime", start, end)
@@ -264,13 +265,13 @@ class CudaDevice:
     def _events(self, count):
         """At least `count` timing events, made once and kept for the device's lifetime
         (a process opens each device once)."""
-        made = self.__dict__.setdefault("events", [])
-        while len(made) < count:
-            made.append(self.call("cuEventCreate", 0))       # CU_EVENT_DEFAULT: timed
-        return made
+        while len(self.events) < count:
+            self.events.append(self.call("cuEventCreate", 0))     # CU_EVENT_DEFAULT: timed
+        return self.events
 
     def _wait_kernel(self):
-        if "wait" not in self.__dict__:
+        """symnet_wait, loaded on the first profile."""
+        if self.wait is None:
             self.wait = self.function(self.load_module(WAIT_PTX), "symnet_wait")
         return self.wait
 

@@ -125,7 +125,7 @@ def gpu_policy(request, monkeypatch):
         monkeypatch.setattr(gpu_schedule, "worth_tiling", lambda rows, cols, terms: True)
         monkeypatch.setattr(gpu_schedule, "tile_shape", lambda rows, cols: (16, 16, 1, 1))
         split = 3 if request.param == "tile-split" else 1
-        monkeypatch.setattr(gpu_schedule, "tile_split_count", lambda c, tensors: (
+        monkeypatch.setattr(gpu_schedule, "tile_split_count", lambda c, tile, tensors: (
             split if gpu_schedule._elements(c, tensors).is_Integer else 1))
     elif request.param in ("block", "split"):
         choose = gpu_schedule.choose_strategy

@@ -196,34 +196,52 @@ class GPUKernelEmitter(KernelEmitter):
             self.point(c, at, self.enter(c))
         self.enter(head)
 
+    @contextmanager
+    def each_element(self, c):
+        """A phase in which each thread strides over c's elements (over the whole grid);
+        yields (linear position, index values) of the element being computed."""
+        b, block = self.b, ir.Constant(I64, BLOCK)
+        with self.threads() as tid:
+            first = b.add(b.mul(self.special("ctaid"), block), tid)
+            with self.loop(self.extent(c.index), "element", start=first,
+                           step=b.mul(self.special("nctaid"), block)) as linear:
+                yield linear, self.element(linear, c.index)
+
+    @contextmanager
+    def thread_zero(self):
+        """A phase in which thread 0 alone works (stores a block's sum)."""
+        with self.threads() as tid:
+            with self.b.if_then(self.b.icmp_unsigned("==", tid, ir.Constant(I64, 0))):
+                yield
+
+    def part_range(self, part, share, total):
+        """(first, stop) of part `part` of a sum of `total` terms in shares of `share`."""
+        b = self.b
+        first = b.mul(part, share)
+        end = b.add(first, share)
+        return first, b.select(b.icmp_unsigned("<", end, total), end, total)
+
     def thread_strategy(self):
         """Each thread strides over the head's elements, computing each whole."""
-        c, b = self.kernel.head, self.b
+        c = self.kernel.head
         guards = self.enter(c)
-        block, blocks = self.special("ctaid"), self.special("nctaid")
-        total = self.extent(c.index)
-        with self.threads() as tid:
-            first = b.add(b.mul(block, ir.Constant(I64, BLOCK)), tid)
-            stride = b.mul(blocks, ir.Constant(I64, BLOCK))
-            with self.loop(total, "element", start=first, step=stride) as linear:
-                env = self.element(linear, c.index)
-                self.point(c, env, guards)
-                self.tails(env)
+        with self.each_element(c) as (_, env):
+            self.point(c, env, guards)
+            self.tails(env)
 
     def block_strategy(self):
         """Each block strides over the head's elements; for each, its threads take every
         BLOCK-th term of the reduction, then add their partial sums in a tree."""
-        c, b = self.kernel.head, self.b
+        c = self.kernel.head
         guards = self.enter(c)
         partial = self.shared(BLOCK)
         with self.loop(self.extent(c.index), "element", start=self.special("ctaid"),
                        step=self.special("nctaid")) as linear:
             env = self.element(linear, c.index)
             total = self.block_sum(c, env, guards, partial, ir.Constant(I64, 0), self.extent(c.rindex))
-            with self.threads() as tid:
-                with b.if_then(b.icmp_unsigned("==", tid, ir.Constant(I64, 0))):
-                    self.store(c, env, total())
-                    self.tails(env)
+            with self.thread_zero():
+                self.store(c, env, total())
+                self.tails(env)
 
     def split_strategy(self):
         """Each block strides over (element, part) pairs: a block sum of the part's share
@@ -239,32 +257,24 @@ class GPUKernelEmitter(KernelEmitter):
             element, part = (b.zext(f(b.trunc(pair, I32), b.trunc(splits, I32)), I64)
                              for f in (b.udiv, b.urem))
             env = self.element(element, c.index)
-            first = b.mul(part, share)
-            end = b.add(first, share)
-            stop = b.select(b.icmp_unsigned("<", end, terms), end, terms)
-            total = self.block_sum(c, env, guards, partial, first, stop)
-            with self.threads() as tid:
-                with b.if_then(b.icmp_unsigned("==", tid, ir.Constant(I64, 0))):
-                    self.store_part(total(), pair)
+            total = self.block_sum(c, env, guards, partial, *self.part_range(part, share, terms))
+            with self.thread_zero():
+                self.store_part(total(), pair)
 
     def finish_strategy(self):
         """Each thread strides over the head's elements, adding each one's parts (stored by
         the split launch before) in order, then stores it and runs the tails there."""
         c, b, splits = self.kernel.head, self.b, self.kernel.splits
         self.enter(c)
-        with self.threads() as tid:
-            first = b.add(b.mul(self.special("ctaid"), ir.Constant(I64, BLOCK)), tid)
-            stride = b.mul(self.special("nctaid"), ir.Constant(I64, BLOCK))
-            with self.loop(self.extent(c.index), "element", start=first, step=stride) as linear:
-                env = self.element(linear, c.index)
-                acc = self.alloca(self.m.float)
-                b.store(ir.Constant(self.m.float, 0.0), acc)
-                base = b.mul(linear, ir.Constant(I64, splits))
-                with self.loop(ir.Constant(I64, splits), "part") as part:
-                    value = self.load_part(b.add(base, part))
-                    b.store(b.fadd(b.load(acc, typ=self.m.float), value, flags=FAST), acc)
-                self.store(c, env, b.load(acc, typ=self.m.float))
-                self.tails(env)
+        with self.each_element(c) as (linear, env):
+            acc = self.alloca(self.m.float)
+            b.store(ir.Constant(self.m.float, 0.0), acc)
+            base = b.mul(linear, ir.Constant(I64, splits))
+            with self.loop(ir.Constant(I64, splits), "part") as part:
+                value = self.load_part(b.add(base, part))
+                b.store(b.fadd(b.load(acc, typ=self.m.float), value, flags=FAST), acc)
+            self.store(c, env, b.load(acc, typ=self.m.float))
+            self.tails(env)
 
     def block_sum(self, c, env, guards, partial, first, stop):
         """The block's sum of c's terms first .. stop - 1 at the element `env`: each thread
@@ -332,9 +342,7 @@ class GPUKernelEmitter(KernelEmitter):
             tile, part, first, stop = pair, None, ir.Constant(I64, 0), depth
             if self.kernel.parts:
                 tile, part = b.udiv(pair, splits), b.urem(pair, splits)
-                first = b.mul(part, share)
-                end = b.add(first, share)
-                stop = b.select(b.icmp_unsigned("<", end, depth), end, depth)
+                first, stop = self.part_range(part, share, depth)
             m0 = b.mul(b.udiv(tile, col_tiles), ir.Constant(I64, t.tm))
             n0 = b.mul(b.urem(tile, col_tiles), ir.Constant(I64, t.tn))
             with self.threads() as tid:
