@@ -6,7 +6,8 @@ For each parameter, the chain is read off the graph: the tensors that every path
 the parameter to the loss goes through, in order. Each factor dv/du is the local
 derivative of one step, `sympy.diff` of the body of the loop nest computing v by its
 read of u, written elementwise in that loop nest's indices (a sigmoid's s*(1 - s) is
-written with the stored output, as the backward code computes it). The first factor,
+written with the stored output, as the backward code computes it); a step that reads u
+at two positions (`A[n, i + 1] - A[n, i]`) has no such factor. The first factor,
 dJ/dT, covers the loss statement (cross-entropy's several internal paths become one
 expression) and any part of the graph where paths split and join again, which is no
 single product; it is the delta δT that `symnet grad` derives. The product is left
@@ -84,7 +85,8 @@ def _chain(model, param, simplify):
     loss_statement = _loss_statement(model)
     steps = []
     for bottom, top in zip(chain, chain[1:]):
-        if top in loss_statement or not _single_edge(graph, bottom, top):
+        if top in loss_statement or not _single_edge(graph, bottom, top) \
+                or not _one_position(model, top, bottom):
             break
         steps.append(Factor(top, bottom, _local_derivative(model, top, bottom)))
     head = steps[-1].top if steps else param
@@ -124,6 +126,15 @@ def _single_edge(graph, bottom, top):
     return list(graph.successors(bottom)) == [top]
 
 
+def _one_position(model, top, bottom):
+    """Whether top reads bottom at one index only: `A[n, i + 1] - A[n, i]` reads it at
+    two, a Jacobian with two diagonals and no elementwise factor (summing the two
+    reads' derivatives would print 0), so the delta covers that step."""
+    positions = {tuple(a.index) for c in model.forward if c.out == top
+                 for a in c.accesses.values() if a.tensor == bottom}
+    return len(positions) <= 1
+
+
 def _loss_statement(model):
     """The tensors the loss statement creates (a cross-entropy's internals, ...)."""
     where = model.locations.get(model.loss)
@@ -155,10 +166,7 @@ def _local_derivative(model, top, bottom):
 def _delta(model, param, tensor, simplify):
     """dJ/dtensor as `symnet grad` derives it: the backward loop nests, inlined."""
     backward = differentiate(model, wrt=[param], simplify=simplify)
-    definitions = defaultdict(list)
-    for c in model.forward + backward.comps:
-        definitions[c.out].append(c)
-    return Inliner(model, definitions, deltas=True).formula(tensor).expr
+    return Inliner(model, backward, deltas=True).formula(tensor).expr
 
 
 def _read(tensor, index):

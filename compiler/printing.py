@@ -109,14 +109,11 @@ def derive(model, wrt=None, simplify=True):
     """Inline the backward program into formulas; see the module docstring."""
     wrt = parameters_to_differentiate(model, wrt)
     backward = differentiate(model, wrt=wrt, simplify=simplify)
-    definitions = defaultdict(list)
-    for c in model.forward + backward.comps:
-        definitions[c.out].append(c)
     try:
-        inliner = Inliner(model, definitions, deltas=False)
+        inliner = Inliner(model, backward, deltas=False)
         derivation = Derivation({p: inliner.formula(p) for p in wrt}, [])
     except _TooLarge:
-        inliner = Inliner(model, definitions, deltas=True)
+        inliner = Inliner(model, backward, deltas=True)
         gradients = {p: inliner.formula(p) for p in wrt}
         derivation = Derivation(gradients, _used_deltas(inliner, list(gradients.values()),
                                                         backward.comps))
@@ -193,9 +190,12 @@ class Inliner:
     deltas=False inlines every computed tensor, giving up with _TooLarge past the limit;
     deltas=True keeps the source's named values and their gradients as leaves."""
 
-    def __init__(self, model, definitions, deltas):
+    def __init__(self, model, backward, deltas):
         self.model = model
-        self.definitions = definitions
+        self.definitions = defaultdict(list)
+        for c in model.forward + backward.comps:
+            self.definitions[c.out].append(c)
+        self.tensors = {**model.tensors, **backward.tensors}
         self.deltas = deltas
         self.gradient_of = {grad_name(t): t for t in model.tensors}
 
@@ -253,8 +253,9 @@ class Inliner:
                               inner)
                  for s, a in c.accesses.items()}
         body = c.body.xreplace({**mapping, **reads})
-        if c.guards:
-            condition = sympy.And(*[g.xreplace(mapping) for g in c.guards])
+        guards = [g for g in c.guards if not _always_true(g, self.ranges(c))]
+        if guards:
+            condition = sympy.And(*[g.xreplace(mapping) for g in guards])
             body = sympy.Piecewise((body, condition), (0, True))
         limits = [(mapping[r], 0, sympy.sympify(e) - 1) for r, e in zip(c.rindex, c.rextent)]
         if c.reduce == "sum":
@@ -262,6 +263,86 @@ class Inliner:
         if c.reduce == "max":
             return MaxOver(body, *limits)
         return body
+
+
+    def ranges(self, c):
+        """The extent of each loop variable of nest c."""
+        return {**dict(zip(c.index, self.tensors[c.out].shape)), **dict(zip(c.rindex, c.rextent))}
+
+
+def _always_true(guard, ranges):
+    """Whether a linear guard holds at every point of its loops' ranges (a gradient's
+    `i - 1 < 8` for i < 8), so that printing it would only add noise."""
+    if not isinstance(guard, sympy.core.relational._Inequality):
+        return False
+    bounds = _bounds(guard.lhs - guard.rhs, ranges)
+    if bounds is None:
+        return False
+    low, high = bounds
+    holds = {sympy.StrictLessThan: high < 0, sympy.LessThan: high <= 0,
+             sympy.StrictGreaterThan: low > 0, sympy.GreaterThan: low >= 0}[type(guard)]
+    return holds is sympy.true
+
+
+def outside_reads(model, formulas, fmt="text"):
+    """Per tensor that `formulas` can read outside its bounds, unguarded, one such read
+    and where: "x[n, i + 1] where i + 1 >= 8". The language makes such reads 0 (zero
+    padding, a user op's shifted access); a reader of the formula should be told."""
+    found = {}
+    for f in formulas:
+        shape = model.tensors[f.name].shape
+        _collect_outside(model, f.expr, dict(zip(f.index, shape)), found)
+    fmt = "unicode" if fmt == "unicode" else "text"       # a note on one line (LaTeX: a comment)
+    return [f"{render(read, fmt)} where {' or '.join(render(c, fmt) for c in conditions)}"
+            for read, conditions in found.values()]
+
+
+def _collect_outside(model, expr, ranges, found):
+    if isinstance(expr, sympy.Piecewise):
+        return                          # guarded: the condition says where it applies
+    if isinstance(expr, ExprWithLimits):
+        ranges = {**ranges, **{v: hi + 1 for v, lo, hi in expr.limits}}
+    if isinstance(expr, sympy.Indexed):
+        name = str(expr.base)
+        info = model.tensors.get(name[1:] if name.startswith("δ") else name)
+        if info is None or name in found:
+            return
+        conditions = []
+        for e, size in zip(expr.indices, info.shape):
+            bounds = _bounds(e, ranges)
+            if bounds and (bounds[0] < 0) is sympy.true:
+                conditions.append(sympy.StrictLessThan(e, 0))
+            if bounds and (bounds[1] >= sympy.sympify(size)) is sympy.true:
+                conditions.append(sympy.GreaterThan(e, size))
+        if conditions:
+            found[name] = (expr, conditions)
+        return
+    for a in expr.args:
+        _collect_outside(model, a, ranges, found)
+
+
+def _bounds(e, ranges):
+    """(least, greatest) of an index expression over the loop ranges (variable ->
+    extent), or None: linear in the variables and in floor divisions of such."""
+    e = sympy.expand(e)
+    ranges = dict(ranges)
+    for division in e.atoms(fdiv):
+        inner = _bounds(division.args[0], ranges)
+        if inner is None:
+            return None
+        low, high = (fdiv(b, division.args[1]) for b in inner)
+        part = sympy.Dummy(integer=True)            # division = low + part, part <= high - low
+        ranges[part] = high - low + 1
+        e = e.xreplace({division: low + part})
+    variables = [v for v in e.free_symbols if v in ranges]
+    if e.free_symbols - set(variables) or not e.is_polynomial(*variables) \
+            or (variables and sympy.Poly(e, *variables).total_degree() > 1):
+        return None
+    low = high = e.subs({v: 0 for v in variables})
+    for v in variables:
+        ends = (0, e.coeff(v) * (sympy.sympify(ranges[v]) - 1))
+        low, high = low + sympy.Min(*ends), high + sympy.Max(*ends)
+    return low, high
 
 
 def _size(expr):

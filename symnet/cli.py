@@ -145,6 +145,9 @@ def grad_command(args):
         print(f"{comment}where, in backward order, δT = dJ/dT for the named tensors T:")
         for formula in derivation.deltas:
             print_formula(formula, args.format)
+    formulas = list(derivation.gradients.values()) + derivation.deltas
+    for read in printing.outside_reads(model, formulas, args.format):
+        print(f"{comment}  (reads outside a tensor are 0: {read})")
     if args.at:
         print_values(model, values, point, list(derivation.gradients), simplify)
     return 0

@@ -238,6 +238,32 @@ def test_cross_entropy_collapses_into_the_softmax_delta():
     assert str(factors[3].expr) == "step(h2.b[i] + h2.dense[n, i])"
 
 
+SHIFTED = """\
+model shifted
+input x[N, 5]
+input y[N, 5]
+op diff(A)[n, i] = A[n, i + 1] - A[n, i]
+param w[5] = [0.5, -0.3, 0.8, 0.1, -0.6]
+h = diff(x * w)
+loss mean((h - y) ^ 2)
+"""
+
+
+def test_a_step_reading_one_tensor_at_two_positions_joins_the_delta():
+    """h[n, i] = A[n, i + 1] - A[n, i]: no elementwise dh/dA exists (summing the two
+    reads' derivatives gave 0); the chain starts below it, at dJ/dA."""
+    model = parse(SHIFTED)
+    factors = dict(chain_formulas(model))["w"]
+    assert [f.label() for f in factors] == ["dJ/dh.mul", "dh.mul/dw"]
+    env, grads = env_of(model)
+    env["δh"] = 2 * (env["h"] - env["y"]) / (4 * 5)       # the delta of the mean of squares
+    head, local = factors
+    for r in range(5):
+        total = sum(evaluate(head.expr, env, {"n": k, "i": r}, 4) *
+                    evaluate(local.expr, env, {"n": k, "i": r}, 4) for k in range(4))
+        assert total == pytest.approx(grads["w"][r], rel=1e-10)
+
+
 def test_chain_renders_as_text_unicode_and_latex():
     model = parse(TWO_LAYER)
     text = render_chains(model, wrt="h.W")

@@ -42,6 +42,25 @@ logits = dense(x, 4)
 loss cross_entropy(logits, y)
 """
 
+# A user op reading its input at two positions, one of them past the end.
+SHIFTED = """\
+model shifted
+input x[N, 5]
+input y[N, 5]
+op diff(A)[n, i] = A[n, i + 1] - A[n, i]
+param w[5] = [0.5, -0.3, 0.8, 0.1, -0.6]
+h = diff(x * w)
+loss mean((h - y) ^ 2)
+"""
+
+NEXT_TIMES = """\
+model next_times
+input x[N, 5]
+op nxt(A, B)[n, i] = A[n, i + 1] * B[n, i]
+param w[5] = [0.5, -0.3, 0.8, 0.1, -0.6]
+loss mean(nxt(x, x * w))
+"""
+
 N = sympy.Symbol("N", integer=True, positive=True)
 
 
@@ -49,11 +68,17 @@ N = sympy.Symbol("N", integer=True, positive=True)
 def evaluate(expr, values, batch):
     """A formula's value: sums expanded for N = batch, reads looked up in `values`."""
     expr = expr.xreplace({N: batch}).doit()
-    reads = {e: values[str(e.base)][tuple(int(i) for i in e.indices)]
+    reads = {e: read(values[str(e.base)], tuple(int(i) for i in e.indices))
              for e in expr.atoms(sympy.Indexed)}
     scalars = {s: values[s.name] for s in expr.free_symbols
                if isinstance(s, sympy.Symbol) and s.name in values}
     return float(expr.xreplace({**reads, **scalars}))
+
+
+def read(array, index):
+    """array[index]; 0 outside the array, as the language defines such reads."""
+    inside = all(0 <= k < size for k, size in zip(index, np.shape(array)))
+    return array[index] if inside else 0.0
 
 
 def evaluate_entries(formula, values, shape, batch):
@@ -120,8 +145,8 @@ def test_linreg_values_at_a_point():
 
 
 # ---- formulas against the reference evaluator ---------------------------------------
-@pytest.mark.parametrize("source", [SIGMOID_NEURON, DENSE_342, SOFTMAX_SMALL],
-                         ids=["sigmoid_neuron", "dense_342", "softmax"])
+@pytest.mark.parametrize("source", [SIGMOID_NEURON, DENSE_342, SOFTMAX_SMALL, SHIFTED, NEXT_TIMES],
+                         ids=["sigmoid_neuron", "dense_342", "softmax", "shifted", "next_times"])
 @pytest.mark.parametrize("simplify", [True, False])
 def test_formulas_equal_reference_gradients(source, simplify):
     assert_formulas_match_reference(parse(source, "model.nn"), simplify=simplify)
@@ -257,3 +282,53 @@ def test_grad_prints_in_every_format(tmp_path, capsys, source, flags):
         out = capsys.readouterr().out
         lhs = {"text": "dJ/d", "unicode": "∂J/∂", "latex": r"\frac{\partial J}{\partial "}[fmt]
         assert lhs in out and "grad:" not in out
+
+
+# ---- guards and reads outside a tensor ----------------------------------------------
+def piecewise_conditions(expr):
+    return {p.args[0].cond for p in expr.atoms(sympy.Piecewise)}
+
+
+def test_guards_true_over_the_whole_range_are_left_out():
+    """δA[n, i] reads δh[n, i - 1] under `i >= 1` and `i - 1 < 5`; for i < 5 the second
+    always holds and is not printed."""
+    formula = derive(parse(SHIFTED, "shifted.nn")).gradients["w"]
+    i = sympy.Symbol("i", integer=True)
+    assert piecewise_conditions(formula.expr) == {sympy.GreaterThan(i, 1)}
+
+
+def test_pooling_gradient_has_no_guard_once_floor_bounds_are_known():
+    """maxpool's gradient reads the pooled δ at floor(h/2) < 14 for h < 28: always true."""
+    deltas = {f.name: f for f in derive(load("examples/lenet5.nn")).deltas}
+    assert not deltas["c1"].expr.has(sympy.Piecewise)
+    assert render(deltas["c1"].expr).count("δs2[n, c, floor(h/2), floor(w/2)]") == 1
+
+
+def test_reads_outside_a_tensor_are_named_once_per_tensor():
+    from compiler.printing import outside_reads
+    model = parse(NEXT_TIMES, "next_times.nn")
+    derivation = derive(model)
+    formulas = list(derivation.gradients.values()) + derivation.deltas
+    assert outside_reads(model, formulas) == ["x[n, i + 1] where i + 1 >= 5"]
+    assert outside_reads(model, formulas, "unicode") == ["x[n, i + 1] where i + 1 ≥ 5"]
+    lenet = load("examples/lenet5.nn")
+    derivation = derive(lenet)
+    assert outside_reads(lenet, list(derivation.gradients.values()) + derivation.deltas) == [
+        "x[n, c, j + ky - 2, i + kx - 2] where j + ky - 2 < 0 or j + ky - 2 >= 28 "
+        "or i + kx - 2 < 0 or i + kx - 2 >= 28"]
+    for clean in ("mlp", "linreg"):
+        model = load(f"examples/{clean}.nn")
+        derivation = derive(model)
+        assert outside_reads(model, list(derivation.gradients.values()) + derivation.deltas) == []
+
+
+def test_grad_notes_reads_outside_a_tensor(tmp_path, capsys):
+    from symnet.cli import main
+    path = tmp_path / "next_times.nn"
+    path.write_text(NEXT_TIMES)
+    assert main(["grad", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        "  (reads outside a tensor are 0: x[n, i + 1] where i + 1 >= 5)"
+    assert main(["grad", str(path), "--format", "latex"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        "%   (reads outside a tensor are 0: x[n, i + 1] where i + 1 >= 5)"
