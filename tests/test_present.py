@@ -19,6 +19,7 @@ from compiler.pipeline import load, parse
 from runtime import checkpoint, plot
 from runtime.data import read_png, save_png
 from symnet import cli, present_verbs
+from test_printing import SHIFTED
 
 N = sympy.Symbol("N", integer=True, positive=True)
 n, i, j = sympy.symbols("n i j", integer=True)
@@ -238,15 +239,6 @@ def test_cross_entropy_collapses_into_the_softmax_delta():
     assert str(factors[3].expr) == "step(h2.b[i] + h2.dense[n, i])"
 
 
-SHIFTED = """\
-model shifted
-input x[N, 5]
-input y[N, 5]
-op diff(A)[n, i] = A[n, i + 1] - A[n, i]
-param w[5] = [0.5, -0.3, 0.8, 0.1, -0.6]
-h = diff(x * w)
-loss mean((h - y) ^ 2)
-"""
 
 
 def test_a_step_reading_one_tensor_at_two_positions_joins_the_delta():
