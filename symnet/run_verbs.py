@@ -132,7 +132,8 @@ def write_atomically(path, data):
 # ---- train --------------------------------------------------------------------------
 def train_arguments(parser):
     """symnet train FILE [--data D] [--epochs E] [--batch B] [--lr LR] [--optimizer O]
-    [--seed S] [-o CHECKPOINT] [-q] [--dtype f32|f64] [--limit N] [--device cpu|cuda]"""
+    [--seed S] [--weights CKPT] [-o CHECKPOINT] [-q] [--dtype f32|f64] [--limit N]
+    [--device cpu|cuda]"""
     parser.add_argument("file", help="the .nn model file")
     add_data_argument(parser)
     parser.add_argument("--epochs", type=positive_int, help="passes over the training data")
@@ -142,6 +143,9 @@ def train_arguments(parser):
                         help="default: the file's train statement, else sgd")
     parser.add_argument("--seed", type=non_negative_int,
                         help="initial weights and data order (default: the file's, else 0)")
+    parser.add_argument("--weights", metavar="CKPT",
+                        help="start from this checkpoint's weights (of the same model) to "
+                             "train further; the optimizer's state starts afresh")
     parser.add_argument("-o", "--output", metavar="CHECKPOINT",
                         help="save the weights here after every epoch (an .npz archive)")
     parser.add_argument("-q", "--quiet", action="store_true",
@@ -189,10 +193,15 @@ def train_command(args):
     if settings["seed"] != (args.seed or 0):  # a seed from the file's train statement
         model = load(args.file, seed=settings["seed"])
     program, seconds = compile_program(model, args.device, args.dtype, optimizer)
+    if args.weights:                      # checked before the data is read
+        checkpoint.restore(args.weights, program)
     data = load_data(args.data, program, args.limit)
     print_plan(model, program, seconds, data, args, optimizer, settings)
+    if args.weights:
+        print(f"starting from the weights in {args.weights}")
     extra = {"file": args.file, "data": data.name, "classes": data.classes,
-             "optimizer": optimizer, "dtype": args.dtype, "settings": settings}
+             "optimizer": optimizer, "dtype": args.dtype, "settings": settings,
+             "start": args.weights}
 
     def after_epoch(program, history):
         if args.quiet:                        # train() prints these lines unless quiet

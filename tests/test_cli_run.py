@@ -146,6 +146,31 @@ def test_run_of_a_model_without_output_is_one_error_line(tmp_path):
                     "to compute as one: `output NAME = ...`")
 
 
+def test_train_from_a_checkpoint_continues_from_its_weights(trained, tmp_path):
+    """With a learning rate too small to move them, the weights written are the
+    checkpoint's, not the file's initial zeros, and the losses measured after the epoch
+    are those the first run measured at its end."""
+    start, _ = checkpoint.load(trained.path)
+    out = tmp_path / "more.ckpt"
+    result = symnet("train", "examples/softmax_regression.nn", "--weights", trained.path,
+                    "--epochs", 1, "--limit", 2000, "--lr", 1e-12, "-o", out, "-q")
+    assert result.returncode == 0, result.stderr
+    assert f"starting from the weights in {trained.path}\n" in result.stdout
+    params, meta = checkpoint.load(out)
+    np.testing.assert_allclose(params["W"], start["W"], atol=1e-6)
+    assert np.abs(params["W"]).max() > 1e-3 and meta["extra"]["start"] == str(trained.path)
+    losses = re.compile(r"epoch 1/1  loss ([\d.]+) .* test loss ([\d.]+)")
+    assert losses.search(result.stdout).groups() == losses.search(trained.result.stdout).groups()
+
+
+def test_train_from_the_checkpoint_of_another_model_fails_before_training(trained, tmp_path):
+    line = one_error_line(symnet("train", "examples/mlp.nn", "--weights", trained.path,
+                                 "-o", tmp_path / "mlp.ckpt"))
+    assert line == f"error: {trained.path}: checkpoint of model 'softmax_regression' has no " \
+                   "parameter 'h1.W' (it has W, b)"
+    assert not (tmp_path / "mlp.ckpt").exists()
+
+
 def test_eval_with_the_checkpoint_of_another_model_is_one_error_line(trained):
     line = one_error_line(symnet_process("eval", "examples/mlp.nn", "--weights", trained.path))
     assert "checkpoint of model 'softmax_regression'" in line
