@@ -131,7 +131,7 @@ def grad_command(args):
         print(chain.render_chains(model, wrt=args.wrt, fmt=args.format, simplify=simplify))
         if args.at:
             print_values(model, values, point, [args.wrt] if args.wrt else list(model.params),
-                         simplify)
+                         simplify, args.format)
         return 0
     derivation = printing.derive(model, wrt=args.wrt, simplify=simplify)
     comment = "% " if args.format == "latex" else ""
@@ -149,7 +149,7 @@ def grad_command(args):
     for read in printing.outside_reads(model, formulas, args.format):
         print(f"{comment}  (reads outside a tensor are 0: {read})")
     if args.at:
-        print_values(model, values, point, list(derivation.gradients), simplify)
+        print_values(model, values, point, list(derivation.gradients), simplify, args.format)
     return 0
 
 
@@ -202,15 +202,17 @@ def evaluation_point(model, values):
     return inputs, params
 
 
-def print_values(model, values, point, wrt, simplify):
-    """The loss and the gradients at the --at point, from the float64 reference."""
+def print_values(model, values, point, wrt, simplify, fmt="text"):
+    """The loss and the gradients at the --at point, from the float64 reference
+    (with --format latex as `%` comments, like the headings: no equations)."""
     inputs, params = point
     loss, grads = reference.value_and_grad(model, inputs, params, simplify=simplify)
     where = ", ".join(f"{name}={format_number(v)}" for name, v in values.items())
-    print(f"at {where} (inputs as a batch of one):")
-    print(f"  J = {format_number(loss)}")
-    for name in wrt:
-        print(f"  dJ/d{name} = {format_array(grads[name], indent=len(name) + 9)}")
+    lines = [f"at {where} (inputs as a batch of one):", f"  J = {format_number(loss)}"]
+    lines += [f"  dJ/d{name} = {format_array(grads[name], indent=len(name) + 9)}"
+              for name in wrt]
+    comment = "% " if fmt == "latex" else ""
+    print("\n".join(comment + line for line in "\n".join(lines).split("\n")))
 
 
 def format_number(value):

@@ -332,3 +332,18 @@ def test_grad_notes_reads_outside_a_tensor(tmp_path, capsys):
     assert main(["grad", str(path), "--format", "latex"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == \
         "%   (reads outside a tensor are 0: x[n, i + 1] where i + 1 >= 5)"
+
+
+@pytest.mark.parametrize("flags", [[], ["--chain"]])
+def test_latex_values_at_a_point_are_comments(capsys, flags):
+    """With --format latex every line is an equation or a `%` comment: the values of
+    --at (plain text, arrays over several lines) are comments like the headings."""
+    from symnet.cli import main
+    assert main(["grad", "docs/tutorial/twolayer.nn", "--wrt", "h.W", "--format", "latex",
+                 "--at", "x=1,y=0.5", *flags]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.startswith(("%", r"\frac", "{")) for line in lines), lines
+    at = lines.index("% at x=1, y=0.5 (inputs as a batch of one):")
+    assert lines[at + 1:] == ["%   J = 0.00906149",
+                              "%   dJ/dh.W = [[0.00817425, -0.00169431, 0.00481617],",
+                              "%              [0.00817425, -0.00169431, 0.00481617]]"]
