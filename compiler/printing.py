@@ -249,8 +249,9 @@ class Inliner:
             mapping[r] = _fresh(r, taken)
             taken.add(mapping[r])
         inner = frozenset(taken)
-        reads = {s: self.read(a.tensor, tuple(sympy.sympify(i).xreplace(mapping) for i in a.index),
-                              inner)
+        ranges = self.ranges(c)
+        reads = {s: self.read(a.tensor, tuple(_drop_idle_mod(sympy.sympify(i), ranges)
+                                              .xreplace(mapping) for i in a.index), inner)
                  for s, a in c.accesses.items()}
         body = c.body.xreplace({**mapping, **reads})
         guards = [g for g in c.guards if not _always_true(g, self.ranges(c))]
@@ -282,6 +283,24 @@ def _always_true(guard, ranges):
     holds = {sympy.StrictLessThan: high < 0, sympy.LessThan: high <= 0,
              sympy.StrictGreaterThan: low > 0, sympy.GreaterThan: low >= 0}[type(guard)]
     return holds is sympy.true
+
+
+def _drop_idle_mod(index, ranges):
+    """Mod(e, m) -> e where 0 <= e < m over the loops' ranges: a flatten's
+    s4[n, Mod(floor(i/25), 16), ...] for i < 400 reads s4[n, floor(i/25), ...]. Whole
+    multiples leave a division first: floor((400*n + i)/25) = 16*n + floor(i/25)."""
+    def split(a, b):
+        whole = sympy.Add(*[t for t in sympy.Add.make_args(sympy.expand(a))
+                            if (t.as_coeff_Mul()[0] % b) == 0 and t.is_integer])
+        return whole / b + fdiv(a - whole, b)
+
+    def idle(mod):
+        bounds = _bounds(mod.args[0], ranges)
+        return bounds is not None and (bounds[0] >= 0) is sympy.true \
+            and (bounds[1] < mod.args[1]) is sympy.true
+    index = index.replace(lambda e: isinstance(e, fdiv) and e.args[1].is_Integer,
+                          lambda e: split(*e.args))
+    return index.replace(lambda e: isinstance(e, sympy.Mod) and idle(e), lambda e: e.args[0])
 
 
 def outside_reads(model, formulas, fmt="text"):

@@ -347,3 +347,32 @@ def test_latex_values_at_a_point_are_comments(capsys, flags):
     assert lines[at + 1:] == ["%   J = 0.00906149",
                               "%   dJ/dh.W = [[0.00817425, -0.00169431, 0.00481617],",
                               "%              [0.00817425, -0.00169431, 0.00481617]]"]
+
+
+# A small CNN: padded convolution, max pooling, a second convolution, flatten, dense.
+SMALL_CNN = """\
+model small_cnn
+input x[N, 1, 4, 4]
+input y[N] : i32
+c1 = relu(conv2d(x, filters=1, size=3, pad="same"))
+s2 = maxpool(c1, 2)
+c3 = relu(conv2d(s2, filters=2, size=1))
+f = dense(flatten(c3), 3)
+loss cross_entropy(f, y)
+"""
+
+
+def test_cnn_formulas_equal_reference_gradients():
+    assert_formulas_match_reference(parse(SMALL_CNN, "small_cnn.nn"), batch=1)
+
+
+def test_flatten_reads_have_no_modulo_that_always_holds():
+    """flatten's index map is a chain of floor divisions and remainders; a remainder
+    of a value already inside its range (floor(i/4) < 2 for i < 8; 4*i1 + 2*i2 + i3 < 8)
+    is that value, and printing Mod(..., 2) around it only hides the textbook
+    c3[n, floor(i/4), Mod(floor(i/2), 2), Mod(i, 2)]."""
+    derivation = derive(parse(SMALL_CNN, "small_cnn.nn"))
+    assert render(derivation.gradients["f.W"].expr) == \
+        "Sum(c3[n, floor(i/4), Mod(floor(i/2), 2), Mod(i, 2)]*δf[n, j], (n, 0, N - 1))"
+    deltas = {f.name: render(f.expr) for f in derivation.deltas}
+    assert deltas["c3"] == "Sum(f.W[4*i1 + 2*i2 + i3, j]*δf[i0, j], (j, 0, 2))"
