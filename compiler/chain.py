@@ -26,7 +26,7 @@ from .errors import SymnetError
 from .index_ir import access_symbol
 from . import functions as F
 from .printing import (Formula, Inliner, parameters_to_differentiate, rename_clashing_indices, latex_name,
-                       render, tidy)
+                       outside_reads_of, render, tidy)
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Factor:
     top: str            # the tensor differentiated; the loss is written J
     bottom: str
     expr: sympy.Expr
+    ranges: tuple = ()  # (index variable, extent) of the expression's free indices
 
     def label(self, fmt="text"):
         """dtop/dbottom, ∂top/∂bottom or its LaTeX fraction."""
@@ -69,11 +70,15 @@ def render_chains(model, wrt=None, fmt="text", simplify=True):
     indent = "" if fmt == "latex" else "  "
     lines = [f"{comment}the chain rule for the loss J of {model.name}: one factor per step, "
              "each a local derivative (elementwise), the product left unsimplified:"]
+    every = []
     for param, factors in chain_formulas(model, wrt, simplify):
         whole = Factor("J", param, sympy.S.Zero).label(fmt)
         lines.append(indent + whole + " = " + times.join(f.label(fmt) for f in factors))
         for factor in factors:
             lines += [indent * 2 + line for line in factor.render(fmt).split("\n")]
+        every += factors
+    for read in outside_reads_of(model, [(f.expr, dict(f.ranges)) for f in every], fmt):
+        lines.append(f"{comment}  (reads outside a tensor are 0: {read})")
     return "\n".join(lines)
 
 
@@ -88,12 +93,15 @@ def _chain(model, param, simplify):
         if top in loss_statement or not _single_edge(graph, bottom, top) \
                 or not _one_position(model, top, bottom):
             break
-        steps.append(Factor(top, bottom, _local_derivative(model, top, bottom)))
+        steps.append(Factor(top, bottom, _local_derivative(model, top, bottom),
+                            _loop_ranges(model, top)))
     head = steps[-1].top if steps else param
-    factors = [Factor("J", head, _delta(model, param, head, simplify))] + steps[::-1]
+    delta = _delta(model, param, head, simplify)
+    factors = [Factor("J", head, delta.expr, _ranges(delta.index, model.tensors[head].shape))]
+    factors += steps[::-1]
     if simplify:
-        factors = [Factor(f.top, f.bottom, tidy(f.expr)) for f in factors]
-    return [Factor(f.top, f.bottom, _clear_indices(model, f.expr)) for f in factors]
+        factors = [Factor(f.top, f.bottom, tidy(f.expr), f.ranges) for f in factors]
+    return [_clear_indices(model, f) for f in factors]
 
 
 def _paths_graph(model, param):
@@ -163,16 +171,35 @@ def _local_derivative(model, top, bottom):
     return total
 
 
+def _loop_ranges(model, top):
+    """(variable, extent) of the loops computing `top`: its index and its reductions."""
+    ranges = {}
+    for c in model.forward:
+        if c.out == top:
+            ranges.update(_ranges(c.index, model.tensors[top].shape))
+            ranges.update(_ranges(c.rindex, c.rextent))
+    return tuple(ranges.items())
+
+
+def _ranges(variables, extents):
+    return tuple((v, sympy.sympify(e)) for v, e in zip(variables, extents))
+
+
 def _delta(model, param, tensor, simplify):
-    """dJ/dtensor as `symnet grad` derives it: the backward loop nests, inlined."""
+    """The Formula of dJ/dtensor as `symnet grad` derives it: the backward loop nests,
+    inlined."""
     backward = differentiate(model, wrt=[param], simplify=simplify)
-    return Inliner(model, backward, deltas=True).formula(tensor).expr
+    return Inliner(model, backward, deltas=True).formula(tensor)
 
 
 def _read(tensor, index):
     return sympy.IndexedBase(tensor)[tuple(index)] if index else sympy.Symbol(tensor)
 
 
-def _clear_indices(model, expr):
-    """Rename index variables named like a tensor (a convolution's x and the input x)."""
-    return rename_clashing_indices(model, Formula("", "", (), expr)).expr
+def _clear_indices(model, factor):
+    """Rename index variables named like a tensor (a convolution's x and the input x),
+    in the factor's expression and its ranges alike."""
+    variables = tuple(v for v, _ in factor.ranges)
+    renamed = rename_clashing_indices(model, Formula("", "", variables, factor.expr))
+    ranges = tuple(zip(renamed.index, (e for _, e in factor.ranges)))
+    return Factor(factor.top, factor.bottom, renamed.expr, ranges)

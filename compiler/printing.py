@@ -307,10 +307,15 @@ def outside_reads(model, formulas, fmt="text"):
     """Per tensor that `formulas` can read outside its bounds, unguarded, one such read
     and where: "x[n, i + 1] where i + 1 >= 8". The language makes such reads 0 (zero
     padding, a user op's shifted access); a reader of the formula should be told."""
+    return outside_reads_of(model, [(f.expr, dict(zip(f.index, model.tensors[f.name].shape)))
+                                    for f in formulas], fmt)
+
+
+def outside_reads_of(model, exprs, fmt="text"):
+    """outside_reads for [(expression, {free index variable: extent})]."""
     found = {}
-    for f in formulas:
-        shape = model.tensors[f.name].shape
-        _collect_outside(model, f.expr, dict(zip(f.index, shape)), found)
+    for expr, ranges in exprs:
+        _collect_outside(model, expr, ranges, found)
     fmt = "unicode" if fmt == "unicode" else "text"       # a note on one line (LaTeX: a comment)
     return [f"{render(read, fmt)} where {' or '.join(render(c, fmt) for c in conditions)}"
             for read, conditions in found.values()]

@@ -270,6 +270,31 @@ def test_chain_renders_as_text_unicode_and_latex():
     assert r"\frac{\partial \mathrm{dense}_{h}}{\partial W_{h}} = {x}_{n,i}" in latex
 
 
+PADDED = """\
+model padded
+input x[N, 1, 6, 6]
+h = relu(conv2d(x, filters=2, size=3, pad="same"))
+p = maxpool(h, 2)
+loss mean(p)
+"""
+
+
+def test_chain_notes_reads_outside_a_tensor():
+    """A padded convolution's local derivative dh.conv2d/dh.W = x[n, c, ky + y - 1, ...]
+    reads x past its border, where the language reads 0; as in `symnet grad`, a last
+    line says where, in each format (LaTeX: a comment). Unpadded chains have none."""
+    note = ("(reads outside a tensor are 0: x[n, c, ky + y - 1, i + kx - 1] where "
+            "ky + y - 1 < 0 or ky + y - 1 >= 6 or i + kx - 1 < 0 or i + kx - 1 >= 6)")
+    model = parse(PADDED)
+    text = render_chains(model, wrt="h.W").split("\n")
+    assert text[-2] == "    dh.conv2d/dh.W = x[n, c, ky + y - 1, i + kx - 1]"
+    assert text[-1] == "  " + note
+    assert render_chains(model, wrt="h.W", fmt="latex").split("\n")[-1] == "%   " + note
+    assert render_chains(model, wrt="h.W", fmt="unicode").split("\n")[-1] == \
+        "  " + note.replace(">=", "≥")
+    assert "reads outside" not in render_chains(parse(PADDED.replace('"same"', '"valid"')))
+
+
 def test_factor_labels():
     factor = Factor("h", "h.dense", sympy.S.One)
     assert factor.label() == "dh/dh.dense"
