@@ -2,7 +2,9 @@
 
     ```console        each line `$ COMMAND` runs in bash from the repository root, where
                       `symnet` means `python -m symnet` (a plain `symnet ARGS` runs
-                      in-process, through symnet.cli.main); it must exit with status 0
+                      in-process, through symnet.cli.main); it must exit with status 0,
+                      and print what the lines after it show, if any (see `same_output`:
+                      times and speeds are masked, `...` stands for what is left out)
     ```console-error  the same, but each command must fail (a status other than 0)
     ```python         runs in a fresh interpreter from the repository root
     ```nn             must parse and check (compiler.parse)
@@ -13,6 +15,7 @@ it saved), and the first failure stops that file's test with its file and line. 
 files under docs/ are picked up as they appear. Outputs the docs write go to out/,
 which git ignores.
 """
+import difflib
 import io
 import os
 import re
@@ -30,7 +33,10 @@ from compiler.pipeline import parse
 from symnet import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = sorted((ROOT / "docs").glob("*.md"))
+DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+# Outputs shown for the Debian package's Fashion-MNIST are compared only where it is
+# installed (elsewhere the commands train on the embedded subset: other numbers).
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 RUNNABLE = ("console", "console-error", "python", "nn")
 TIMEOUT = 300
 # Shell functions, so `symnet` and `python` mean this interpreter anywhere in a line.
@@ -69,16 +75,53 @@ def code_blocks(path):
 def commands(block):
     """(line, command) for each `$ ` line of a console block; a trailing backslash
     continues a command on the next line."""
+    return [(line, command) for line, command, _ in commands_and_outputs(block)]
+
+
+def commands_and_outputs(block):
+    """(line, command, the output lines shown after it) for each `$ ` line."""
     found, pending = [], None
     for offset, line in enumerate(block.text.split("\n")):
         if pending is not None:
-            pending = (pending[0], pending[1] + "\n" + line)
+            pending = (pending[0], pending[1] + "\n" + line, [])
         elif line.startswith("$ "):
-            pending = (block.line + offset, line[2:])
+            pending = (block.line + offset, line[2:], [])
+        elif found:
+            found[-1][2].append(line)
         if pending is not None and not pending[1].endswith("\\"):
             found.append(pending)
             pending = None
     return found
+
+
+# What differs from run to run: times, speeds, whether the machine code was cached,
+# what the cache holds.
+VOLATILE = [(re.compile(r"^\S+: [\d,]+ compiled model\(s\), [\d,]+ bytes$"),
+             "CACHE: # compiled model(s), # bytes"),
+            (re.compile(r"[\d,]+ samples/s"), "# samples/s"),
+            (re.compile(r"\bin [\d.]+ s\b"), "in # s"),
+            (re.compile(r"  [\d.]+ s$"), "  # s"),
+            (re.compile(r" \(machine code from the cache\)"), "")]
+
+
+def normalized(line):
+    for pattern, replacement in VOLATILE:
+        line = pattern.sub(replacement, line)
+    return line.rstrip()
+
+
+def same_output(shown, printed):
+    """Whether the printed lines are the shown ones: a shown line `...` (indented or not)
+    stands for any number of lines, and `...` inside a line for any text."""
+    shown = [normalized(line) for line in shown]
+    printed = [normalized(line) for line in printed]
+    while shown and not shown[-1]:
+        shown.pop()
+    while printed and not printed[-1]:
+        printed.pop()
+    pattern = "".join(r"(?:[^\n]*\n)*" if line.strip() == "..." else
+                      r"[^\n]*".join(map(re.escape, line.split("..."))) + "\n" for line in shown)
+    return re.fullmatch(pattern, "".join(line + "\n" for line in printed)) is not None
 
 
 def environment():
@@ -89,7 +132,7 @@ def environment():
 
 def run_console(block, where):
     """Run each command of a console block; returns a failure message or None."""
-    for line, command in commands(block):
+    for line, command, shown in commands_and_outputs(block):
         result = run_command(command)
         expect_failure = block.kind == "console-error"
         if (result.returncode != 0) != expect_failure:
@@ -98,6 +141,14 @@ def run_console(block, where):
                     f"({wanted} expected)\n{tail(result)}")
         if "Traceback (most recent call last)" in result.stderr and "--traceback" not in command:
             return f"{where(line)}: `{command}` printed a Python traceback\n{tail(result)}"
+        printed = (result.stdout + result.stderr).split("\n")
+        comparable = any(shown) and (os.path.isdir(FASHION_MNIST) or
+                                     not any(FASHION_MNIST in s for s in shown))
+        if comparable and not same_output(shown, printed):
+            return (f"{where(line)}: `{command}` printed other lines than the docs show:\n"
+                    + "\n".join(difflib.unified_diff([normalized(s) for s in shown],
+                                                     [normalized(p) for p in printed],
+                                                     "shown", "printed", lineterm="")))
     return None
 
 
@@ -189,3 +240,17 @@ def test_failing_blocks_are_reported_with_file_and_line(tmp_path):
     assert run_python(Block("python", 4, "raise SystemExit(3)"), where).startswith(
         "x.md:4: python block exited with status 3")
     assert "unknown function" in check_nn(Block("nn", 5, "input x[N]\ny = rleu(x)"), where)
+
+
+def test_shown_output_must_match_but_for_times_and_left_out_lines():
+    printed = ["compiled mlp for cpu (f32) in 0.31 s", "epoch 1/1  loss 0.5  123,456 samples/s  1.4 s",
+               "row 1", "row 2", "row 3", "saved out/x.ckpt", ""]
+    shown = ["compiled mlp for cpu (f32) in 2.00 s (machine code from the cache)",
+             "epoch 1/1  loss 0.5  9 samples/s  0.1 s", "row 1", "  ...", "saved ...ckpt"]
+    assert same_output(shown, printed)
+    assert not same_output(["compiled mlp for cpu (f32) in 2.00 s", "epoch 1/1  loss 0.6"], printed[:2])
+    assert not same_output(shown[:3], printed)             # no `...`: every line is shown
+    failing = Block("console", 2, "$ symnet check examples/linreg.nn\nmodel linreg (elsewhere.nn)")
+    message = run_console(failing, lambda line: f"x.md:{line}")
+    assert message.startswith("x.md:2: `symnet check examples/linreg.nn` printed other lines")
+    assert "-model linreg (elsewhere.nn)\n+model linreg (examples/linreg.nn)" in message
