@@ -182,10 +182,14 @@ class Program:
             table[self.index[name]] = data_address(array)
         self.team.run(self._entry(entry), workspace["sizes_address"], workspace["table_address"],
                       workspace["parallel"])
-        self._last, self._last_entry = workspace, entry
+        self._last, self._last_entry, self._last_inputs = workspace, entry, arrays
 
     def _workspace_array(self, name):
-        return self._last["arrays"][name] if name in self._last["arrays"] else self.persistent[name]
+        if name in self._last["arrays"]:
+            return self._last["arrays"][name]
+        if name in self._last_inputs:           # an input marked as an output (`output x`)
+            return self._last_inputs[name]
+        return self.persistent[name]
 
     def _check_inputs(self, entry, inputs):
         if not isinstance(inputs, dict):
