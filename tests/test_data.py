@@ -223,6 +223,17 @@ def test_csv_malformed(tmp_path, text, message):
     assert str(path) in str(info.value)
 
 
+def test_csv_not_utf8(tmp_path):
+    """A CSV saved in Latin-1 (a spreadsheet's accented header) or a binary file named
+    .csv is a one-line DataError, not a UnicodeDecodeError."""
+    path = tmp_path / "bad.csv"
+    for content in (b"x,caf\xe9\n1,2\n", b"x,y\n1,2\n3,\xe9\n", bytes(range(256)) * 2):
+        path.write_bytes(content)
+        with pytest.raises(DataError, match="not UTF-8 text") as info:
+            load_dataset(str(path))
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
 # ------------------------------------------------------------------ NPZ
 
 def test_npz_split_keys(tmp_path):
@@ -274,6 +285,23 @@ def test_npz_missing_keys_and_mismatch(tmp_path):
     path.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable .npz"):
         load_dataset(str(path))
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.zeros((12, 2)), "y": np.array(3)}, "labels must be 1-D, got shape []"),
+    ({"x": np.array(1.0), "y": np.array(2)}, "labels must be 1-D, got shape []"),
+    ({"x_train": np.zeros((3, 2)), "y_train": np.array(1), "x_test": np.zeros((1, 2)),
+      "y_test": [0]}, "labels must be 1-D, got shape []"),
+    ({"x": np.zeros((12, 2), complex), "y": np.arange(12) % 2}, "expected real numbers"),
+    ({"x": np.zeros((12, 2)), "y": np.arange(12) % 2, "classes": np.array("ab")},
+     "classes must be a 1-D array of names"),
+], ids=["0d_y", "0d_x_and_y", "0d_y_train", "complex_x", "0d_classes"])
+def test_npz_arrays_of_the_wrong_kind(tmp_path, arrays, message):
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")) as info:
+        load_dataset(str(path))
+    assert str(path) in str(info.value)
 
 
 # ------------------------------------------------------- real datasets
