@@ -194,6 +194,8 @@ def train_command(args):
         model = load(args.file, seed=settings["seed"])
     program, seconds = compile_program(model, args.device, args.dtype, optimizer)
     data = load_data(args.data, program, args.limit)
+    if len(data.x_train) == 0:                # before the plan, whose batch would be 0
+        raise SymnetError(f"{data.name} has no training examples")
     print_plan(model, program, seconds, data, args, optimizer, settings)
     extra = {"file": args.file, "data": data.name, "classes": data.classes,
              "optimizer": optimizer, "dtype": args.dtype, "settings": settings}
@@ -281,6 +283,8 @@ def eval_command(args):
     meta = checkpoint.restore(args.weights, program)
     data = load_data(args.data, program)
     x, y = (data.x_test, data.y_test) if args.split == "test" else (data.x_train, data.y_train)
+    if len(x) == 0:
+        raise SymnetError(f"the {args.split} split of {data.name} is empty: nothing to evaluate")
     result = evaluate(program, x, y)
     print(f"{program.spec['name']} ({args.weights}) on the {args.split} split of {data.name}: "
           f"{result['count']:,} examples")

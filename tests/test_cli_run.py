@@ -156,6 +156,23 @@ def test_a_missing_data_path_is_one_error_line():
     assert "no/such/data.csv" in line
 
 
+def test_an_empty_split_is_one_error_line_before_any_work(trained, tmp_path):
+    """No training examples: refused before the plan (not 'batch 0 (every training
+    example; capped from 64)'); eval of an empty split is an error, not '0 examples'."""
+    data = tmp_path / "empty.npz"
+    x, y = np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8)
+    np.savez(data, x_train=x, y_train=y, x_test=np.zeros((3, 28, 28), np.uint8), y_test=[0, 1, 2])
+    result = symnet("train", "examples/softmax_regression.nn", "--data", data)
+    assert one_error_line(result) == f"error: NPZ ({data}) has no training examples"
+    assert "training:" not in result.stdout
+    np.savez(data, x_train=np.zeros((3, 28, 28), np.uint8), y_train=[0, 1, 2], x_test=x, y_test=y)
+    result = symnet("eval", "examples/softmax_regression.nn", "--weights", trained.path,
+                    "--data", data)
+    assert one_error_line(result) == (f"error: the test split of NPZ ({data}) is empty: "
+                                      "nothing to evaluate")
+    assert result.stdout == ""
+
+
 def test_linreg_on_image_data_asks_for_matching_columns():
     line = one_error_line(symnet("train", "examples/linreg.nn"))
     assert "linreg" in line and "--data" in line and "CSV" in line
