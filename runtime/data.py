@@ -203,7 +203,8 @@ def _to_float(x: np.ndarray, source) -> np.ndarray:
         return np.divide(x, np.float32(255), dtype=np.float32)
     if x.dtype.kind not in "biuf":        # complex would silently lose its imaginary part
         raise DataError(f"{source}: expected real numbers, got dtype {x.dtype}")
-    return x.astype(np.float32)
+    with np.errstate(over="ignore"):      # beyond float32 becomes inf, which callers refuse
+        return x.astype(np.float32)
 
 
 def _as_images(x: np.ndarray) -> np.ndarray:

@@ -334,6 +334,7 @@ def run_command(args):
     program, _ = compile_program(model, entries=("predict",))
     meta = checkpoint.restore(args.weights, program) if args.weights else {}
     x, single = shape_input(load_image(args.input), program.spec, args.input)
+    check_examples(x, args.input)
     outputs = predict(program, x)
     for name, value in outputs.items():
         print(f"{name} = {format_array(value[0] if single else value, indent=len(name) + 3)}")
@@ -359,6 +360,15 @@ def shape_input(array, spec, path):
         return fit_to_shape(array, shape), False
     raise SymnetError(f"{path}: an array shaped {list(array.shape)} is neither one example "
                       f"of input '{features}' {shape} nor a batch of them")
+
+
+def check_examples(x, path):
+    """Refuse an input that would only print NaN (or nothing) with exit status 0."""
+    if len(x) == 0:
+        raise SymnetError(f"{path}: holds no examples")
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        raise SymnetError(f"{path}: holds inf or nan (first in example {int(bad.argmax())})")
 
 
 def softmax(logits):

@@ -137,6 +137,22 @@ def test_run_takes_a_1d_batch_of_scalar_examples(tmp_path):
     assert result.stdout == "yhat = [1, 3, 6]\n"
 
 
+@pytest.mark.parametrize("values, message", [
+    (np.full(3, np.nan), "holds inf or nan (first in example 0)"),
+    (np.array([1.0, 2.0, -np.inf]), "holds inf or nan (first in example 2)"),
+    (np.array([1.0, 1e300]), "holds inf or nan (first in example 1)"),     # inf in float32
+    (np.zeros(0), "holds no examples"),
+], ids=["nan", "inf", "beyond_float32", "empty"])
+def test_run_refuses_an_input_without_finite_examples(tmp_path, values, message):
+    """Not 'predicted class: 0, probability nan', nor an empty result with status 0."""
+    model, x = tmp_path / "line.nn", tmp_path / "x.npy"
+    model.write_text(LINE)
+    np.save(x, values)
+    result = symnet_process("run", model, "--input", x)
+    assert one_error_line(result) == f"error: {x}: {message}"
+    assert result.stdout == ""
+
+
 def test_run_of_a_model_without_output_is_one_error_line(tmp_path):
     """linreg has a loss but no output: there is nothing for run to print."""
     x = tmp_path / "x.npy"
