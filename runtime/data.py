@@ -455,7 +455,10 @@ def _load_path(spec: str) -> Dataset:
 def _from_env(label: str, classes: list[str]) -> Dataset:
     """Load whatever $SYMNET_DATA points at, naming it ``label``."""
     spec = os.environ[ENV_VAR]
-    ds = _load_path(spec)
+    try:
+        ds = _load_path(spec)
+    except DataError as err:         # say where the path came from: no flag named it
+        raise DataError(f"{err} (from ${ENV_VAR})") from None
     if ds.classes is None and ds.num_classes is not None and ds.num_classes <= len(classes):
         ds.classes = classes
     ds.name = f"{label} (${ENV_VAR}={spec})"

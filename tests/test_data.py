@@ -137,9 +137,13 @@ def test_symnet_data_env_honoured(tmp_path, monkeypatch):
 
 
 def test_symnet_data_env_broken(tmp_path, monkeypatch):
-    monkeypatch.setenv("SYMNET_DATA", str(tmp_path / "missing"))
-    with pytest.raises(DataError, match="no such file or folder"):
-        load_dataset()
+    """The message says the path came from $SYMNET_DATA: the command line never named it."""
+    missing = tmp_path / "missing"
+    monkeypatch.setenv("SYMNET_DATA", str(missing))
+    for spec in (None, "mnist"):
+        with pytest.raises(DataError) as info:
+            load_dataset(spec)
+        assert str(info.value) == f"{missing}: no such file or folder (from $SYMNET_DATA)"
 
 
 def test_mnist_needs_env():
