@@ -494,7 +494,16 @@ def load_dataset(spec: str | os.PathLike | None = None, *, limit: int | None = N
         ds = load_embedded()
     else:
         ds = _load_path(spec)
-    return _limit(ds, limit)
+    return _limit(_same_shapes(ds), limit)
+
+
+def _same_shapes(ds: Dataset) -> Dataset:
+    """Refuse test examples shaped unlike the training ones: caught here, the message
+    can say which split is which."""
+    train, test = list(ds.x_train.shape[1:]), list(ds.x_test.shape[1:])
+    if len(ds.x_train) and len(ds.x_test) and train != test:
+        raise DataError(f"{ds.name}: test examples are shaped {test}, training examples {train}")
+    return ds
 
 
 def _limit(ds: Dataset, limit: int | None) -> Dataset:

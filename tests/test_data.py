@@ -308,6 +308,19 @@ def test_npz_arrays_of_the_wrong_kind(tmp_path, arrays, message):
     assert str(path) in str(info.value)
 
 
+def test_test_examples_shaped_unlike_training_examples(tmp_path):
+    """Refused when loaded, naming both shapes (not later as a misfit of 'data')."""
+    make_idx_folder(tmp_path / "idx", gz=False)
+    data.write_idx(tmp_path / "idx" / "t10k-images-idx3-ubyte", np.zeros((6, 20, 20), np.uint8))
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=np.zeros((3, 5)), y_train=[0, 1, 2], x_test=np.zeros((1, 4)), y_test=[0])
+    for spec, train, test in [(tmp_path / "idx", [1, 28, 28], [1, 20, 20]), (path, [5], [4])]:
+        with pytest.raises(DataError) as info:
+            load_dataset(str(spec))
+        assert str(info.value).endswith(f"({spec}): test examples are shaped {test}, "
+                                        f"training examples {train}")
+
+
 # ------------------------------------------------------- real datasets
 
 def test_embedded_dataset():
