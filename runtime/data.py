@@ -369,7 +369,8 @@ def _scale_csv(*xs):
     top = max(x.max() for x in xs)
     pixels = (xs[0].shape[1] == 28 * 28 and 1 < top <= 255
               and all(x.min() >= 0 and np.all(x == np.round(x)) for x in xs))
-    return [_as_images((x / 255 if pixels else x).astype(np.float32)) for x in xs]
+    with np.errstate(over="ignore"):      # beyond float32 becomes inf, which callers refuse
+        return [_as_images((x / 255 if pixels else x).astype(np.float32)) for x in xs]
 
 
 def load_csv(path, test_path=None) -> Dataset:
