@@ -334,6 +334,19 @@ def test_configure_refuses_unknown_settings(program):
     refused(lambda: program.configure(momentum=0.9), "has no setting 'momentum'", "lr")
 
 
+@pytest.mark.parametrize("value", ["fast", None, [0.1], np.nan, np.inf])
+def test_configure_refuses_values_that_are_not_finite_numbers(program, value):
+    before = dict(program.optimizer)
+    refused(lambda: program.configure(lr=value), "'lr' must be a finite number")
+    assert program.optimizer == before
+
+
+@pytest.mark.parametrize("params", [None, [("h.b", np.zeros(5))], np.zeros(5)],
+                         ids=["none", "pairs", "array"])
+def test_set_params_refuses_what_is_not_a_dict(program, params):
+    refused(lambda: program.set_params(params), "parameters must be a dict of name -> array")
+
+
 # ---- threads ----------------------------------------------------------------------------------
 def test_calls_from_two_threads_do_not_mix_results(program, monkeypatch):
     """Thread A is held just after its native call, thread B runs a whole forward on other
