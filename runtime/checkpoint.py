@@ -44,6 +44,8 @@ def save(path, params, *, model_name, model_hash, extra=None):
     arrays = {name: np.asarray(value) for name, value in params.items()}
     if META_KEY in arrays:
         raise CheckpointError(f"{path}: '{META_KEY}' is reserved and cannot be a parameter name")
+    if extra is not None and not isinstance(extra, dict):
+        raise CheckpointError(f"{path}: extra metadata must be a dict, got {type(extra).__name__}")
     meta = {"format": FORMAT, "model": model_name, "model_hash": str(model_hash),
             "params": {name: list(a.shape) for name, a in arrays.items()},
             "dtypes": {name: str(a.dtype) for name, a in arrays.items()},
@@ -99,6 +101,12 @@ def load(path, *, expect_hash=None, expect_params=None):
     if stored != meta.get("params"):
         raise CheckpointError(f"{path}: corrupt checkpoint (its arrays do not match its "
                               "parameter list)")
+    if not isinstance(meta.get("extra") or {}, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint (its extra metadata is not a dict)")
+    for name, a in arrays.items():      # export and show use them without a Program's checks
+        if a.dtype.kind not in "biuf":
+            raise CheckpointError(f"{path}: parameter '{name}' holds {a.dtype} values, "
+                                  "not real numbers")
     model = meta.get("model")
     if expect_params is not None:
         _compare(path, model, stored, {n: list(s) for n, s in expect_params.items()})

@@ -201,9 +201,10 @@ def _to_float(x: np.ndarray, source) -> np.ndarray:
     """float32 values; uint8 pixels are scaled by 1/255 into [0, 1]."""
     if x.dtype == np.uint8:
         return np.divide(x, np.float32(255), dtype=np.float32)
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise DataError(f"{source}: expected numbers, got dtype {x.dtype}")
-    return x.astype(np.float32)
+    if x.dtype.kind not in "biuf":        # complex would silently lose its imaginary part
+        raise DataError(f"{source}: expected real numbers, got dtype {x.dtype}")
+    with np.errstate(over="ignore"):      # beyond float32 becomes inf, which callers refuse
+        return x.astype(np.float32)
 
 
 def _as_images(x: np.ndarray) -> np.ndarray:
@@ -230,16 +231,24 @@ def _labels(y: np.ndarray, source) -> np.ndarray:
     return y.astype(np.int32)
 
 
+def _line_up(x, y, source, what="examples"):
+    """Refuse labels that are not 1-D or not one per example (0-d arrays included: an
+    .npz may hold anything), before they are sliced or converted."""
+    if np.ndim(y) != 1:
+        raise DataError(f"{source}: labels must be 1-D, got shape {list(np.shape(y))}")
+    if np.ndim(x) < 1 or len(x) != len(y):
+        raise DataError(f"{source}: {len(y)} labels for {len(x) if np.ndim(x) else 0} {what}")
+
+
 def _pair(x, y, source, what="examples"):
     """Check that inputs and labels line up; return (images as float, labels)."""
-    x = np.asarray(x)
-    if x.ndim < 1 or len(x) != len(y):
-        raise DataError(f"{source}: {len(y)} labels for {len(x) if x.ndim else 0} {what}")
-    return _as_images(_to_float(x, source)), _labels(y, source)
+    _line_up(x, y, source, what)
+    return _as_images(_to_float(np.asarray(x), source)), _labels(y, source)
 
 
 def _split_sixth(x, y, source):
     """Use the last sixth (rounded down) of the examples as the test set."""
+    _line_up(x, y, source)
     n_test = len(x) // 6
     if n_test == 0:
         raise DataError(f"{source}: {len(x)} examples are too few to split off a test sixth (need 6)")
@@ -286,6 +295,9 @@ def load_idx_folder(folder, name: str | None = None, classes=None) -> Dataset:
 
 # ------------------------------------------------------------------- CSV
 
+NOT_UTF8 = "not UTF-8 text (save the CSV as UTF-8)"
+
+
 def _csv_header(path) -> list[str] | None:
     """The header cells when the first line is not all numbers, else None."""
     try:
@@ -293,6 +305,8 @@ def _csv_header(path) -> list[str] | None:
             first = f.readline()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: {NOT_UTF8}") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or _oneline(err)})") from None
     cells = [c.strip() for c in first.split(",")]
@@ -334,6 +348,8 @@ def _read_csv(path):
             warnings.simplefilter("ignore", UserWarning)
             data = np.loadtxt(path, delimiter=",", skiprows=1 if header else 0,
                               ndmin=2, encoding="utf-8-sig")
+    except UnicodeDecodeError:            # a ValueError too, but no row is to blame
+        raise DataError(f"{path}: {NOT_UTF8}") from None
     except ValueError:
         raise DataError(f"{path}: {_csv_problem(path, header)}") from None
     if data.size == 0:
@@ -353,7 +369,8 @@ def _scale_csv(*xs):
     top = max(x.max() for x in xs)
     pixels = (xs[0].shape[1] == 28 * 28 and 1 < top <= 255
               and all(x.min() >= 0 and np.all(x == np.round(x)) for x in xs))
-    return [_as_images((x / 255 if pixels else x).astype(np.float32)) for x in xs]
+    with np.errstate(over="ignore"):      # beyond float32 becomes inf, which callers refuse
+        return [_as_images((x / 255 if pixels else x).astype(np.float32)) for x in xs]
 
 
 def load_csv(path, test_path=None) -> Dataset:
@@ -394,8 +411,15 @@ def load_npz(path) -> Dataset:
                         f"(or x, y); found {found}")
     x_train, y_train = _pair(parts[0], parts[1], path)
     x_test, y_test = _pair(parts[2], parts[3], path)
-    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else _classes_for(path)
+    classes = _class_names(arrays["classes"], path) if "classes" in arrays else _classes_for(path)
     return Dataset(f"NPZ ({path})", x_train, y_train, x_test, y_test, classes)
+
+
+def _class_names(classes: np.ndarray, path) -> list[str]:
+    if classes.ndim != 1:
+        raise DataError(f"{path}: classes must be a 1-D array of names, got shape "
+                        f"{list(classes.shape)}")
+    return [str(c) for c in classes]
 
 
 def load_embedded() -> Dataset:
@@ -432,7 +456,10 @@ def _load_path(spec: str) -> Dataset:
 def _from_env(label: str, classes: list[str]) -> Dataset:
     """Load whatever $SYMNET_DATA points at, naming it ``label``."""
     spec = os.environ[ENV_VAR]
-    ds = _load_path(spec)
+    try:
+        ds = _load_path(spec)
+    except DataError as err:         # say where the path came from: no flag named it
+        raise DataError(f"{err} (from ${ENV_VAR})") from None
     if ds.classes is None and ds.num_classes is not None and ds.num_classes <= len(classes):
         ds.classes = classes
     ds.name = f"{label} (${ENV_VAR}={spec})"
@@ -468,7 +495,16 @@ def load_dataset(spec: str | os.PathLike | None = None, *, limit: int | None = N
         ds = load_embedded()
     else:
         ds = _load_path(spec)
-    return _limit(ds, limit)
+    return _limit(_same_shapes(ds), limit)
+
+
+def _same_shapes(ds: Dataset) -> Dataset:
+    """Refuse test examples shaped unlike the training ones: caught here, the message
+    can say which split is which."""
+    train, test = list(ds.x_train.shape[1:]), list(ds.x_test.shape[1:])
+    if len(ds.x_train) and len(ds.x_test) and train != test:
+        raise DataError(f"{ds.name}: test examples are shaped {test}, training examples {train}")
+    return ds
 
 
 def _limit(ds: Dataset, limit: int | None) -> Dataset:

@@ -201,7 +201,8 @@ def wrapper(layout, params):
         lines.append(f"    buffers[{layout.index[tensor]}] = (void*)constant_{k};")
     lines.append(f"    buffers[{layout.index[layout.input]}] = (void*)input;")
     scratch = [(t, layout.elements(t)) for t in layout.workspace]
-    scratch += [(o, layout.elements(o)) for o, _ in layout.outputs]
+    # An input marked as an output (`output x`) is copied from the caller's input.
+    scratch += [(o, layout.elements(o)) for o, _ in layout.outputs if o != layout.input]
     lines.append("    size_t bytes = 0;")
     for tensor, count in scratch:
         lines.append(f"    bytes += ALIGN({count} * 4);  /* {tensor} */")

@@ -359,14 +359,19 @@ def _read_entry(path: str) -> bytes | None:
     return None
 
 
+# An entry, or a temporary of write_atomically's beside it (.NAME.RANDOM.tmp).
+_CACHE_FILE = re.compile(r"\.?[0-9a-f]{64}(\.symobj|\.spec|\.spec\.json)(\.[0-9a-f]+\.tmp)?")
+
+
 def clear_cache(cache_dir: str | None = None) -> int:
     """Delete all cache entries (default dir when None); returns how many."""
     d = cache_dir or default_cache_dir()
     n = 0
     for fn in os.listdir(d) if os.path.isdir(d) else ():
         # Objects, the compiler's spec entries that point at them (.spec.json: an older
-        # format), and leftovers.
-        if fn.endswith((_SUFFIX, ".spec", ".spec.json", ".tmp")) or fn.startswith(".tmp-"):
+        # format), and leftovers; all named by their hash, so that a shared folder
+        # ($SYMNET_CACHE=/tmp) keeps other programs' files.
+        if _CACHE_FILE.fullmatch(fn) or fn.startswith(".tmp-"):
             try:
                 os.unlink(os.path.join(d, fn))
                 n += fn.endswith(_SUFFIX)

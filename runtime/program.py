@@ -8,8 +8,10 @@ a consistent batch size, dtypes — before the single native call, so a wrong ar
 Python exception with a clear message, never a crash.
 """
 import ctypes
+import math
 import os
 import threading
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -104,6 +106,8 @@ class Program:
 
     def set_params(self, params):
         """Replace parameter values; all are checked before any is changed."""
+        if not isinstance(params, Mapping):
+            raise ProgramError("parameters must be a dict of name -> array")
         checked = {}
         for name, value in params.items():
             if name not in self.spec["params"]:
@@ -137,12 +141,21 @@ class Program:
         return None
 
     def configure(self, **hypers):
-        """Set optimizer hyperparameters (lr, beta, beta1, beta2, eps) for train_step."""
+        """Set optimizer hyperparameters (lr, beta, beta1, beta2, eps) for train_step; all
+        are checked before any is changed."""
+        checked = {}
         for key, value in hypers.items():
             if key not in self.optimizer:
                 raise ProgramError(f"optimizer {self.spec['optimizer']} has no setting '{key}'; "
                                    f"it has {', '.join(self.optimizer)}")
-            self.optimizer[key] = float(value)
+            try:
+                checked[key] = float(value)
+            except (TypeError, ValueError):
+                checked[key] = math.nan
+            if not math.isfinite(checked[key]):      # it would only make every step NaN
+                raise ProgramError(f"optimizer setting '{key}' must be a finite number, "
+                                   f"got {value!r}")
+        self.optimizer.update(checked)
 
     def reset_optimizer(self):
         self.steps = 0
@@ -182,10 +195,14 @@ class Program:
             table[self.index[name]] = data_address(array)
         self.team.run(self._entry(entry), workspace["sizes_address"], workspace["table_address"],
                       workspace["parallel"])
-        self._last, self._last_entry = workspace, entry
+        self._last, self._last_entry, self._last_inputs = workspace, entry, arrays
 
     def _workspace_array(self, name):
-        return self._last["arrays"][name] if name in self._last["arrays"] else self.persistent[name]
+        if name in self._last["arrays"]:
+            return self._last["arrays"][name]
+        if name in self._last_inputs:           # an input marked as an output (`output x`)
+            return self._last_inputs[name]
+        return self.persistent[name]
 
     def _check_inputs(self, entry, inputs):
         if not isinstance(inputs, dict):

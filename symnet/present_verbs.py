@@ -236,6 +236,10 @@ def show_boundary(model, params, data_path, out, quiet):
         raise SymnetError(f"--boundary needs points of 2 features (x1, x2); {data_path} has "
                           f"{points[0].size} per example (shape {list(points.shape)})")
     points = points.reshape(-1, 2)
+    bad = ~np.isfinite(points).all(axis=1)
+    if bad.any():                      # the plot's axes would span infinity
+        raise SymnetError(f"{data_path}: point {int(bad.argmax())} has a coordinate that is "
+                          "inf or nan")
     labels = np.concatenate([data.y_train, data.y_test])
     bar = Stages(1, "show", quiet)
     bar("classifying the plane")

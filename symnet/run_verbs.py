@@ -60,10 +60,14 @@ def one_line(err):
 
 
 def positive_float(text):
-    """argparse type: a number > 0."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    """argparse type: a finite number > 0 (an infinite learning rate only ends in a NaN
+    loss after the first step)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
 
 
@@ -196,6 +200,8 @@ def train_command(args):
     if args.weights:                      # checked before the data is read
         checkpoint.restore(args.weights, program)
     data = load_data(args.data, program, args.limit)
+    if len(data.x_train) == 0:                # before the plan, whose batch would be 0
+        raise SymnetError(f"{data.name} has no training examples")
     print_plan(model, program, seconds, data, args, optimizer, settings)
     if args.weights:
         print(f"starting from the weights in {args.weights}")
@@ -286,6 +292,8 @@ def eval_command(args):
     meta = checkpoint.restore(args.weights, program)
     data = load_data(args.data, program)
     x, y = (data.x_test, data.y_test) if args.split == "test" else (data.x_train, data.y_train)
+    if len(x) == 0:
+        raise SymnetError(f"the {args.split} split of {data.name} is empty: nothing to evaluate")
     result = evaluate(program, x, y)
     print(f"{program.spec['name']} ({args.weights}) on the {args.split} split of {data.name}: "
           f"{result['count']:,} examples")
@@ -335,6 +343,7 @@ def run_command(args):
     program, _ = compile_program(model, entries=("predict",))
     meta = checkpoint.restore(args.weights, program) if args.weights else {}
     x, single = shape_input(load_image(args.input), program.spec, args.input)
+    check_examples(x, args.input)
     outputs = predict(program, x)
     for name, value in outputs.items():
         print(f"{name} = {format_array(value[0] if single else value, indent=len(name) + 3)}")
@@ -360,6 +369,15 @@ def shape_input(array, spec, path):
         return fit_to_shape(array, shape), False
     raise SymnetError(f"{path}: an array shaped {list(array.shape)} is neither one example "
                       f"of input '{features}' {shape} nor a batch of them")
+
+
+def check_examples(x, path):
+    """Refuse an input that would only print NaN (or nothing) with exit status 0."""
+    if len(x) == 0:
+        raise SymnetError(f"{path}: holds no examples")
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        raise SymnetError(f"{path}: holds inf or nan (first in example {int(bad.argmax())})")
 
 
 def softmax(logits):

@@ -315,8 +315,36 @@ def test_unused_const_compiles():
     np.testing.assert_array_equal(program.forward({"x": np.array([1.0, 2.0])})["y"], [2, 4])
 
 
+def test_an_input_marked_as_output_is_returned():
+    """`output x` on an input: forward and evaluate return it as given (it has no
+    buffer of its own in the workspace)."""
+    model = compiler.parse("input x[N, 3]\noutput x\noutput y = relu(x)\nloss mean(y)\n",
+                           "echo.nn")
+    program = compiler.compile(model, dtype="f64", cache=False)
+    x = np.arange(-3.0, 3.0).reshape(2, 3)
+    outputs = program.forward({"x": x})
+    np.testing.assert_array_equal(outputs["x"], x)
+    np.testing.assert_array_equal(outputs["y"], np.maximum(x, 0))
+    loss, outputs = program.evaluate({"x": x.astype(np.float32)})
+    assert loss == pytest.approx(0.5)
+    np.testing.assert_array_equal(outputs["x"], x)
+
+
 def test_configure_refuses_unknown_settings(program):
     refused(lambda: program.configure(momentum=0.9), "has no setting 'momentum'", "lr")
+
+
+@pytest.mark.parametrize("value", ["fast", None, [0.1], np.nan, np.inf])
+def test_configure_refuses_values_that_are_not_finite_numbers(program, value):
+    before = dict(program.optimizer)
+    refused(lambda: program.configure(lr=value), "'lr' must be a finite number")
+    assert program.optimizer == before
+
+
+@pytest.mark.parametrize("params", [None, [("h.b", np.zeros(5))], np.zeros(5)],
+                         ids=["none", "pairs", "array"])
+def test_set_params_refuses_what_is_not_a_dict(program, params):
+    refused(lambda: program.set_params(params), "parameters must be a dict of name -> array")
 
 
 # ---- threads ----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Tests for runtime/checkpoint.py: round trip, atomic writes, damaged files, wrong model."""
+import json
 import os
 
 import numpy as np
@@ -152,3 +153,37 @@ def test_shape_mismatch_names_the_parameter(tmp_path, mlp):
     checkpoint.save(path, extra, model_name="mlp", model_hash="0" * 16)
     with pytest.raises(CheckpointError, match="has parameter 'h3.W', which this model lacks"):
         checkpoint.load(path, expect_params=shapes(mlp))
+
+
+@pytest.mark.parametrize("value, kind", [(np.array(["a"] * 10), "<U1"),
+                                         (np.zeros(10, complex), "complex128")],
+                         ids=["strings", "complex"])
+def test_weights_that_are_not_real_numbers(tmp_path, mlp, value, kind):
+    """Refused by load itself: export and show take its arrays without a Program to check
+    them (strings were an internal error there, complex lost its imaginary part)."""
+    params = dict(mlp.get_params(), **{"logits.b": value})
+    path = tmp_path / "odd.npz"
+    checkpoint.save(path, params, model_name="mlp", model_hash=mlp.model_hash)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(path, expect_params=shapes(mlp))
+    assert str(info.value) == (f"{path}: parameter 'logits.b' holds {kind} values, "
+                               "not real numbers")
+
+
+def test_metadata_extra_that_is_not_a_mapping(tmp_path, mlp):
+    """`extra` must be a dict (or None): anything else would break every reader of
+    meta["extra"] (eval and run look up the class names there)."""
+    path = tmp_path / "c.npz"
+    with pytest.raises(CheckpointError, match="c.npz: extra metadata must be a dict, got list"):
+        checkpoint.save(path, mlp.get_params(), model_name="mlp", model_hash=mlp.model_hash,
+                        extra=[1, 2])
+    assert not path.exists()
+    save_mlp(path, mlp, epoch=1)                     # then edited by hand
+    arrays = dict(np.load(path))
+    meta = json.loads(str(arrays[checkpoint.META_KEY]))
+    arrays[checkpoint.META_KEY] = np.array(json.dumps({**meta, "extra": 5}))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(path)
+    assert str(info.value) == f"{path}: corrupt checkpoint (its extra metadata is not a dict)"

@@ -254,6 +254,14 @@ def test_missing_file_is_a_user_error(capsys):
      "symnet gpucheck: error: argument --seed: must be at least 0, got -1"),
     (["train", "examples/mlp.nn", "--batch", "ten"],
      "symnet train: error: argument --batch: expected a whole number, got 'ten'"),
+    (["train", "examples/mlp.nn", "--lr", "nan"],
+     "symnet train: error: argument --lr: must be a positive finite number, got nan"),
+    (["train", "examples/mlp.nn", "--lr", "inf"],
+     "symnet train: error: argument --lr: must be a positive finite number, got inf"),
+    (["train", "examples/mlp.nn", "--lr", "fast"],
+     "symnet train: error: argument --lr: expected a number, got 'fast'"),
+    (["train", "examples/mlp.nn", "--lr", "1e400"],
+     "symnet train: error: argument --lr: must be a positive finite number, got 1e400"),
 ])
 def test_a_wrong_command_line_is_one_line_with_status_1(capsys, argv, message):
     with pytest.raises(SystemExit) as exit:

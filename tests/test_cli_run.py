@@ -137,6 +137,22 @@ def test_run_takes_a_1d_batch_of_scalar_examples(tmp_path):
     assert result.stdout == "yhat = [1, 3, 6]\n"
 
 
+@pytest.mark.parametrize("values, message", [
+    (np.full(3, np.nan), "holds inf or nan (first in example 0)"),
+    (np.array([1.0, 2.0, -np.inf]), "holds inf or nan (first in example 2)"),
+    (np.array([1.0, 1e300]), "holds inf or nan (first in example 1)"),     # inf in float32
+    (np.zeros(0), "holds no examples"),
+], ids=["nan", "inf", "beyond_float32", "empty"])
+def test_run_refuses_an_input_without_finite_examples(tmp_path, values, message):
+    """Not 'predicted class: 0, probability nan', nor an empty result with status 0."""
+    model, x = tmp_path / "line.nn", tmp_path / "x.npy"
+    model.write_text(LINE)
+    np.save(x, values)
+    result = symnet_process("run", model, "--input", x)
+    assert one_error_line(result) == f"error: {x}: {message}"
+    assert result.stdout == ""
+
+
 def test_run_of_a_model_without_output_is_one_error_line(tmp_path):
     """linreg has a loss but no output: there is nothing for run to print."""
     x = tmp_path / "x.npy"
@@ -179,6 +195,23 @@ def test_eval_with_the_checkpoint_of_another_model_is_one_error_line(trained):
 def test_a_missing_data_path_is_one_error_line():
     line = one_error_line(symnet("train", "examples/mlp.nn", "--data", "no/such/data.csv"))
     assert "no/such/data.csv" in line
+
+
+def test_an_empty_split_is_one_error_line_before_any_work(trained, tmp_path):
+    """No training examples: refused before the plan (not 'batch 0 (every training
+    example; capped from 64)'); eval of an empty split is an error, not '0 examples'."""
+    data = tmp_path / "empty.npz"
+    x, y = np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8)
+    np.savez(data, x_train=x, y_train=y, x_test=np.zeros((3, 28, 28), np.uint8), y_test=[0, 1, 2])
+    result = symnet("train", "examples/softmax_regression.nn", "--data", data)
+    assert one_error_line(result) == f"error: NPZ ({data}) has no training examples"
+    assert "training:" not in result.stdout
+    np.savez(data, x_train=np.zeros((3, 28, 28), np.uint8), y_train=[0, 1, 2], x_test=x, y_test=y)
+    result = symnet("eval", "examples/softmax_regression.nn", "--weights", trained.path,
+                    "--data", data)
+    assert one_error_line(result) == (f"error: the test split of NPZ ({data}) is empty: "
+                                      "nothing to evaluate")
+    assert result.stdout == ""
 
 
 def test_linreg_on_image_data_asks_for_matching_columns():

@@ -137,9 +137,13 @@ def test_symnet_data_env_honoured(tmp_path, monkeypatch):
 
 
 def test_symnet_data_env_broken(tmp_path, monkeypatch):
-    monkeypatch.setenv("SYMNET_DATA", str(tmp_path / "missing"))
-    with pytest.raises(DataError, match="no such file or folder"):
-        load_dataset()
+    """The message says the path came from $SYMNET_DATA: the command line never named it."""
+    missing = tmp_path / "missing"
+    monkeypatch.setenv("SYMNET_DATA", str(missing))
+    for spec in (None, "mnist"):
+        with pytest.raises(DataError) as info:
+            load_dataset(spec)
+        assert str(info.value) == f"{missing}: no such file or folder (from $SYMNET_DATA)"
 
 
 def test_mnist_needs_env():
@@ -223,6 +227,17 @@ def test_csv_malformed(tmp_path, text, message):
     assert str(path) in str(info.value)
 
 
+def test_csv_not_utf8(tmp_path):
+    """A CSV saved in Latin-1 (a spreadsheet's accented header) or a binary file named
+    .csv is a one-line DataError, not a UnicodeDecodeError."""
+    path = tmp_path / "bad.csv"
+    for content in (b"x,caf\xe9\n1,2\n", b"x,y\n1,2\n3,\xe9\n", bytes(range(256)) * 2):
+        path.write_bytes(content)
+        with pytest.raises(DataError, match="not UTF-8 text") as info:
+            load_dataset(str(path))
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
 # ------------------------------------------------------------------ NPZ
 
 def test_npz_split_keys(tmp_path):
@@ -274,6 +289,36 @@ def test_npz_missing_keys_and_mismatch(tmp_path):
     path.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable .npz"):
         load_dataset(str(path))
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.zeros((12, 2)), "y": np.array(3)}, "labels must be 1-D, got shape []"),
+    ({"x": np.array(1.0), "y": np.array(2)}, "labels must be 1-D, got shape []"),
+    ({"x_train": np.zeros((3, 2)), "y_train": np.array(1), "x_test": np.zeros((1, 2)),
+      "y_test": [0]}, "labels must be 1-D, got shape []"),
+    ({"x": np.zeros((12, 2), complex), "y": np.arange(12) % 2}, "expected real numbers"),
+    ({"x": np.zeros((12, 2)), "y": np.arange(12) % 2, "classes": np.array("ab")},
+     "classes must be a 1-D array of names"),
+], ids=["0d_y", "0d_x_and_y", "0d_y_train", "complex_x", "0d_classes"])
+def test_npz_arrays_of_the_wrong_kind(tmp_path, arrays, message):
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")) as info:
+        load_dataset(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_test_examples_shaped_unlike_training_examples(tmp_path):
+    """Refused when loaded, naming both shapes (not later as a misfit of 'data')."""
+    make_idx_folder(tmp_path / "idx", gz=False)
+    data.write_idx(tmp_path / "idx" / "t10k-images-idx3-ubyte", np.zeros((6, 20, 20), np.uint8))
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=np.zeros((3, 5)), y_train=[0, 1, 2], x_test=np.zeros((1, 4)), y_test=[0])
+    for spec, train, test in [(tmp_path / "idx", [1, 28, 28], [1, 20, 20]), (path, [5], [4])]:
+        with pytest.raises(DataError) as info:
+            load_dataset(str(spec))
+        assert str(info.value).endswith(f"({spec}): test examples are shaped {test}, "
+                                        f"training examples {train}")
 
 
 # ------------------------------------------------------- real datasets

@@ -148,3 +148,19 @@ def test_c_identifier_and_float_literals_are_exact():
     assert [np.float32(float.fromhex(t.rstrip("f"))) for t in literals] == list(values)
     with pytest.raises(export.ExportError, match="inf or nan"):
         export.float_literals(np.array([np.nan]), "w")
+
+
+def test_an_input_marked_as_output_is_copied_through(tmp_path):
+    """`output x` on the input: the library must read it from the caller's input, not
+    from workspace memory it never wrote."""
+    source = tmp_path / "echo.nn"
+    source.write_text("model echo\ninput x[N, 3]\noutput x\noutput y = relu(x)\n")
+    assert cli.main(["export", str(source), "-o", str(tmp_path / "lib"), "-q"]) == 0
+    library = ctypes.CDLL(str(tmp_path / "lib" / "libecho.so"))
+    forward = library.echo_forward
+    forward.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
+    x = np.arange(-6, 6, dtype=np.float32).reshape(4, 3)
+    echoed, y = np.full((4, 3), np.nan, np.float32), np.full((4, 3), np.nan, np.float32)
+    assert forward(4, x.ctypes.data, (ctypes.c_void_p * 2)(echoed.ctypes.data, y.ctypes.data)) == 0
+    np.testing.assert_array_equal(echoed, x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))

@@ -99,6 +99,20 @@ def test_host_target_and_vector_width():
         assert w4 == 16
 
 
+def test_clear_cache_removes_only_its_own_files(tmp_path):
+    """$SYMNET_CACHE may name a shared folder (/tmp): clearing it removes the cache's
+    entries and temporaries, never other programs' *.tmp or *.spec files."""
+    d = str(tmp_path)
+    library = jit.NativeLibrary(IR, cache_dir=d)
+    key = library.key
+    own = [f".{key}.symobj.0a1b2c3d.tmp", f"{key}.spec", f".{key}.spec.12345678.tmp"]
+    others = ["download.tmp", "model.spec", "settings.spec.json", "notes.symobj.txt"]
+    for name in own + others:
+        open(os.path.join(d, name), "w").close()
+    assert jit.clear_cache(d) == 1
+    assert sorted(os.listdir(d)) == sorted(others)
+
+
 def test_cache_hit_same_process(tmp_path):
     d = str(tmp_path)
     a = jit.NativeLibrary(IR, cache_dir=d)

@@ -504,6 +504,16 @@ def test_show_boundary_refuses_data_without_2_features(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("value", ["inf", "1e300"])         # 1e300 is inf in float32
+def test_show_boundary_refuses_points_that_are_not_finite(tmp_path, capsys, value):
+    csv, out = tmp_path / "p.csv", tmp_path / "b.png"
+    csv.write_text("".join(f"{k},{value if k == 8 else k},{k % 2}\n" for k in range(12)))
+    assert cli.main(["show", "examples/perceptron.nn", "--boundary", str(out),
+                     "--data", str(csv), "-q"]) == 1
+    assert capsys.readouterr().err == f"error: {csv}: point 8 has a coordinate that is inf or nan\n"
+    assert not out.exists()
+
+
 def test_stage_progress_names_the_stage_and_is_silent_when_quiet():
     stream = io.StringIO()                  # not a terminal: plain lines, no redrawing
     bar = present_verbs.Stages(2, "export", quiet=False, stream=stream, interval=0)
