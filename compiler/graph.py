@@ -761,7 +761,8 @@ def _scalar_expr(b, e, names, reads, ctx):
             args = [_scalar_expr(b, a, names, reads, ctx) for a in e.args]
             params = {p: sympy.Symbol(p, real=True) for p in fn.params}
             body = _scalar_expr(b, fn.body, params, {}, None)
-            return body.xreplace({params[p]: a for p, a in zip(fn.params, args)})
+            value = body.xreplace({params[p]: a for p, a in zip(fn.params, args)})
+            return ops.check_finite(b, value, e.func, e.loc)
         if e.func == b.defining:
             b.error(f"fn '{e.func}' calls itself; a fn cannot be recursive", e.loc)
         if e.func not in ops.ELEMENTWISE:

@@ -90,7 +90,8 @@ def check_finite(ctx, expr, label, loc):
                   else f"{what} is infinite or undefined here", loc)
     if expr.has(sympy.I):
         ctx.error(f"{what} is not a real number", loc)
-    return expr
+    # sympy folds sqrt(x ^ 2) to Abs(x); the code generators know abs as absval.
+    return expr.replace(sympy.Abs, F.absval)
 
 
 def read(tensor, index):

@@ -126,6 +126,19 @@ def test_extreme_softmax_and_sigmoid_outputs(dtype):
     assert ((out["p"] >= 0) & (out["p"] <= 1)).all()
 
 
+
+@pytest.mark.parametrize("dtype, rtol", [("f32", 1e-6), ("f64", 1e-13)])
+def test_tanh_is_accurate_near_zero(dtype, rtol):
+    """tanh entry by entry, also where 1 - 2 / (exp(2x) + 1) cancels: float32 gave
+    tanh(1e-6) = 0.95e-6 and tanh(1e-8) = 0."""
+    x = np.array([1e-8, 1e-6, 1e-4, 0.01, 0.019, 0.021, 0.1, 0.19, 0.21, 0.5, 3.0, 20.0])
+    x = np.concatenate([x, -x])
+    model = compiler.parse(f"input x[N, {x.size}]\noutput t = tanh(x)\n", "tanh.nn")
+    program = compiler.compile(model, dtype=dtype, cache=False)
+    x = x.astype(program.dtype)[None]
+    np.testing.assert_allclose(program.forward({"x": x})["t"], np.tanh(x.astype(np.float64)),
+                               rtol=rtol, atol=0)
+
 def test_named_sigmoid_gets_the_stable_bce():
     inline = model_for("bce_of_sigmoid", LOGITS * 1e4)
     named = compiler.parse(inline.source.replace(

@@ -46,6 +46,9 @@ CASES = {
     "bce_plain": "loss binary_cross_entropy(P / 3, A * 0 + 0.25)",
     "cross_entropy_onehot": "loss cross_entropy(A, softmax(P))",
     "fn": "fn swish(z) = z * sigmoid(z)\nloss sum(swish(A) * P)",
+    # sympy folds sqrt(x ^ 2) to Abs(x), for which no code generator had code.
+    "abs_folded": "fn root(z) = sqrt(z)\nop norm(X)[n] = sum(i: root(X[n, i] ^ 2))\n"
+                  "loss sum(sqrt(A ^ 2) * v + root(P ^ 2) + (A ^ 2) ^ 1.5) + sum(norm(A))",
     "op_sum": "op sqdense(X, Y)[n, j] = sum(i: X[n, i] * Y[i, j] ^ 2)\nloss sum(sqdense(A, B))",
     "op_max": "op rowmax(X)[n] = max(k: X[n, k] * 2)\nloss sum(rowmax(A) ^ 2)",
     "op_nested": "op f(X, w)[n] = sum(i: X[n, i] * w[i]) + max(k: X[n, k])\nloss sum(f(A, v) ^ 2)",
