@@ -517,11 +517,14 @@ def test_calls_pass_the_argument_checks_of_the_installed_cuda_bindings():
             return node
         if isinstance(argument, list) and all(isinstance(a, tuple) for a in argument):
             return []                                   # no graph nodes to depend on here
-        return 0 if isinstance(argument, (tuple, list, dict)) else argument
+        if isinstance(argument, list) and not isinstance(argument[0], str):
+            return argument                             # JIT options and their values
+        return 0 if isinstance(argument, (tuple, list, dict)) else argument   # ["event", t]
 
     class Checked(FakeDriver):
         CUresult = real.CUresult
         CUdevice_attribute = real.CUdevice_attribute
+        CUjit_option = real.CUjit_option
 
         def __getattribute__(self, name):
             fake = super().__getattribute__(name)
@@ -547,6 +550,11 @@ def test_calls_pass_the_argument_checks_of_the_installed_cuda_bindings():
     program.profile("train_step", inputs, repeats=1)
     program.use_graphs = True
     program.train_step(inputs)
+    program.device.synchronize()
+    # The PTX compiler's log of refused PTX: asked for with options the binding converts
+    # itself (a wrong one would only lose the log, so look for it).
+    with pytest.raises(CudaError, match="; the driver's PTX compiler says: ptxas fatal"):
+        program.device.load_module("// no kernels here\n")
 
 
 def test_the_gpu_tests_run_over_the_dry_run_driver():
