@@ -339,6 +339,24 @@ def test_set_params_uploads_and_checks_like_program():
         program.train_step({"x": x})
 
 
+def test_copies_of_persistent_state_hold_the_programs_lock():
+    """get_params, set_params and reset_optimizer copy while holding the program's lock, as
+    every call does: a copy queued between the launches of another thread's train step
+    would read (or overwrite) parameters that step has half updated."""
+    program, driver = fake_program("softmax_regression", "momentum")
+    held = []
+    for call in ("cuMemcpyDtoH", "cuMemcpyHtoD"):
+        def copy(*args, copy=getattr(driver, call)):
+            held.append(program.lock._is_owned())
+            return copy(*args)
+        setattr(driver, call, copy)
+    params = program.get_params()
+    program.set_params(params)
+    program.reset_optimizer()
+    program.train_step(reference.random_inputs(model("softmax_regression"), batch=3))
+    assert len(held) > 4 and all(held), held
+
+
 def test_the_first_nonfinite_tensor_is_found_as_on_the_cpu():
     program, _ = fake_program("neuron")
     cpu = compile(model("neuron"), cache=False)
