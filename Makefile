@@ -23,7 +23,7 @@ $(INSTALLED): pyproject.toml
 # For benchmarks/gpu_check.sh on a lent GPU machine, which has no network: the
 # Fashion-MNIST files (data/, 30 MB), and an llvmlite wheel for its Python (wheels/,
 # 57 MB), to carry there in case its own llvmlite is older than symnet needs. The
-# machine takes 64 MiB a call: carry data/, or wheels/ when versions.txt asks for it.
+# machine takes 64 MiB a call: carry data/, or wheels/ when machine.txt (the versions step) asks for it.
 GPU_PYTHON ?= 3.12
 gpu-carry: $(INSTALLED)
 	rm -rf build/gpu-carry

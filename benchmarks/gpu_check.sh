@@ -6,6 +6,10 @@
 #
 #     bash benchmarks/gpu_check.sh                 # about 5 minutes on an H100/H200
 #
+# It writes 7 files (a lent machine sends back at most 8 from $OUT): machine.txt (the
+# machine and the versions), tests.txt, bench.txt, lenet5_cuda.txt, lenet5_cpu.txt,
+# sanitizer.txt (memcheck, then racecheck), summary.txt (accuracies and statuses).
+#
 # Steps run most telling first, each under its own time limit (570 s in all at most, so
 # the whole fits one 10-minute command of a lent machine, and a slow step cannot take
 # the tests' or the benchmark's time). Each step runs even if one before failed, except
@@ -35,12 +39,18 @@ fi
 export SYMNET_CACHE=${SYMNET_CACHE:-$(mktemp -d)}
 status=()
 
-step() {   # step NAME SECONDS COMMAND...: run under a time limit, keep its output and status
+started=" "
+step() {   # step NAME SECONDS COMMAND...: run under a time limit, keep its output and status;
+           # the output goes to $out/NAME.txt, or with into=FILE before it, to $out/FILE.txt
+           # after the other steps' output there (fewer files: see the top)
     local name=$1 limit=$(( $2 * ${TIME_SCALE:-1} ))     # TIME_SCALE: for a dry run (slow)
+    local file=${into:-$1}
     shift 2
     local shown="$*"
-    echo "== $name (at most ${limit} s): ${shown%%$'\n'*}"
-    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$name.txt"
+    [[ $started == *" $file "* ]] || : >"$out/$file.txt"    # this run's output only
+    started+="$file "
+    echo "== $name (at most ${limit} s): ${shown%%$'\n'*}" | tee -a "$out/$file.txt"
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$out/$file.txt"
     status+=("$name=${PIPESTATUS[0]}")
 }
 
@@ -58,10 +68,10 @@ print("cuda driver API", load_driver().cuDriverGetVersion()[1:])   # 12040: CUDA
 print(open_device())
 '
 step machine 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-step versions 40 "$python" -c "$versions"
+into=machine step versions 40 "$python" -c "$versions"
 if [ "${status[1]}" != versions=0 ]; then
-    echo "${status[*]} (stopped: no GPU or no usable llvmlite; see versions.txt)" \
-        | tee "$out/status.txt"
+    echo "${status[*]} (stopped: no GPU or no usable llvmlite; see machine.txt)" \
+        | tee "$out/summary.txt"
     exit 1
 fi
 # Launches wait for their kernel here, so a kernel that fails is named by its launch.
@@ -87,15 +97,15 @@ for name in ("mlp", "lenet5"):
 sanitizer=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer \
     /usr/local/cuda-*/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ -n "$sanitizer" ]; then
-    step memcheck 60 "$sanitizer" --tool memcheck --error-exitcode 1 "$python" -c "$sanitize"
-    step racecheck 50 "$sanitizer" --tool racecheck --error-exitcode 1 "$python" -c "$sanitize"
+    into=sanitizer step memcheck 60 "$sanitizer" --tool memcheck --error-exitcode 1 "$python" -c "$sanitize"
+    into=sanitizer step racecheck 50 "$sanitizer" --tool racecheck --error-exitcode 1 "$python" -c "$sanitize"
 else
     echo "memcheck, racecheck: skipped (no compute-sanitizer on PATH or under CUDA_HOME)" \
-        | tee "$out/memcheck.txt"
+        | tee "$out/sanitizer.txt"
 fi
 accuracy() {   # the last epoch's test accuracy in a training log
     grep -o "test acc [0-9.]*" "$out/lenet5_$1.txt" 2>/dev/null | tail -1 | cut -d" " -f3
 }
 echo "lenet5 test accuracy after 3 epochs: cuda $(accuracy cuda)%, cpu $(accuracy cpu)%" \
-    | tee "$out/accuracy.txt"
-echo "${status[*]}" | tee "$out/status.txt"
+    | tee "$out/summary.txt"
+echo "${status[*]}" | tee -a "$out/summary.txt"

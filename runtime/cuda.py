@@ -411,21 +411,26 @@ class CudaProgram(Program):
             self.device.upload(self._resident[name], array)
 
     # ---- persistent state: host staging <-> device --------------------------------------
+    # Under the program's lock, as every call: a copy queued between the launches of
+    # another thread's train step would see (or overwrite) a half-updated state.
     def get_params(self):
-        for name in self.spec["params"]:
-            self.device.download(self._resident[name], self.persistent[name])
-        return super().get_params()
+        with self.lock:
+            for name in self.spec["params"]:
+                self.device.download(self._resident[name], self.persistent[name])
+            return super().get_params()
 
     def set_params(self, params):
-        super().set_params(params)
-        for name in params:
-            if name in self._resident:               # not yet while Program.__init__ runs
-                self.device.upload(self._resident[name], self.persistent[name])
+        with self.lock:
+            super().set_params(params)
+            for name in params:
+                if name in self._resident:           # not yet while Program.__init__ runs
+                    self.device.upload(self._resident[name], self.persistent[name])
 
     def reset_optimizer(self):
-        super().reset_optimizer()
-        for name in self.spec["states"]:
-            self.device.upload(self._resident[name], self.persistent[name])
+        with self.lock:
+            super().reset_optimizer()
+            for name in self.spec["states"]:
+                self.device.upload(self._resident[name], self.persistent[name])
 
     def _set_hypers(self):
         super()._set_hypers()

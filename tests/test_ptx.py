@@ -339,6 +339,24 @@ def test_set_params_uploads_and_checks_like_program():
         program.train_step({"x": x})
 
 
+def test_copies_of_persistent_state_hold_the_programs_lock():
+    """get_params, set_params and reset_optimizer copy while holding the program's lock, as
+    every call does: a copy queued between the launches of another thread's train step
+    would read (or overwrite) parameters that step has half updated."""
+    program, driver = fake_program("softmax_regression", "momentum")
+    held = []
+    for call in ("cuMemcpyDtoH", "cuMemcpyHtoD"):
+        def copy(*args, copy=getattr(driver, call)):
+            held.append(program.lock._is_owned())
+            return copy(*args)
+        setattr(driver, call, copy)
+    params = program.get_params()
+    program.set_params(params)
+    program.reset_optimizer()
+    program.train_step(reference.random_inputs(model("softmax_regression"), batch=3))
+    assert len(held) > 4 and all(held), held
+
+
 def test_the_first_nonfinite_tensor_is_found_as_on_the_cpu():
     program, _ = fake_program("neuron")
     cpu = compile(model("neuron"), cache=False)
@@ -517,11 +535,14 @@ def test_calls_pass_the_argument_checks_of_the_installed_cuda_bindings():
             return node
         if isinstance(argument, list) and all(isinstance(a, tuple) for a in argument):
             return []                                   # no graph nodes to depend on here
-        return 0 if isinstance(argument, (tuple, list, dict)) else argument
+        if isinstance(argument, list) and not isinstance(argument[0], str):
+            return argument                             # JIT options and their values
+        return 0 if isinstance(argument, (tuple, list, dict)) else argument   # ["event", t]
 
     class Checked(FakeDriver):
         CUresult = real.CUresult
         CUdevice_attribute = real.CUdevice_attribute
+        CUjit_option = real.CUjit_option
 
         def __getattribute__(self, name):
             fake = super().__getattribute__(name)
@@ -547,6 +568,11 @@ def test_calls_pass_the_argument_checks_of_the_installed_cuda_bindings():
     program.profile("train_step", inputs, repeats=1)
     program.use_graphs = True
     program.train_step(inputs)
+    program.device.synchronize()
+    # The PTX compiler's log of refused PTX: asked for with options the binding converts
+    # itself (a wrong one would only lose the log, so look for it).
+    with pytest.raises(CudaError, match="; the driver's PTX compiler says: ptxas fatal"):
+        program.device.load_module("// no kernels here\n")
 
 
 def test_the_gpu_tests_run_over_the_dry_run_driver():
