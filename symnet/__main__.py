@@ -1,6 +1,16 @@
-"""`python -m symnet ...`: the command line (symnet/cli.py)."""
+"""`python -m symnet ...` and the `symnet` command: the command line (symnet/cli.py)."""
 import sys
 
-from .cli import main
 
-sys.exit(main())
+def entry():
+    """Run the command line. Loading the compiler (sympy, LLVM) takes about a second; a
+    Ctrl-C then exits quietly with 130, as it does later, not with a traceback."""
+    try:
+        from .cli import main
+    except KeyboardInterrupt:
+        return 130                    # the shell's status for a command ended by Ctrl-C
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

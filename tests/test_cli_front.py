@@ -312,3 +312,27 @@ def test_an_llvmlite_too_old_is_one_line_before_anything_runs():
     assert result.stderr == ("error: symnet needs llvmlite 0.46 or newer; this is 0.44.0 "
                              "(pip install -U llvmlite)\n")
     assert result.stdout == ""
+
+
+def test_ctrl_c_while_the_compiler_loads_exits_130_without_a_traceback():
+    """A KeyboardInterrupt raised by the import of the command line (as a Ctrl-C in the
+    first second would) ends the command quietly, as one during training does."""
+    script = ("import sys\n"
+              "class Interrupt:\n"
+              "    def find_spec(name, path=None, target=None):\n"
+              "        if name == 'symnet.cli':\n"
+              "            raise KeyboardInterrupt\n"
+              "sys.meta_path.insert(0, Interrupt)\n"
+              "from symnet.__main__ import entry\n"
+              "sys.exit(entry())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "")
+
+
+def test_importing_symnet_loads_the_compiler_only_when_used():
+    script = ("import sys, symnet; print('sympy' in sys.modules); "
+              "print(sorted(symnet.gradients(symnet.load('examples/linreg.nn'))))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout == "False\n['a', 'b']\n", result.stderr
