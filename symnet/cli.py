@@ -14,6 +14,7 @@ import argparse
 import io
 import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -310,8 +311,11 @@ def output_file(path, option, png=False):
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
         refuse(f"cannot create its folder: {err.strerror or err}")
-    if not os.access(folder, os.W_OK):
-        refuse(f"its folder {folder} is not writable")
+    try:       # a real file, not os.access, which says yes to root even for /proc
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".symnet-probe-"):
+            pass
+    except OSError as err:
+        refuse(f"its folder {folder} is not writable ({err.strerror or err})")
 
 
 def model_with_loss(path, seed=0, consequence="so it has no gradient"):
