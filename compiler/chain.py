@@ -26,7 +26,7 @@ from .errors import SymnetError
 from .index_ir import access_symbol
 from . import functions as F
 from .printing import (Formula, Inliner, parameters_to_differentiate, rename_clashing_indices, latex_name,
-                       outside_reads_of, render, tidy)
+                       outside_reads_of, render, tidy, used_deltas)
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,24 @@ class Factor:
 def chain_formulas(model, wrt=None, simplify=True):
     """[(parameter, [Factor, ...])]: each parameter's gradient as a chain of factors,
     from dJ/dT (the loss end) down to d(first result)/d(parameter)."""
+    return [(p, factors) for p, factors, _ in _chains_and_deltas(model, wrt, simplify)]
+
+
+def _chains_and_deltas(model, wrt, simplify):
+    """[(parameter, factors, the delta Formulas the factors read)]: a chain whose first
+    factor stops below a named tensor (a step reading it at two positions) reads its δ."""
     if model.loss is None:
         raise SymnetError(f"model '{model.name}' has no loss statement, so it has no chain rule")
-    params = parameters_to_differentiate(model, wrt)
-    return [(p, _chain(model, p, simplify)) for p in params]
+    out = []
+    for param in parameters_to_differentiate(model, wrt):
+        backward = differentiate(model, wrt=[param], simplify=simplify)
+        inliner = Inliner(model, backward, deltas=True)
+        factors = _chain(model, param, simplify, inliner)
+        deltas = used_deltas(inliner, factors, backward.comps)
+        if simplify:
+            deltas = [Formula(f.name, f.label, f.index, tidy(f.expr)) for f in deltas]
+        out.append((param, factors, [rename_clashing_indices(model, f) for f in deltas]))
+    return out
 
 
 def render_chains(model, wrt=None, fmt="text", simplify=True):
@@ -71,11 +85,15 @@ def render_chains(model, wrt=None, fmt="text", simplify=True):
     lines = [f"{comment}the chain rule for the loss J of {model.name}: one factor per step, "
              "each a local derivative (elementwise), the product left unsimplified:"]
     every = []
-    for param, factors in chain_formulas(model, wrt, simplify):
+    for param, factors, deltas in _chains_and_deltas(model, wrt, simplify):
         whole = Factor("J", param, sympy.S.Zero).label(fmt)
         lines.append(indent + whole + " = " + times.join(f.label(fmt) for f in factors))
         for factor in factors:
             lines += [indent * 2 + line for line in factor.render(fmt).split("\n")]
+        if deltas:
+            lines.append(f"{comment}{indent * 2}where δT = dJ/dT for the named tensors T:")
+            for delta in deltas:
+                lines += [indent * 3 + line for line in delta.render(fmt).split("\n")]
         every += factors
     for read in outside_reads_of(model, [(f.expr, dict(f.ranges)) for f in every], fmt):
         lines.append(f"{comment}  (reads outside a tensor are 0: {read})")
@@ -83,7 +101,7 @@ def render_chains(model, wrt=None, fmt="text", simplify=True):
 
 
 # ---- the chain of one parameter -----------------------------------------------------
-def _chain(model, param, simplify):
+def _chain(model, param, simplify, inliner):
     """The factors for `param`: walk up from it while each step is a single edge."""
     graph = _paths_graph(model, param)
     chain = _bottlenecks(graph, param, model.loss)
@@ -96,7 +114,7 @@ def _chain(model, param, simplify):
         steps.append(Factor(top, bottom, _local_derivative(model, top, bottom),
                             _loop_ranges(model, top)))
     head = steps[-1].top if steps else param
-    delta = _delta(model, param, head, simplify)
+    delta = inliner.formula(head)       # dJ/dhead as `symnet grad` derives it
     factors = [Factor("J", head, delta.expr, _ranges(delta.index, model.tensors[head].shape))]
     factors += steps[::-1]
     if simplify:
@@ -183,13 +201,6 @@ def _loop_ranges(model, top):
 
 def _ranges(variables, extents):
     return tuple((v, sympy.sympify(e)) for v, e in zip(variables, extents))
-
-
-def _delta(model, param, tensor, simplify):
-    """The Formula of dJ/dtensor as `symnet grad` derives it: the backward loop nests,
-    inlined."""
-    backward = differentiate(model, wrt=[param], simplify=simplify)
-    return Inliner(model, backward, deltas=True).formula(tensor)
 
 
 def _read(tensor, index):

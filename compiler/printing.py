@@ -115,7 +115,7 @@ def derive(model, wrt=None, simplify=True):
     except _TooLarge:
         inliner = Inliner(model, backward, deltas=True)
         gradients = {p: inliner.formula(p) for p in wrt}
-        derivation = Derivation(gradients, _used_deltas(inliner, list(gradients.values()),
+        derivation = Derivation(gradients, used_deltas(inliner, list(gradients.values()),
                                                         backward.comps))
     if simplify:
         derivation = _map(derivation, tidy)
@@ -389,7 +389,7 @@ def _fresh(variable, taken):
     return variable if name == variable.name else sympy.Symbol(name, integer=True)
 
 
-def _used_deltas(inliner, formulas, backward_comps):
+def used_deltas(inliner, formulas, backward_comps):
     """The delta Formulas the given formulas need, transitively, in backward order."""
     needed, pending = {}, list(formulas)
     while pending:

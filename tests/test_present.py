@@ -249,6 +249,8 @@ def test_a_step_reading_one_tensor_at_two_positions_joins_the_delta():
     assert [f.label() for f in factors] == ["dJ/dh.mul", "dh.mul/dw"]
     env, grads = env_of(model)
     env["δh"] = 2 * (env["h"] - env["y"]) / (4 * 5)       # the delta of the mean of squares
+    assert render_chains(model).endswith(                   # ... defined where it is read
+        "    where δT = dJ/dT for the named tensors T:\n      δh[n, i] = 2*(h[n, i] - y[n, i])/(5*N)")
     head, local = factors
     for r in range(5):
         total = sum(evaluate(head.expr, env, {"n": k, "i": r}, 4) *
