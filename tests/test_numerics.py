@@ -139,6 +139,30 @@ def test_tanh_is_accurate_near_zero(dtype, rtol):
     np.testing.assert_allclose(program.forward({"x": x})["t"], np.tanh(x.astype(np.float64)),
                                rtol=rtol, atol=0)
 
+@pytest.mark.parametrize("dtype, rtol", [("f32", 2e-7), ("f64", 1e-14)])
+def test_elu_is_accurate_near_zero(dtype, rtol):
+    """elu's alpha (exp(x) - 1) entry by entry, also where exp(x) - 1 cancels: float32's
+    elu(-1e-6) was 1.3% off."""
+    x = -np.array([1e-8, 1e-6, 1e-4, 0.01, 0.019, 0.021, 0.1, 0.29, 0.31, 0.5, 3.0, 20.0])
+    model = compiler.parse(f"input x[N, {x.size}]\noutput e = elu(x, 0.7)\n", "elu.nn")
+    program = compiler.compile(model, dtype=dtype, cache=False)
+    x = x.astype(program.dtype)[None]
+    np.testing.assert_allclose(program.forward({"x": x})["e"], 0.7 * np.expm1(x.astype(np.float64)),
+                               rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_bce_of_a_confident_right_answer_keeps_its_small_loss(dtype):
+    """bce(sigmoid(z), 0) is softplus(z) = log(1 + exp(z)); at z = -20 that is 2.06e-9,
+    which log(1 + e) rounded to 0 in float32 (1 + 2e-9 == 1)."""
+    model = compiler.parse("input z[N]\ninput t[N]\nloss binary_cross_entropy(sigmoid(z), t)\n",
+                           "bce.nn")
+    program = compiler.compile(model, dtype=dtype, cache=False)
+    z = np.array([-20.0, -30.0, -8.0], program.dtype)
+    loss, _ = program.evaluate({"z": z, "t": np.zeros(3, program.dtype)})
+    assert float(loss) == pytest.approx(np.mean(np.log1p(np.exp(z.astype(np.float64)))), rel=1e-6)
+
+
 def test_named_sigmoid_gets_the_stable_bce():
     inline = model_for("bce_of_sigmoid", LOGITS * 1e4)
     named = compiler.parse(inline.source.replace(
