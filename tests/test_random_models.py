@@ -60,8 +60,11 @@ def test_native_equals_reference(seed):
         inputs = generated.inputs(batch, seed=seed + batch)
         outputs, expected = program.forward(inputs), reference.forward(model, inputs)
         assert sorted(outputs) == sorted(expected)
+        # An output that is 0 in exact arithmetic (h - mean(h) of a constant row) carries
+        # the rounding noise of the values it was computed from.
+        floor = max(1e-3 * max(largest(v) for v in [*inputs.values(), *expected.values()]), 1e-8)
         for name in expected:
-            assert relative_error(outputs[name], expected[name]) < RELATIVE, \
+            assert relative_error(outputs[name], expected[name], floor) < RELATIVE, \
                 f"output {name}, batch {batch}{context}"
         loss, grads = program.value_and_grad(inputs)
         expected_loss, expected_grads = reference.value_and_grad(model, inputs)
