@@ -278,22 +278,28 @@ class CudaDevice:
 
 WAIT_NS = 10_000_000        # 10 ms: far longer than queueing a step's launches takes
 WAIT_PTX = """//
-// symnet_wait: spins for its argument's nanoseconds (runtime/cuda.py, timed_run).
+// symnet_wait: spins for its argument's nanoseconds (runtime/cuda.py, timed_run), or
+// 100 million turns of its loop should the timer not advance (a second or more).
 .version 8.0
 .target sm_80
 .address_size 64
 
 .visible .entry symnet_wait(.param .u64 nanoseconds)
 {
-	.reg .pred 	%p;
-	.reg .b64 	%start, %now, %wait;
+	.reg .pred 	%p, %q;
+	.reg .b64 	%start, %now, %wait, %turns;
 	ld.param.u64 	%wait, [nanoseconds];
 	mov.u64 	%start, %globaltimer;
+	mov.u64 	%turns, 0;
 $L_spin:
+	add.u64 	%turns, %turns, 1;
+	setp.ge.u64 	%q, %turns, 100000000;
+	@%q bra 	$L_done;
 	mov.u64 	%now, %globaltimer;
 	sub.u64 	%now, %now, %start;
 	setp.lt.u64 	%p, %now, %wait;
 	@%p bra 	$L_spin;
+$L_done:
 	ret;
 }
 """
