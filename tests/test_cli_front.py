@@ -11,7 +11,18 @@ import compiler
 from compiler import reference
 from symnet import cli
 
-EXAMPLES = sorted(Path("examples").glob("*.nn"))
+ROOT = Path(__file__).resolve().parent.parent
+# Paths relative to the repository root (the tests run there, see `in_the_repository`);
+# globbed from this file's location, so that a run from elsewhere does not find no
+# examples and skip every test of them as an "empty parameter set".
+EXAMPLES = sorted(p.relative_to(ROOT) for p in (ROOT / "examples").glob("*.nn"))
+assert len(EXAMPLES) >= 9, EXAMPLES
+
+
+@pytest.fixture(autouse=True)
+def in_the_repository(monkeypatch):
+    """The tests name files as examples/NAME.nn, as a user in the repository would."""
+    monkeypatch.chdir(ROOT)
 
 DENSE_342 = """\
 model dense342
@@ -68,11 +79,17 @@ def test_grad_at_a_point_evaluates_loss_and_gradients(capsys):
 
 
 def test_grad_at_broadcasts_inputs_and_overrides_parameters(capsys):
+    """x=0.5 fills x[N, 1] (a batch of one), yhat.b=0.25 replaces the bias's initial 0:
+    the loss and gradient printed are those of NumPy's forward pass at that point."""
     status = cli.main(["grad", "examples/neuron.nn", "--at", "x=0.5,y=1,yhat.b=0.25",
                        "--wrt", "yhat.b"])
     out = capsys.readouterr().out
     assert status == 0
-    assert "dJ/dyhat.b = [" in out
+    params = compiler.load("examples/neuron.nn").params
+    hidden = np.maximum(0.5 * params["hidden.W"] + params["hidden.b"], 0)      # [1, 2]
+    yhat = float((hidden @ params["yhat.W"])[0, 0]) + 0.25
+    assert out.endswith("at x=0.5, y=1, yhat.b=0.25 (inputs as a batch of one):\n"
+                        f"  J = {(yhat - 1) ** 2:.6g}\n  dJ/dyhat.b = [{2 * (yhat - 1):.6g}]\n"), out
 
 
 def test_grad_lists_deltas_for_layered_models(capsys):
@@ -160,7 +177,7 @@ def test_grad_at_class_labels_must_be_integers(capsys):
 
 # ---- gradcheck ----------------------------------------------------------------------
 def has_loss(path):
-    return any(line.startswith("loss") for line in path.read_text().splitlines())
+    return any(line.startswith("loss") for line in (ROOT / path).read_text().splitlines())
 
 
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if has_loss(e)], ids=lambda p: p.stem)

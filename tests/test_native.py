@@ -15,7 +15,18 @@ from compiler.native import compile_ir, eager_entries
 from runtime import jit
 from runtime.program import Program, ThreadTeam, data_address
 
-EXAMPLES = sorted(Path("examples").glob("*.nn"))
+ROOT = Path(__file__).resolve().parent.parent
+# Paths relative to the repository root (the tests run there, see `in_the_repository`);
+# globbed from this file's location, so that a run from elsewhere does not find no
+# examples and skip every test of them as an "empty parameter set".
+EXAMPLES = sorted(p.relative_to(ROOT) for p in (ROOT / "examples").glob("*.nn"))
+assert len(EXAMPLES) >= 9, EXAMPLES
+
+
+@pytest.fixture(autouse=True)
+def in_the_repository(monkeypatch):
+    """The tests name files as examples/NAME.nn, as a user in the repository would."""
+    monkeypatch.chdir(ROOT)
 
 
 def relative_error(got, want):
@@ -24,7 +35,7 @@ def relative_error(got, want):
 
 @pytest.fixture(scope="module", params=EXAMPLES, ids=lambda p: p.stem)
 def example(request):
-    return load(str(request.param))
+    return load(str(ROOT / request.param))
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("f64", 1e-9), ("f32", 1e-4)])

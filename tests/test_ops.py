@@ -52,18 +52,27 @@ CASES = {
     "op_sum": "op sqdense(X, Y)[n, j] = sum(i: X[n, i] * Y[i, j] ^ 2)\nloss sum(sqdense(A, B))",
     "op_max": "op rowmax(X)[n] = max(k: X[n, k] * 2)\nloss sum(rowmax(A) ^ 2)",
     "op_nested": "op f(X, w)[n] = sum(i: X[n, i] * w[i]) + max(k: X[n, k])\nloss sum(f(A, v) ^ 2)",
+    # reads outside the operand are 0: their adjoint must drop those positions
+    "op_zero_padding": "op shift(X)[n, j] = X[n, j + 1] * X[n, j] - X[n, j - 2]\n"
+                       "loss sum(shift(A) ^ 2)",
+    "log_softmax_axis0": "loss sum(log_softmax(A, axis=0) * P)",
+    "mean_negative_axis": "loss mean(A * P, axis=-1) @ A @ v + sum(A, axis=-2) @ v",
+    "transpose_3d": "param T[2, 3, 4] ~ normal(0, 1)\nloss sum(transpose(T) ^ 3 * transpose(T + 1))",
+    "reshape_minus_one": "loss sum(reshape(A, [-1, 3]) @ transpose(reshape(P, [-1, 3])) ^ 2)",
 }
 LABELLED = {
     "cross_entropy_classes": "input y[N] : i32\nparam Z[N0, 5] ~ normal(0, 1)\n",
     "onehot": "input y[N] : i32\n",
     "dense": "input x[N, 3]\n",
     "maxout": "input x[N, 3]\n",
+    "dense_no_bias": "input x[N, 3]\n",
 }
 LABELLED_LOSS = {
     "cross_entropy_classes": "h = dense(x2, 5)\nloss cross_entropy(h, y)",
     "onehot": "h = dense(x2, 4)\nloss sum(onehot(y, 4) * h)",
     "dense": "h = relu(dense(x, 5))\nloss sum(h ^ 2)",
     "maxout": "h = maxout(x, 3, pieces=2)\nloss sum(h ^ 2)",
+    "dense_no_bias": "h = tanh(dense(x, 5, bias=false))\nloss sum(dense(h, 2) ^ 2)",
 }
 
 
@@ -158,3 +167,135 @@ def test_initial_values_are_reproducible_by_seed():
     big = parse("input x[N, 400]\nh = dense(x, 300)\nloss sum(h)\n", "m.nn")
     assert np.std(big.params["h.W"]) == pytest.approx(np.sqrt(2 / 400), rel=0.02)
     assert np.all(big.params["h.b"] == 0)
+
+
+# ---- forward values against NumPy written here ---------------------------------------------
+# The gradient checks above and the native-against-reference checks compare the op with
+# itself (one index formula feeds the reference, its derivative and the native code): an
+# op that computed the wrong function (min for max, a sum for a mean) would pass them all.
+# Here every builtin's value is checked against NumPy formulas written independently.
+VALUES_SOURCE = """\
+input x[N, 4]
+input p[N, 4]
+input y[N] : i32
+input q[N, 2, 3]
+const w[4] = [1, -2, 3, 0.5]
+const M[4, 3] = [[1, 0, 2], [0, 1, -1], [3, 1, 0], [-1, 2, 1]]
+const c[4] = [0, 1, 0.5, 0.25]
+fn swish(z) = z * sigmoid(z)
+op rowmax(A)[n] = max(k: A[n, k])
+op shifted(A)[n, j] = A[n, j + 1] - A[n, j - 1] + A[n, j]
+op gram(A)[i, j] = sum(n: A[n, i] * A[n, j])
+"""
+
+
+def _np_sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def _np_logsumexp(z, axis):
+    m = z.max(axis=axis, keepdims=True)
+    return m + np.log(np.exp(z - m).sum(axis=axis, keepdims=True))
+
+
+def _np_shifted(a):
+    padded = np.pad(a, ((0, 0), (1, 1)))
+    return padded[:, 2:] - padded[:, :-2] + a
+
+
+W_ = np.array([1, -2, 3, 0.5])
+M_ = np.array([[1, 0, 2], [0, 1, -1], [3, 1, 0], [-1, 2, 1]], dtype=float)
+C_ = np.array([0, 1, 0.5, 0.25])
+CLAMPED = np.clip(C_, 1e-7, 1 - 1e-7)
+# name: (expression, NumPy value from (x, p, y, q, params))
+VALUES = {
+    "relu": ("relu(x)", lambda x, p, y, q, P: np.maximum(x, 0)),
+    "sigmoid": ("sigmoid(x)", lambda x, p, y, q, P: _np_sigmoid(x)),
+    "tanh": ("tanh(x)", lambda x, p, y, q, P: np.tanh(x)),
+    "leaky_relu_default": ("leaky_relu(x)", lambda x, p, y, q, P: np.where(x > 0, x, 0.01 * x)),
+    "leaky_relu_alpha": ("leaky_relu(x, alpha=0.3)", lambda x, p, y, q, P: np.where(x > 0, x, 0.3 * x)),
+    "elu_default": ("elu(x)", lambda x, p, y, q, P: np.where(x > 0, x, np.exp(x) - 1)),
+    "elu_alpha": ("elu(x, 0.5)", lambda x, p, y, q, P: np.where(x > 0, x, 0.5 * (np.exp(x) - 1))),
+    "step": ("step(x)", lambda x, p, y, q, P: (x > 0) * 1.0),
+    "sign": ("sign(x)", lambda x, p, y, q, P: np.sign(x)),
+    "exp": ("exp(x)", lambda x, p, y, q, P: np.exp(x)),
+    "log": ("log(p)", lambda x, p, y, q, P: np.log(p)),
+    "sqrt": ("sqrt(p)", lambda x, p, y, q, P: np.sqrt(p)),
+    "abs": ("abs(x)", lambda x, p, y, q, P: np.abs(x)),
+    "max": ("max(x, p)", lambda x, p, y, q, P: np.maximum(x, p)),
+    "min": ("min(x, 0.2)", lambda x, p, y, q, P: np.minimum(x, 0.2)),
+    "arithmetic": ("x * w - w / 2 + 3 - p", lambda x, p, y, q, P: x * W_ - W_ / 2 + 3 - p),
+    "div": ("x / p", lambda x, p, y, q, P: x / p),
+    "pow": ("x ^ 3 + p ^ 0.5 + p ^ -2", lambda x, p, y, q, P: x ** 3 + p ** 0.5 + p ** -2.0),
+    "pow_tensor_exponent": ("p ^ x", lambda x, p, y, q, P: p ** x),
+    "neg_binds_looser_than_pow": ("-x ^ 2", lambda x, p, y, q, P: -(x ** 2)),
+    "pow_right_associative": ("p ^ 2 ^ 3", lambda x, p, y, q, P: p ** 8),
+    "matmul": ("x @ M", lambda x, p, y, q, P: x @ M_),
+    "vec_matmul": ("w @ M", lambda x, p, y, q, P: W_ @ M_),
+    "mat_vec": ("x @ w", lambda x, p, y, q, P: x @ W_),
+    "softmax": ("softmax(x)", lambda x, p, y, q, P: np.exp(x - _np_logsumexp(x, 1))),
+    "softmax_axis0": ("softmax(x, axis=0)", lambda x, p, y, q, P: np.exp(x - _np_logsumexp(x, 0))),
+    "log_softmax": ("log_softmax(x)", lambda x, p, y, q, P: x - _np_logsumexp(x, 1)),
+    "log_softmax_axis0": ("log_softmax(x, axis=0)", lambda x, p, y, q, P: x - _np_logsumexp(x, 0)),
+    "onehot": ("onehot(y, 4)", lambda x, p, y, q, P: np.eye(4)[y]),
+    "dense": ("dense(x, 3)", lambda x, p, y, q, P: x @ P["o.W"] + P["o.b"]),
+    "dense_no_bias": ("dense(x, 3, bias=false)", lambda x, p, y, q, P: x @ P["o.W"]),
+    "maxout": ("maxout(x, 3, pieces=2)",
+               lambda x, p, y, q, P: (np.einsum("ni,ijp->njp", x, P["o.W"]) + P["o.b"]).max(axis=2)),
+    "transpose": ("transpose(x)", lambda x, p, y, q, P: x.T),
+    "transpose_3d": ("transpose(q)", lambda x, p, y, q, P: q.transpose(2, 1, 0)),
+    "reshape": ("reshape(x, [N, 2, 2])", lambda x, p, y, q, P: x.reshape(-1, 2, 2)),
+    "reshape_minus_one": ("reshape(q, [-1, 2])", lambda x, p, y, q, P: q.reshape(-1, 2)),
+    "flatten": ("flatten(q)", lambda x, p, y, q, P: q.reshape(len(q), -1)),
+    "sum": ("sum(x)", lambda x, p, y, q, P: x.sum()),
+    "sum_axis": ("sum(q, axis=1)", lambda x, p, y, q, P: q.sum(axis=1)),
+    "sum_negative_axis": ("sum(q, axis=-1)", lambda x, p, y, q, P: q.sum(axis=-1)),
+    "mean": ("mean(q)", lambda x, p, y, q, P: q.mean()),
+    "mean_axis0": ("mean(x, axis=0)", lambda x, p, y, q, P: x.mean(axis=0)),
+    "mean_negative_axis": ("mean(q, axis=-2)", lambda x, p, y, q, P: q.mean(axis=-2)),
+    "mse": ("mse(x, p)", lambda x, p, y, q, P: np.mean((x - p) ** 2)),
+    "cross_entropy_classes": ("cross_entropy(x, y)", lambda x, p, y, q, P: np.mean(
+        _np_logsumexp(x, 1)[:, 0] - x[np.arange(len(y)), y])),
+    "cross_entropy_soft": ("cross_entropy(x, p)", lambda x, p, y, q, P: np.sum(
+        p * (_np_logsumexp(x, 1) - x)) / len(x)),
+    "bce_of_sigmoid": ("binary_cross_entropy(sigmoid(x), p)", lambda x, p, y, q, P: np.mean(
+        -(p * np.log(_np_sigmoid(x)) + (1 - p) * np.log(1 - _np_sigmoid(x))))),
+    "bce_clamped": ("binary_cross_entropy(c, p)", lambda x, p, y, q, P: np.mean(
+        -(p * np.log(CLAMPED) + (1 - p) * np.log(1 - CLAMPED)))),
+    "fn": ("swish(x)", lambda x, p, y, q, P: x * _np_sigmoid(x)),
+    "op_max": ("rowmax(x)", lambda x, p, y, q, P: x.max(axis=1)),
+    "op_zero_padding": ("shifted(x)", lambda x, p, y, q, P: _np_shifted(x)),
+    "op_sum": ("gram(x)", lambda x, p, y, q, P: x.T @ x),
+}
+
+
+@pytest.fixture(scope="module")
+def value_programs():
+    """One model with every case as an output `o` of its own model (so that layers are
+    named `o.W`, `o.b`), its inputs, random parameters, and its float64 program."""
+    rng = np.random.default_rng(11)
+    inputs = {"x": rng.normal(size=(5, 4)) * 2, "p": rng.uniform(0.05, 0.95, (5, 4)),
+              "y": np.array([0, 3, 1, 2, 3], dtype=np.int32), "q": rng.normal(size=(5, 2, 3))}
+    cases = {}
+    for name, (expr, _) in VALUES.items():
+        model = parse(VALUES_SOURCE + f"output o = {expr}\n", f"{name}.nn")
+        params = {k: rng.normal(size=v.shape) for k, v in model.params.items()}
+        used = {k: v for k, v in inputs.items() if k in model.inputs}
+        cases[name] = (model, used, params)
+    return inputs, cases
+
+
+@pytest.mark.parametrize("name", VALUES)
+def test_forward_value_matches_numpy(value_programs, name):
+    inputs, cases = value_programs
+    model, used, params = cases[name]
+    expected = np.asarray(VALUES[name][1](inputs["x"], inputs["p"], inputs["y"], inputs["q"], params))
+    got = reference.forward(model, used, params)["o"]
+    assert np.shape(got) == expected.shape, name
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    program = compile(model, dtype="f64", cache=False)
+    if params:
+        program.set_params(params)
+    native = program.forward(used)["o"]
+    assert np.shape(native) == expected.shape, name
+    np.testing.assert_allclose(native, expected, rtol=1e-12, atol=1e-12)

@@ -344,9 +344,17 @@ def test_latex_values_at_a_point_are_comments(capsys, flags):
     lines = capsys.readouterr().out.splitlines()
     assert all(line.startswith(("%", r"\frac", "{")) for line in lines), lines
     at = lines.index("% at x=1, y=0.5 (inputs as a batch of one):")
-    assert lines[at + 1:] == ["%   J = 0.00906149",
-                              "%   dJ/dh.W = [[0.00817425, -0.00169431, 0.00481617],",
-                              "%              [0.00817425, -0.00169431, 0.00481617]]"]
+    # The values, by NumPy's forward pass and the chain rule written out here (they were
+    # once numbers copied from the command's own output).
+    p = load("docs/tutorial/twolayer.nn").params
+    x, y = np.ones((1, 2)), 0.5
+    h = 1 / (1 + np.exp(-(x @ p["h.W"] + p["h.b"])))
+    yhat = 1 / (1 + np.exp(-(h @ p["yhat.W"] + p["yhat.b"])))
+    delta_h = 2 * (yhat - y) * yhat * (1 - yhat) * p["yhat.W"].T * h * (1 - h)     # [1, 3]
+    rows = [", ".join(f"{v:.6g}" for v in row) for row in x.T @ delta_h]
+    assert lines[at + 1:] == [f"%   J = {((yhat - y) ** 2).item():.6g}",
+                              f"%   dJ/dh.W = [[{rows[0]}],",
+                              f"%              [{rows[1]}]]"]
 
 
 # A small CNN: padded convolution, max pooling, a second convolution, flatten, dense.
