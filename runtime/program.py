@@ -59,6 +59,13 @@ class Program:
         self.steps = 0
         self._workspaces = {}
 
+    def __del__(self):
+        # The team's workers hold it (and the native code) alive: without this, every
+        # Program that ran a large batch would leave its threads asleep for good.
+        team = self.__dict__.get("team")
+        if team is not None:
+            team.close()
+
     # ---- public API ---------------------------------------------------------------------
     @property
     def inputs(self):
@@ -365,6 +372,7 @@ class ThreadTeam:
         self.wake = [threading.Semaphore(0) for _ in range(self.parts - 1)]
         self.lock = threading.Lock()
         self.workers = []
+        self.closed = False
 
     def _start(self):
         for part in range(1, self.parts):
@@ -383,11 +391,20 @@ class ThreadTeam:
         while True:
             seen = work(self.job_address, part, seen, self.POLLS)    # steps, until idle
             while int(self.job[0]) == seen:
+                if self.closed:
+                    return
                 # Flag first, then look again: a step posted in between is never missed.
                 self.sleeping[part] = True
-                if int(self.job[0]) == seen:
+                if int(self.job[0]) == seen and not self.closed:
                     self.wake[part - 1].acquire()
                 self.sleeping[part] = False
+
+    def close(self):
+        """End the workers once they are idle (the Program that owns the team is gone).
+        A worker woken here, or back from polling, sees `closed` and returns."""
+        self.closed = True
+        for wake in self.wake:
+            wake.release()
 
     def run(self, entry, sizes, table, parallel):
         """Call `entry` on every thread of the team (parallel) or on this one alone. A

@@ -225,3 +225,23 @@ def test_the_files_hyperparameters_go_with_its_optimizer():
     assert compile(m, cache=False).spec["optimizer_defaults"] == {"lr": 0.3}
     adam = compile(m, optimizer="adam", cache=False).spec["optimizer_defaults"]
     assert adam["lr"] == 0.001 and adam["beta1"] == 0.9
+
+
+def test_a_program_that_is_let_go_stops_its_worker_threads(monkeypatch):
+    """A notebook compiles again and again: each Program's workers (and the native code
+    they hold) must go with it, not sleep on forever."""
+    import gc
+    import weakref
+    monkeypatch.setenv("SYMNET_THREADS", "2")
+    model = load("examples/mlp.nn")
+    inputs = reference.random_inputs(model, batch=32, seed=0)
+    program = compile(model)
+    program.forward(inputs)                     # batch 32: both threads run it
+    (worker,) = program.team.workers
+    library = weakref.ref(program.library)
+    del program
+    gc.collect()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    gc.collect()
+    assert library() is None
