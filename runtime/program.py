@@ -66,6 +66,13 @@ class Program:
         if team is not None:
             team.close()
 
+    def __reduce_ex__(self, protocol):
+        # pickle, copy.copy and copy.deepcopy all come here. A shallow copy would share
+        # the parameters and the native code's buffer tables with this Program.
+        raise TypeError("a compiled Program cannot be pickled or copied (it holds native "
+                        "code); compile the model again (the machine code comes from the "
+                        "cache) and copy the state with twin.set_params(program.get_params())")
+
     # ---- public API ---------------------------------------------------------------------
     @property
     def inputs(self):

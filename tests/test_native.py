@@ -245,3 +245,15 @@ def test_a_program_that_is_let_go_stops_its_worker_threads(monkeypatch):
     assert not worker.is_alive()
     gc.collect()
     assert library() is None
+
+
+@pytest.mark.parametrize("how", ["pickle", "copy", "deepcopy"])
+def test_a_program_is_not_copied_behind_the_users_back(how):
+    """A shallow copy would share the parameters with its original (training one trains
+    both); pickling failed deep inside ctypes. Each is refused with what to do instead."""
+    import copy
+    import pickle
+    program = compile(load("examples/linreg.nn"))
+    copier = {"pickle": pickle.dumps, "copy": copy.copy, "deepcopy": copy.deepcopy}[how]
+    with pytest.raises(TypeError, match=r"cannot be pickled or copied.*set_params\("):
+        copier(program)
