@@ -31,6 +31,17 @@ def eval_dim(dim, sizes):
 
 
 class Program:
+    """A compiled model (compiler.compile): its native entry points and their state.
+
+    forward(inputs) -> {output: array}; evaluate(inputs) -> (loss, outputs);
+    value_and_grad(inputs) -> (loss, {param: gradient}); train_step(inputs) -> loss, after
+    one update of the parameters. `inputs` is a dict of input name -> array; any batch
+    size. Returned arrays are copies, of the program's dtype (float32 or float64); losses
+    are Python floats. get_params() and set_params(dict) read and replace parameters;
+    configure(lr=...) sets the optimizer's settings (`optimizer` holds them) and
+    reset_optimizer() zeroes its state (momentum, Adam's moments and step count).
+    A wrong array raises ProgramError. Calls from several threads take turns."""
+
     def __init__(self, spec, library, params, loader=None):
         self.spec = spec
         self.library = library

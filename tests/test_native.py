@@ -257,3 +257,20 @@ def test_a_program_is_not_copied_behind_the_users_back(how):
     copier = {"pickle": pickle.dumps, "copy": copy.copy, "deepcopy": copy.deepcopy}[how]
     with pytest.raises(TypeError, match=r"cannot be pickled or copied.*set_params\("):
         copier(program)
+
+
+def test_compile_checks_its_arguments_before_compiling():
+    """A typo in `entries` compiled nothing and said nothing; a string was read letter by
+    letter; a path instead of a Model failed with AttributeError."""
+    model = load("examples/linreg.nn")
+    with pytest.raises(ValueError, match="unknown entry point 'predictt'; expected predict, "
+                                         "evaluate, value_and_grad or train_step"):
+        compile(model, entries=["predictt"])
+    assert compile(model, entries="value_and_grad").spec["compiled"] == ["value_and_grad"]
+    with pytest.raises(TypeError, match=r"compile takes a Model \(compiler.load\(path\) or "
+                                        r"compiler.parse\(text\)\), got 'examples/linreg.nn'"):
+        compile("examples/linreg.nn")
+    with pytest.raises(ValueError, match="unknown target 'gpu'; expected 'cpu' or 'cuda'"):
+        compile(model, target="gpu")
+    with pytest.raises(ValueError, match="opt_level must be 0..3, got 5"):
+        compile(model, opt_level=5)
