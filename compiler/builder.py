@@ -17,25 +17,52 @@ model goes through exactly the same checks, graph and gradients as a parsed one;
 point at the Python line that made the statement.
 """
 import inspect
+import re
+import sys
+
+import numpy as np
 
 from . import syntax as S
-from .errors import Loc
+from .errors import Loc, SymnetError
 from .graph import build_model
+from .parser import DTYPES, KEYWORDS
+
+# A name as the parser reads one: ASCII, not starting with a digit; a dot continues it (h.W).
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def _caller_loc():
-    """The first frame outside this module: where the user's statement is."""
-    for frame in inspect.stack()[2:]:
-        if frame.filename != __file__:
-            line = (frame.code_context or [""])[0].rstrip("\n")
-            return Loc(frame.filename, frame.lineno, 1, line)
-    return Loc("<builder>", 1, 1)
+    """The first frame outside this module: where the user's statement is. Python 3.11
+    also says where in the line the running call is, so the caret goes under it."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+    if frame is None:
+        return Loc("<builder>", 1, 1)
+    info = inspect.getframeinfo(frame, context=1)
+    line = (info.code_context or [""])[0].rstrip("\n")
+    where = getattr(info, "positions", None)
+    if where is not None and where.lineno == info.lineno and where.col_offset is not None:
+        col = where.col_offset + 1
+    else:
+        col = len(line) - len(line.lstrip()) + 1
+    return Loc(info.filename, info.lineno, col, line)
+
+
+def _name(name, loc, what="name"):
+    """`name` if the text could say it, else the error the user's call gets."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise SymnetError(f"{name!r} is not a {what}: names are ASCII letters, digits and _, "
+                          "not starting with a digit", loc)
+    return name
 
 
 def lift(value, loc):
-    """A Python value as an expression node."""
+    """A Python value as an expression node; NumPy scalars and arrays as Python's."""
     if isinstance(value, Expr):
         return value.node
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.tolist()
     if isinstance(value, bool):
         return S.Name("true" if value else "false", loc)
     if isinstance(value, int):
@@ -45,7 +72,9 @@ def lift(value, loc):
     if isinstance(value, str):
         return S.Str(value, loc)
     if isinstance(value, (list, tuple)):
-        return S.ListLit(tuple(lift(v, loc) for v in value), loc)
+        # In a list a string is a size, as in the text's reshape(h, [N, 4, 4]).
+        return S.ListLit(tuple(S.Name(v, loc) if isinstance(v, str) else lift(v, loc)
+                               for v in value), loc)
     raise TypeError(f"cannot use {value!r} in a model expression")
 
 
@@ -83,7 +112,8 @@ class Expr:
         if not isinstance(self.node, S.Name):
             raise TypeError("only an op's operands can be indexed")
         # A string names an index variable here (A[n, "i"] sums over i with sum_over).
-        nodes = tuple(S.Name(i, loc) if isinstance(i, str) else lift(i, loc) for i in index)
+        nodes = tuple(S.Name(_name(i, loc), loc) if isinstance(i, str) else lift(i, loc)
+                      for i in index)
         return Expr(S.Index(self.node.id, nodes, loc))
 
 
@@ -102,11 +132,13 @@ class _Functions:
 
     @staticmethod
     def sum_over(index, body):
-        return Expr(S.Reduce("sum", index, lift(body, _caller_loc()), _caller_loc()))
+        loc = _caller_loc()
+        return Expr(S.Reduce("sum", _name(index, loc), lift(body, loc), loc))
 
     @staticmethod
     def max_over(index, body):
-        return Expr(S.Reduce("max", index, lift(body, _caller_loc()), _caller_loc()))
+        loc = _caller_loc()
+        return Expr(S.Reduce("max", _name(index, loc), lift(body, loc), loc))
 
 
 F = _Functions()
@@ -114,7 +146,8 @@ F = _Functions()
 
 def index(name):
     """An index variable of an op body."""
-    return Expr(S.Name(name, _caller_loc()))
+    loc = _caller_loc()
+    return Expr(S.Name(_name(name, loc), loc))
 
 
 class Builder:
@@ -124,7 +157,8 @@ class Builder:
         self.statements = []
         self.filename = _caller_loc().filename
         if name:
-            self.statements.append(S.ModelStmt(name, _caller_loc()))
+            loc = _caller_loc()
+            self.statements.append(S.ModelStmt(_name(name, loc), loc))
 
     def _add(self, stmt, name=None):
         self.statements.append(stmt)
@@ -132,52 +166,77 @@ class Builder:
 
     @staticmethod
     def _dims(dims, loc):
-        return tuple(S.Dim(d, loc) for d in dims)
+        """What the text's [N, 784] allows: integers and names."""
+        if not isinstance(dims, (list, tuple)):
+            raise SymnetError(f"dims must be a list of dimensions, got {dims!r}", loc)
+        checked = []
+        for d in dims:
+            if isinstance(d, str):
+                d = _name(d, loc, "dimension")
+            elif isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)):
+                d = int(d)
+            else:
+                raise SymnetError(f"expected a dimension (integer or name), found {d!r}", loc)
+            checked.append(S.Dim(d, loc))
+        return tuple(checked)
 
     def input(self, name, dims, dtype="f32"):
         loc = _caller_loc()
-        return self._add(S.InputStmt(name, self._dims(dims, loc), dtype, loc), name)
+        if dtype not in DTYPES:
+            raise SymnetError(f"unknown element type {dtype!r} (expected f32 or i32)", loc)
+        return self._add(S.InputStmt(_name(name, loc), self._dims(dims, loc), dtype, loc), name)
 
     def param(self, name, dims=None, value=None, init=None):
         """A value (number or nested lists) or an initializer: "glorot", "he", "zeros",
         "ones", ("normal", mean, std), ("uniform", lo, hi)."""
         loc = _caller_loc()
+        _name(name, loc)
         dims = None if dims is None else self._dims(dims, loc)
+        if value is not None and init is not None:
+            raise SymnetError(f"param {name} takes a value or an initializer, not both", loc)
         init_node = None
         if init is not None:
             init_node = (S.Name(init, loc) if isinstance(init, str) else
                          S.Call(init[0], tuple(lift(a, loc) for a in init[1:]), (), loc))
         value_node = None if value is None else lift(value, loc)
         if value_node is None and init_node is None:
-            raise ValueError(f"param {name} needs a value or an initializer")
+            raise SymnetError(f"param {name} needs a value or an initializer", loc)
         return self._add(S.ParamStmt(name, dims, value_node, init_node, loc), name)
 
     def const(self, name, dims, value):
         loc = _caller_loc()
-        return self._add(S.ConstStmt(name, self._dims(dims, loc), lift(value, loc), loc), name)
+        return self._add(S.ConstStmt(_name(name, loc), self._dims(dims, loc), lift(value, loc),
+                                     loc), name)
 
     def let(self, name, expr):
         """`name = expr`: an intermediate tensor."""
         loc = _caller_loc()
-        return self._add(S.AssignStmt(name, lift(expr, loc), loc), name)
+        if name in KEYWORDS:        # the text would read a statement
+            raise SymnetError(f"cannot assign to keyword '{name}'; choose another name", loc)
+        return self._add(S.AssignStmt(_name(name, loc), lift(expr, loc), loc), name)
 
     def output(self, name, expr=None):
         loc = _caller_loc()
-        return self._add(S.OutputStmt(name, None if expr is None else lift(expr, loc), loc), name)
+        return self._add(S.OutputStmt(_name(name, loc), None if expr is None else lift(expr, loc),
+                                      loc), name)
 
     def loss(self, expr, name=None):
         loc = _caller_loc()
-        self._add(S.LossStmt(name, lift(expr, loc), loc))
+        self._add(S.LossStmt(name and _name(name, loc), lift(expr, loc), loc))
 
     def fn(self, name, params, body):
         """A user elementwise function: body(*parameter expressions) -> expression."""
         loc = _caller_loc()
+        for checked in (name, *params):
+            _name(checked, loc)
         node = lift(body(*[Expr(S.Name(p, loc)) for p in params]), loc)
         self._add(S.FnStmt(name, tuple(params), node, loc))
 
     def op(self, name, operands, indices, body):
         """A user index-notation op: body(*operands, *indices) -> expression."""
         loc = _caller_loc()
+        for checked in (name, *operands, *indices):
+            _name(checked, loc)
         args = [Expr(S.Name(n, loc)) for n in list(operands) + list(indices)]
         self._add(S.OpStmt(name, tuple(operands), tuple(indices), lift(body(*args), loc), loc))
 

@@ -159,15 +159,24 @@ def _spec(model, lowered, used, sizes, dtype, optimizer):
 
 def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache=True, arch=None,
             entries=None):
-    """Compile a Model to a runtime Program for the host CPU (or a CUDA GPU).
+    """Compile a Model to a runtime Program (runtime/program.py) for the host CPU, or a
+    CUDA GPU.
 
-    entries: the entry points to build now (default: what training needs); any other
-    is built on its first call."""
-    if dtype not in ("f32", "f64"):
-        raise ValueError(f"dtype must be 'f32' or 'f64', got {dtype!r}")
-    if target not in ("cpu", "ptx", "cuda", "gpu-emulation"):
-        raise ValueError(f"unknown target {target!r}; expected 'cpu' or 'ptx'")
+    target: "cpu", or "cuda" (the same as "ptx": needs the gpu extra and a GPU).
+    dtype: "f32" or "f64": the native code's floating-point type, and that of every array
+    the Program returns ("cuda" computes in "f32" only).
+    optimizer: "sgd", "momentum" or "adam", the update train_step runs (default: the
+    model's train statement's, else sgd). Its settings start at the statement's when it
+    names the same optimizer, else at the optimizer's defaults; Program.configure
+    changes them.
+    opt_level: LLVM's optimization level, 0..3.
+    cache: reuse machine code compiled before, and keep what is compiled now, on disk
+    ($SYMNET_CACHE, else ~/.cache/symnet; in a folder it cannot write it keeps nothing).
+    arch: the PTX's GPU architecture, "sm_80" or "sm_90" (default: the GPU's).
+    entries: the entry points to build now, of predict, evaluate, value_and_grad and
+    train_step (default: what training needs); any other is built on its first call."""
     started = time.perf_counter()
+    entries = _check_arguments(model, target, dtype, opt_level, entries)
     if target in ("ptx", "cuda"):
         from runtime.cuda import CudaProgram, open_device
         if dtype != "f32":
@@ -197,11 +206,36 @@ def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache
         return library, spec
 
     # What training needs now; predict and value_and_grad on their first call.
-    library, spec = build(tuple(entries) if entries else eager_entries(model))
+    library, spec = build(entries or eager_entries(model))
     program = Program(spec, library, model.params, loader=lambda entry: build((entry,))[0])
     program.compile_seconds = time.perf_counter() - started
     program.model_hash = model_hash(model)
     return program
+
+
+ENTRIES = ("predict", "evaluate", "value_and_grad", "train_step")
+
+
+def _check_arguments(model, target, dtype, opt_level, entries):
+    """Mistakes in compile's arguments, found before minutes of compiling; returns the
+    entries as a tuple (or None)."""
+    if not hasattr(model, "params") or not hasattr(model, "forward"):
+        raise TypeError("compile takes a Model (compiler.load(path) or compiler.parse(text)), "
+                        f"got {model!r}")
+    if dtype not in ("f32", "f64"):
+        raise ValueError(f"dtype must be 'f32' or 'f64', got {dtype!r}")
+    if target not in ("cpu", "ptx", "cuda", "gpu-emulation"):
+        raise ValueError(f"unknown target {target!r}; expected 'cpu' or 'cuda'")
+    if opt_level not in range(4):
+        raise ValueError(f"opt_level must be 0..3, got {opt_level!r}")
+    if entries is None:
+        return None
+    entries = (entries,) if isinstance(entries, str) else tuple(entries)
+    for entry in entries:
+        if entry not in ENTRIES:        # it would be compiled nowhere, silently
+            raise ValueError(f"unknown entry point {entry!r}; expected "
+                             f"{', '.join(ENTRIES[:-1])} or {ENTRIES[-1]}")
+    return entries
 
 
 def eager_entries(model):

@@ -31,6 +31,17 @@ def eval_dim(dim, sizes):
 
 
 class Program:
+    """A compiled model (compiler.compile): its native entry points and their state.
+
+    forward(inputs) -> {output: array}; evaluate(inputs) -> (loss, outputs);
+    value_and_grad(inputs) -> (loss, {param: gradient}); train_step(inputs) -> loss, after
+    one update of the parameters. `inputs` is a dict of input name -> array; any batch
+    size. Returned arrays are copies, of the program's dtype (float32 or float64); losses
+    are Python floats. get_params() and set_params(dict) read and replace parameters;
+    configure(lr=...) sets the optimizer's settings (`optimizer` holds them) and
+    reset_optimizer() zeroes its state (momentum, Adam's moments and step count).
+    A wrong array raises ProgramError. Calls from several threads take turns."""
+
     def __init__(self, spec, library, params, loader=None):
         self.spec = spec
         self.library = library
@@ -58,6 +69,20 @@ class Program:
         self.optimizer = dict(spec["optimizer_defaults"])
         self.steps = 0
         self._workspaces = {}
+
+    def __del__(self):
+        # The team's workers hold it (and the native code) alive: without this, every
+        # Program that ran a large batch would leave its threads asleep for good.
+        team = self.__dict__.get("team")
+        if team is not None:
+            team.close()
+
+    def __reduce_ex__(self, protocol):
+        # pickle, copy.copy and copy.deepcopy all come here. A shallow copy would share
+        # the parameters and the native code's buffer tables with this Program.
+        raise TypeError("a compiled Program cannot be pickled or copied (it holds native "
+                        "code); compile the model again (the machine code comes from the "
+                        "cache) and copy the state with twin.set_params(program.get_params())")
 
     # ---- public API ---------------------------------------------------------------------
     @property
@@ -365,6 +390,7 @@ class ThreadTeam:
         self.wake = [threading.Semaphore(0) for _ in range(self.parts - 1)]
         self.lock = threading.Lock()
         self.workers = []
+        self.closed = False
 
     def _start(self):
         for part in range(1, self.parts):
@@ -383,11 +409,20 @@ class ThreadTeam:
         while True:
             seen = work(self.job_address, part, seen, self.POLLS)    # steps, until idle
             while int(self.job[0]) == seen:
+                if self.closed:
+                    return
                 # Flag first, then look again: a step posted in between is never missed.
                 self.sleeping[part] = True
-                if int(self.job[0]) == seen:
+                if int(self.job[0]) == seen and not self.closed:
                     self.wake[part - 1].acquire()
                 self.sleeping[part] = False
+
+    def close(self):
+        """End the workers once they are idle (the Program that owns the team is gone).
+        A worker woken here, or back from polling, sees `closed` and returns."""
+        self.closed = True
+        for wake in self.wake:
+            wake.release()
 
     def run(self, entry, sizes, table, parallel):
         """Call `entry` on every thread of the team (parallel) or on this one alone. A

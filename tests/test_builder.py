@@ -1,8 +1,11 @@
 """The Python builder makes the same models as the text."""
+import linecache
+import sys
+
 import numpy as np
 import pytest
 
-from compiler import SymnetError, load, reference
+from compiler import SymnetError, load, parse, reference
 from compiler.builder import Builder, F
 from compiler.index_ir import format_comp
 
@@ -78,3 +81,54 @@ def test_builder_errors_point_at_the_python_line():
     assert err.value.loc.filename == __file__
     assert "conv2d expects [N, C, H, W]" in err.value.message
     assert "F.dense(F.conv2d" in err.value.format()
+
+
+def test_builder_errors_put_the_caret_under_the_call():
+    b = Builder("bad")
+    x = b.input("x", ["N", 3])
+    b.let("h", F.rleu(x)); number = sys._getframe().f_lineno
+    with pytest.raises(SymnetError) as err:
+        b.build()
+    line = linecache.getline(__file__, number).rstrip("\n")
+    assert (err.value.loc.line, err.value.loc.line_text) == (number, line)
+    # Python 3.11 says where in the line the call is; before, the statement's start.
+    where = "F.rleu" if sys.version_info >= (3, 11) else "b.let"
+    assert err.value.loc.col == line.index(where) + 1
+
+
+@pytest.mark.parametrize("statement, message", [
+    (lambda b, x: b.let("h 1", x), "'h 1' is not a name"),
+    (lambda b, x: b.output("1h", x), "'1h' is not a name"),
+    (lambda b, x: b.let("", x), "'' is not a name"),
+    (lambda b, x: b.let("input", x), "cannot assign to keyword 'input'"),
+    (lambda b, x: b.fn("my fn", ["z"], lambda z: z), "'my fn' is not a name"),
+    (lambda b, x: b.input("t", ["N"], dtype="int32"),
+     "unknown element type 'int32' (expected f32 or i32)"),
+    (lambda b, x: b.input("t", ["N", 2.5]),
+     "expected a dimension (integer or name), found 2.5"),
+    (lambda b, x: b.input("t", "NB"), "dims must be a list of dimensions, got 'NB'"),
+    (lambda b, x: b.param("W", [2], value=[1, 2], init="zeros"),
+     "param W takes a value or an initializer, not both"),
+])
+def test_builder_refuses_at_the_call_what_the_grammar_refuses(statement, message):
+    """The parser's grammar allows only names, f32/i32 and integer or named dimensions;
+    the builder skipped those checks (an input of dtype "int32" became f32)."""
+    b = Builder("bad")
+    x = b.input("x", ["N", 3])
+    with pytest.raises(SymnetError) as err:
+        statement(b, x)
+    assert err.value.message.startswith(message)
+    assert err.value.loc.filename == __file__
+
+
+def test_numpy_values_and_sizes_in_lists_build_as_in_the_text():
+    b = Builder("m")
+    x = b.input("x", ["N", np.int64(4)])
+    k = b.const("k", [2, 2], np.eye(2))
+    w = b.param("w", [4], value=np.arange(4.0))
+    h = b.let("h", F.dense(x * w * np.float32(0.5), np.int64(4)))
+    b.output("r", F.reshape(h, ["N", 2, 2]) * k)
+    parsed = parse("model m\ninput x[N, 4]\nconst k[2, 2] = [[1, 0], [0, 1]]\n"
+                   "param w[4] = [0, 1, 2, 3]\nh = dense(x * w * 0.5, 4)\n"
+                   "output r = reshape(h, [N, 2, 2]) * k\n")
+    same_model(b.build(), parsed)

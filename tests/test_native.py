@@ -236,3 +236,52 @@ def test_the_files_hyperparameters_go_with_its_optimizer():
     assert compile(m, cache=False).spec["optimizer_defaults"] == {"lr": 0.3}
     adam = compile(m, optimizer="adam", cache=False).spec["optimizer_defaults"]
     assert adam["lr"] == 0.001 and adam["beta1"] == 0.9
+
+
+def test_a_program_that_is_let_go_stops_its_worker_threads(monkeypatch):
+    """A notebook compiles again and again: each Program's workers (and the native code
+    they hold) must go with it, not sleep on forever."""
+    import gc
+    import weakref
+    monkeypatch.setenv("SYMNET_THREADS", "2")
+    model = load("examples/mlp.nn")
+    inputs = reference.random_inputs(model, batch=32, seed=0)
+    program = compile(model)
+    program.forward(inputs)                     # batch 32: both threads run it
+    (worker,) = program.team.workers
+    library = weakref.ref(program.library)
+    del program
+    gc.collect()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    gc.collect()
+    assert library() is None
+
+
+@pytest.mark.parametrize("how", ["pickle", "copy", "deepcopy"])
+def test_a_program_is_not_copied_behind_the_users_back(how):
+    """A shallow copy would share the parameters with its original (training one trains
+    both); pickling failed deep inside ctypes. Each is refused with what to do instead."""
+    import copy
+    import pickle
+    program = compile(load("examples/linreg.nn"))
+    copier = {"pickle": pickle.dumps, "copy": copy.copy, "deepcopy": copy.deepcopy}[how]
+    with pytest.raises(TypeError, match=r"cannot be pickled or copied.*set_params\("):
+        copier(program)
+
+
+def test_compile_checks_its_arguments_before_compiling():
+    """A typo in `entries` compiled nothing and said nothing; a string was read letter by
+    letter; a path instead of a Model failed with AttributeError."""
+    model = load("examples/linreg.nn")
+    with pytest.raises(ValueError, match="unknown entry point 'predictt'; expected predict, "
+                                         "evaluate, value_and_grad or train_step"):
+        compile(model, entries=["predictt"])
+    assert compile(model, entries="value_and_grad").spec["compiled"] == ["value_and_grad"]
+    with pytest.raises(TypeError, match=r"compile takes a Model \(compiler.load\(path\) or "
+                                        r"compiler.parse\(text\)\), got 'examples/linreg.nn'"):
+        compile("examples/linreg.nn")
+    with pytest.raises(ValueError, match="unknown target 'gpu'; expected 'cpu' or 'cuda'"):
+        compile(model, target="gpu")
+    with pytest.raises(ValueError, match="opt_level must be 0..3, got 5"):
+        compile(model, opt_level=5)
