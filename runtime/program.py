@@ -180,12 +180,14 @@ class Program:
             if not math.isfinite(checked[key]):      # it would only make every step NaN
                 raise ProgramError(f"optimizer setting '{key}' must be a finite number, "
                                    f"got {value!r}")
-        self.optimizer.update(checked)
+        with self.lock:                     # not halfway through another thread's step
+            self.optimizer.update(checked)
 
     def reset_optimizer(self):
-        self.steps = 0
-        for name in self.spec["states"]:
-            self.persistent[name][...] = 0
+        with self.lock:
+            self.steps = 0
+            for name in self.spec["states"]:
+                self.persistent[name][...] = 0
 
     # ---- calls --------------------------------------------------------------------------
     def _entry(self, name):
@@ -230,7 +232,7 @@ class Program:
         return self.persistent[name]
 
     def _check_inputs(self, entry, inputs):
-        if not isinstance(inputs, dict):
+        if not isinstance(inputs, Mapping):
             raise ProgramError("inputs must be a dict of name -> array")
         needed = self.spec["entry_inputs"][entry]
         unknown = inputs.keys() - self.input_names

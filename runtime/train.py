@@ -232,6 +232,10 @@ def train(program, data, *, epochs=DEFAULT_EPOCHS, batch=DEFAULT_BATCH, seed=0, 
     KeyboardInterrupt from the callback, ends training between steps and returns the
     history so far with `interrupted` set.
     """
+    missing = [a for a in ("x_train", "y_train", "x_test", "y_test") if not hasattr(data, a)]
+    if missing:
+        raise TrainingError(f"data must have x_train, y_train, x_test and y_test (a "
+                            f"runtime.data.Dataset); this {type(data).__name__} has no {missing[0]}")
     program.configure(**{k: v for k, v in hypers.items() if v is not None})
     if isinstance(epochs, bool) or epochs != int(epochs) or epochs < 0:
         raise TrainingError(f"epochs must be a non-negative integer, got {epochs!r}")

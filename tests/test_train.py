@@ -173,6 +173,23 @@ def test_labels_out_of_range_are_refused(small):
                                        x_test=None, y_test=None), epochs=1, quiet=True)
 
 
+def test_data_that_is_not_a_dataset_is_refused_in_one_line():
+    program = compile(example("linreg"))
+    x = np.linspace(-1, 1, 20)
+    with pytest.raises(TrainingError, match=r"^data must have x_train, y_train, x_test and "
+                                            r"y_test \(a runtime.data.Dataset\); this tuple has no x_train$"):
+        train(program, (x, 2 * x + 1), epochs=1, quiet=True)
+
+
+def test_inputs_may_be_any_mapping():
+    from types import MappingProxyType
+    program = compile(example("linreg"))
+    x = np.linspace(-1, 1, 5)
+    a, b = (float(program.get_params()[p]) for p in ("a", "b"))
+    loss, _ = program.evaluate(MappingProxyType({"x": x, "y": 2 * x}))
+    assert loss == pytest.approx(np.mean((2 * x - a * x - b) ** 2), rel=1e-6)
+
+
 def test_model_without_labels_trains():
     program = compile(example("custom"))
     x = np.random.default_rng(0).normal(size=(40, 4))
