@@ -2,7 +2,6 @@
 import io
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,19 +9,14 @@ import pytest
 import compiler
 from compiler import reference
 from symnet import cli
-
-ROOT = Path(__file__).resolve().parent.parent
-# Paths relative to the repository root (the tests run there, see `in_the_repository`);
-# globbed from this file's location, so that a run from elsewhere does not find no
-# examples and skip every test of them as an "empty parameter set".
-EXAMPLES = sorted(p.relative_to(ROOT) for p in (ROOT / "examples").glob("*.nn"))
-assert len(EXAMPLES) >= 9, EXAMPLES
+from repository import EXAMPLES, ROOT
 
 
 @pytest.fixture(autouse=True)
 def in_the_repository(monkeypatch):
     """The tests name files as examples/NAME.nn, as a user in the repository would."""
     monkeypatch.chdir(ROOT)
+
 
 DENSE_342 = """\
 model dense342

@@ -5,7 +5,6 @@ processes is the code compiled here."""
 import re
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +13,7 @@ from compiler import compile, load, parse, reference
 from compiler.native import compile_ir, eager_entries
 from runtime import jit
 from runtime.program import Program, ThreadTeam, data_address
-
-ROOT = Path(__file__).resolve().parent.parent
-# Paths relative to the repository root (the tests run there, see `in_the_repository`);
-# globbed from this file's location, so that a run from elsewhere does not find no
-# examples and skip every test of them as an "empty parameter set".
-EXAMPLES = sorted(p.relative_to(ROOT) for p in (ROOT / "examples").glob("*.nn"))
-assert len(EXAMPLES) >= 9, EXAMPLES
+from repository import EXAMPLES, ROOT
 
 
 @pytest.fixture(autouse=True)
