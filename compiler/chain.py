@@ -24,6 +24,7 @@ from sympy.printing.pretty.stringpict import prettyForm
 from .autodiff import differentiate
 from .errors import SymnetError
 from .index_ir import access_symbol
+from .schedule import loop_ranges
 from . import functions as F
 from .printing import (Formula, Inliner, parameters_to_differentiate, rename_clashing_indices, latex_name,
                        outside_reads_of, render, tidy, used_deltas)
@@ -194,9 +195,8 @@ def _loop_ranges(model, top):
     ranges = {}
     for c in model.forward:
         if c.out == top:
-            ranges.update(_ranges(c.index, model.tensors[top].shape))
-            ranges.update(_ranges(c.rindex, c.rextent))
-    return tuple(ranges.items())
+            ranges.update(loop_ranges(c, model.tensors))
+    return _ranges(ranges.keys(), ranges.values())
 
 
 def _ranges(variables, extents):

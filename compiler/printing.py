@@ -26,6 +26,7 @@ from .autodiff import differentiate, grad_name
 from .errors import SymnetError
 from .index_ir import fdiv
 from .ops import format_shape
+from .schedule import loop_ranges
 
 FORMATS = ("text", "unicode", "latex")
 # Fully inlined formulas larger than this (nodes of the expression tree, about 30
@@ -249,12 +250,12 @@ class Inliner:
             mapping[r] = _fresh(r, taken)
             taken.add(mapping[r])
         inner = frozenset(taken)
-        ranges = self.ranges(c)
+        ranges = loop_ranges(c, self.tensors)
         reads = {s: self.read(a.tensor, tuple(_drop_idle_mod(sympy.sympify(i), ranges)
                                               .xreplace(mapping) for i in a.index), inner)
                  for s, a in c.accesses.items()}
         body = c.body.xreplace({**mapping, **reads})
-        guards = [g for g in c.guards if not _always_true(g, self.ranges(c))]
+        guards = [g for g in c.guards if not _always_true(g, ranges)]
         if guards:
             condition = sympy.And(*[g.xreplace(mapping) for g in guards])
             body = sympy.Piecewise((body, condition), (0, True))
@@ -264,11 +265,6 @@ class Inliner:
         if c.reduce == "max":
             return MaxOver(body, *limits)
         return body
-
-
-    def ranges(self, c):
-        """The extent of each loop variable of nest c."""
-        return {**dict(zip(c.index, self.tensors[c.out].shape)), **dict(zip(c.rindex, c.rextent))}
 
 
 def _always_true(guard, ranges):

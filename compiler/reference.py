@@ -10,6 +10,7 @@ from .autodiff import differentiate
 from .errors import SymnetError
 from .functions import eq
 from .index_ir import dim_value, interpret
+from .schedule import loop_ranges
 
 
 def bind_sizes(model, inputs):
@@ -108,8 +109,7 @@ def classes_of(model, label_input):
     (a count, a factor), whose values are then not range-checked."""
     for c in model.forward:
         labels = {s for s, a in c.accesses.items() if a.tensor == label_input}
-        extents = {**dict(zip(c.index, model.tensors[c.out].shape)),
-                   **dict(zip(c.rindex, c.rextent))}
+        extents = loop_ranges(c, model.tensors)
         for label, k in (compare.args for compare in c.body.atoms(eq)):
             if label in labels and sympy.sympify(extents.get(k)).is_Integer:
                 return int(extents[k])

@@ -38,10 +38,6 @@ DEFINITIONS = {  # file, line, col, message
 }
 
 
-@pytest.mark.parametrize("case", DEFINITIONS)
-def test_definition_mistakes_are_located(tmp_path, capsys, case):
-    check_error(tmp_path, capsys, case, *DEFINITIONS[case])
-
 
 # ---- values sympy folds to infinity, nan or an imaginary number -------------------------
 NOT_FINITE = {  # no code computes them
@@ -57,10 +53,6 @@ NOT_FINITE = {  # no code computes them
                      3, 5, "f(...) is infinite or undefined here"),
 }
 
-
-@pytest.mark.parametrize("case", NOT_FINITE)
-def test_non_finite_constants_are_located(tmp_path, capsys, case):
-    check_error(tmp_path, capsys, case, *NOT_FINITE[case])
 
 
 # ---- positional arguments are the same everywhere ---------------------------------------
@@ -107,10 +99,6 @@ NAMES = {  # a name is defined once, a layer's included
                             3, 1, "'h.dense' is already defined at line 2"),
 }
 
-
-@pytest.mark.parametrize("case", NAMES)
-def test_name_collisions_are_located(tmp_path, capsys, case):
-    check_error(tmp_path, capsys, case, *NAMES[case])
 
 
 OUTPUTS = """\
@@ -188,10 +176,6 @@ TRAIN = {  # one, with its optimizer's keys
 }
 
 
-@pytest.mark.parametrize("case", TRAIN)
-def test_train_mistakes_are_located(tmp_path, capsys, case):
-    check_error(tmp_path, capsys, case, *TRAIN[case])
-
 
 def test_second_train_and_foreign_keys_raise_symnet_errors():
     with pytest.raises(SymnetError, match="momentum has no option 'beta1'"):
@@ -217,10 +201,6 @@ OPS = {  # rank, index binding, dtype
 }
 
 
-@pytest.mark.parametrize("case", OPS)
-def test_op_and_onehot_mistakes_are_located(tmp_path, capsys, case):
-    check_error(tmp_path, capsys, case, *OPS[case])
-
 
 # ---- statements -------------------------------------------------------------------------
 STATEMENTS = {  # hints for a likely slip
@@ -230,6 +210,10 @@ STATEMENTS = {  # hints for a likely slip
 }
 
 
-@pytest.mark.parametrize("case", STATEMENTS)
-def test_statement_mistakes_are_located(tmp_path, capsys, case):
-    check_error(tmp_path, capsys, case, *STATEMENTS[case])
+# ---- every table of mistakes above ------------------------------------------------------
+MISTAKES = {**DEFINITIONS, **NOT_FINITE, **NAMES, **TRAIN, **OPS, **STATEMENTS}
+
+
+@pytest.mark.parametrize("case", MISTAKES)
+def test_mistakes_are_located(tmp_path, capsys, case):
+    check_error(tmp_path, capsys, case, *MISTAKES[case])
