@@ -78,16 +78,40 @@ def lift(value, loc):
     raise TypeError(f"cannot use {value!r} in a model expression")
 
 
+def _owners(value):
+    """The Builders whose tensors `value` (an Expr, a list of them, a number) reads."""
+    if isinstance(value, Expr):
+        return {id(value.builder): value.builder} if value.builder is not None else {}
+    if isinstance(value, (list, tuple)):
+        return {k: v for item in value for k, v in _owners(item).items()}
+    return {}
+
+
+def _builder_of(values, loc):
+    """The one Builder whose tensors `values` read (None: no tensor yet). Tensors of two
+    Builders are refused here, where they meet: the graph would only find an unknown
+    name, and point at its declaration in the other model."""
+    owners = list(_owners(list(values)).values())
+    if len(owners) > 1:
+        raise SymnetError("this expression mixes tensors of two Builders ("
+                          + " and ".join(o.describe() for o in owners)
+                          + "); build each model from its own tensors", loc)
+    return owners[0] if owners else None
+
+
 class Expr:
     """An expression: tensors, arithmetic (+ - * / ** @, unary -), calls, A[i, j]."""
 
-    def __init__(self, node):
+    def __init__(self, node, builder=None):
         self.node = node
+        self.builder = builder          # whose tensors it reads, so a mix-up is found
 
     def _binary(self, op, other, swap=False):
         loc = _caller_loc()
+        builder = _builder_of([self, other], loc)
         left, right = self.node, lift(other, loc)
-        return Expr(S.BinOp(op, right, left, loc) if swap else S.BinOp(op, left, right, loc))
+        return Expr(S.BinOp(op, right, left, loc) if swap else S.BinOp(op, left, right, loc),
+                    builder)
 
     __add__ = lambda self, o: self._binary("+", o)
     __radd__ = lambda self, o: self._binary("+", o, True)
@@ -103,7 +127,7 @@ class Expr:
     __rmatmul__ = lambda self, o: self._binary("@", o, True)
 
     def __neg__(self):
-        return Expr(S.Neg(self.node, _caller_loc()))
+        return Expr(S.Neg(self.node, _caller_loc()), self.builder)
 
     def __getitem__(self, index):
         """`A[i, j]` inside an op body (A an operand, i and j index names)."""
@@ -114,7 +138,7 @@ class Expr:
         # A string names an index variable here (A[n, "i"] sums over i with sum_over).
         nodes = tuple(S.Name(_name(i, loc), loc) if isinstance(i, str) else lift(i, loc)
                       for i in index)
-        return Expr(S.Index(self.node.id, nodes, loc))
+        return Expr(S.Index(self.node.id, nodes, loc), self.builder)
 
 
 class _Functions:
@@ -125,20 +149,23 @@ class _Functions:
     def __getattr__(self, name):
         def call(*args, **kwargs):
             loc = _caller_loc()
+            builder = _builder_of([*args, *kwargs.values()], loc)
             return Expr(S.Call(name, tuple(lift(a, loc) for a in args),
                                tuple(S.Keyword(k, lift(v, loc), loc) for k, v in kwargs.items()),
-                               loc))
+                               loc), builder)
         return call
 
     @staticmethod
     def sum_over(index, body):
         loc = _caller_loc()
-        return Expr(S.Reduce("sum", _name(index, loc), lift(body, loc), loc))
+        return Expr(S.Reduce("sum", _name(index, loc), lift(body, loc), loc),
+                    _builder_of([body], loc))
 
     @staticmethod
     def max_over(index, body):
         loc = _caller_loc()
-        return Expr(S.Reduce("max", _name(index, loc), lift(body, loc), loc))
+        return Expr(S.Reduce("max", _name(index, loc), lift(body, loc), loc),
+                    _builder_of([body], loc))
 
 
 F = _Functions()
@@ -155,14 +182,31 @@ class Builder:
 
     def __init__(self, name=None):
         self.statements = []
+        self.name = name
         self.filename = _caller_loc().filename
         if name:
             loc = _caller_loc()
             self.statements.append(S.ModelStmt(_name(name, loc), loc))
 
+    def describe(self):
+        return f"Builder({self.name!r})" if self.name else "an unnamed Builder"
+
     def _add(self, stmt, name=None):
         self.statements.append(stmt)
-        return Expr(S.Name(name, stmt.loc)) if name else None
+        return Expr(S.Name(name, stmt.loc), self) if name else None
+
+    def _lift(self, value, loc):
+        """`value` as a node of this model: it may read this Builder's tensors only."""
+        owner = _builder_of([value], loc)
+        if owner is not None and owner is not self:
+            raise SymnetError(f"this expression reads tensors of {owner.describe()}, not of "
+                              f"{self.describe()}; build each model from its own tensors", loc)
+        return lift(value, loc)
+
+    def size(self, name):
+        """A symbolic size as a value: the text's `N` in `sum(e) / N`."""
+        loc = _caller_loc()
+        return Expr(S.Name(_name(name, loc, "size"), loc), self)
 
     @staticmethod
     def _dims(dims, loc):
@@ -205,7 +249,7 @@ class Builder:
 
     def const(self, name, dims, value):
         loc = _caller_loc()
-        return self._add(S.ConstStmt(_name(name, loc), self._dims(dims, loc), lift(value, loc),
+        return self._add(S.ConstStmt(_name(name, loc), self._dims(dims, loc), self._lift(value, loc),
                                      loc), name)
 
     def let(self, name, expr):
@@ -213,23 +257,23 @@ class Builder:
         loc = _caller_loc()
         if name in KEYWORDS:        # the text would read a statement
             raise SymnetError(f"cannot assign to keyword '{name}'; choose another name", loc)
-        return self._add(S.AssignStmt(_name(name, loc), lift(expr, loc), loc), name)
+        return self._add(S.AssignStmt(_name(name, loc), self._lift(expr, loc), loc), name)
 
     def output(self, name, expr=None):
         loc = _caller_loc()
-        return self._add(S.OutputStmt(_name(name, loc), None if expr is None else lift(expr, loc),
-                                      loc), name)
+        node = None if expr is None else self._lift(expr, loc)
+        return self._add(S.OutputStmt(_name(name, loc), node, loc), name)
 
     def loss(self, expr, name=None):
         loc = _caller_loc()
-        self._add(S.LossStmt(name and _name(name, loc), lift(expr, loc), loc))
+        self._add(S.LossStmt(name and _name(name, loc), self._lift(expr, loc), loc))
 
     def fn(self, name, params, body):
         """A user elementwise function: body(*parameter expressions) -> expression."""
         loc = _caller_loc()
         for checked in (name, *params):
             _name(checked, loc)
-        node = lift(body(*[Expr(S.Name(p, loc)) for p in params]), loc)
+        node = self._lift(body(*[Expr(S.Name(p, loc)) for p in params]), loc)
         self._add(S.FnStmt(name, tuple(params), node, loc))
 
     def op(self, name, operands, indices, body):
@@ -238,7 +282,8 @@ class Builder:
         for checked in (name, *operands, *indices):
             _name(checked, loc)
         args = [Expr(S.Name(n, loc)) for n in list(operands) + list(indices)]
-        self._add(S.OpStmt(name, tuple(operands), tuple(indices), lift(body(*args), loc), loc))
+        self._add(S.OpStmt(name, tuple(operands), tuple(indices), self._lift(body(*args), loc),
+                           loc))
 
     def train(self, optimizer, **settings):
         loc = _caller_loc()

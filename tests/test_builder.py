@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+import compiler
 from compiler import SymnetError, load, parse, reference
 from compiler.builder import Builder, F
 from compiler.index_ir import format_comp
@@ -132,3 +133,37 @@ def test_numpy_values_and_sizes_in_lists_build_as_in_the_text():
                    "param w[4] = [0, 1, 2, 3]\nh = dense(x * w * 0.5, 4)\n"
                    "output r = reshape(h, [N, 2, 2]) * k\n")
     same_model(b.build(), parsed)
+
+
+def test_tensors_of_another_builder_are_refused_where_they_are_used():
+    """Before, the graph found only an unknown name and pointed at its declaration in
+    the other model's code."""
+    a, b = Builder("a"), Builder("b")
+    xa = a.input("xa", ["N", 3])
+    x = b.input("x", ["N", 3])
+    with pytest.raises(SymnetError) as err:
+        number = sys._getframe().f_lineno; b.let("h", xa * 2)
+    assert err.value.loc.line == number
+    assert err.value.message == ("this expression reads tensors of Builder('a'), not of "
+                                 "Builder('b'); build each model from its own tensors")
+    with pytest.raises(SymnetError) as err:
+        F.mse(F.dense(xa, 1), x)
+    assert err.value.message.startswith(
+        "this expression mixes tensors of two Builders (Builder('a') and Builder('b'))")
+    with pytest.raises(SymnetError, match="mixes tensors of two Builders"):
+        xa + [x, 1]
+
+
+def test_a_size_is_a_value():
+    """`sum(e) / N` of the text, in Python: the loss is the batch mean of x @ w."""
+    b = Builder("mean")
+    x = b.input("x", ["N", 3])
+    w = b.param("w", [3], value=[1.0, -2.0, 0.5])
+    b.loss(F.sum(x @ w) / b.size("N"))
+    program = compiler.compile(b.build(), dtype="f64", cache=False)
+    data = np.arange(12.0).reshape(4, 3)
+    loss, grads = program.value_and_grad({"x": data})
+    assert loss == pytest.approx(np.mean(data @ [1.0, -2.0, 0.5]))
+    np.testing.assert_allclose(grads["w"], data.mean(axis=0))
+    with pytest.raises(SymnetError, match="'N 1' is not a size"):
+        b.size("N 1")
