@@ -230,6 +230,26 @@ def test_non_finite_inputs_stay_in_their_example(images, fill):
     assert all(not np.isfinite(g).all() for g in grads.values())
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_a_nan_anywhere_in_a_pooling_window_is_its_maximum(dtype):
+    """NumPy's max and argmax: a NaN wins wherever it lies in the window, and the first
+    NaN is the one the gradient goes to. A NaN first in a window used to be replaced by
+    the next value (only `v > max or unordered` decided)."""
+    model = compiler.parse("model p\ninput x[N, 1, 4, 36]\noutput s = maxpool(x, 2)\n"
+                  "loss sum(s * s)\n", "p.nn")
+    x = np.random.default_rng(0).normal(size=(2, 1, 4, 36))
+    for k, (dy, dx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        x[0, 0, dy, 2 * k + dx] = np.nan                    # one NaN at each position
+    x[1, 0, 2:4, 30:32] = [[1.0, np.nan], [np.nan, 2.0]]    # two: the first one counts
+    program = compiler.compile(model, dtype=dtype, cache=False)
+    pooled = program.forward({"x": x})["s"]
+    expected = reference.forward(model, {"x": x})["s"]
+    np.testing.assert_array_equal(np.isnan(pooled), np.isnan(expected))
+    assert np.isnan(pooled[0, 0, 0, :4]).all() and np.isnan(pooled[1, 0, 1, 15])
+    np.testing.assert_allclose(pooled[~np.isnan(expected)], expected[~np.isnan(expected)],
+                               rtol=1e-6)
+
+
 def test_one_nan_feature_gives_nan_loss(program):
     inputs = batch(3)
     inputs["x"][2, 1] = np.nan

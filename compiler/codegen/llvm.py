@@ -981,7 +981,7 @@ class KernelEmitter:
             if c.reduce == "sum":
                 self.b.store(self.b.fadd(old, v, flags=FAST), acc)
                 return
-            better = self.b.fcmp_unordered(">", v, old)   # first maximum wins ties; NaN wins
+            better = self.maximum_wins(v, old)
             self.b.store(self.b.select(better, v, old), acc)
             if where is not None:
                 k = self.b.load(counter, typ=I64)
@@ -991,6 +991,12 @@ class KernelEmitter:
         self.store(c, env, self.b.load(acc, typ=f))
         if where is not None:
             self.store_argmax(c, env, self.b.load(where, typ=I64))
+
+    def maximum_wins(self, v, old):
+        """Whether v replaces the running maximum old: when greater, or NaN while old is
+        not; so the first maximum wins ties and the first NaN stays (NumPy's max and
+        argmax). A NaN first in a window was lost when only `v > old or unordered` decided."""
+        return self.b.and_(self.b.fcmp_unordered(">", v, old), self.b.fcmp_ordered("ord", old, old))
 
     def store_argmax(self, c, env, position):
         ptr, _ = self.address(c.argmax, c.index, env)
