@@ -10,6 +10,8 @@ structure (Halide's algorithm/schedule split):
     reads than any reduction index accumulates into the output row with that index
     innermost (vectorizable `out[n, j] += x[n, i] * W[i, j]`); otherwise the reduction
     is innermost with a register accumulator (`dx[n, i] = sum_j g[n, j] * W[i, j]`).
+  * A max over a window (pooling) runs "outer" too when its row vectorizes: each lane
+    its own window, the maximum and its position kept in vector registers.
   * Vector lanes along a reduction ("wide", CPU only): when the output row is too short
     to fill a vector (a 5-wide filter's weight gradient) or the reduction is innermost
     anyway, the sum runs with vector accumulators along a unit-stride reduction index,
@@ -203,8 +205,14 @@ class _Write:
 def _strategy(c, tensors):
     if c.reduce is None:
         return "map"
-    if c.reduce == "max" or not c.index:
+    if not c.index:
         return "inner"
+    if c.reduce == "max":
+        # Lanes along the output row compare whole windows at once (pooling: each lane
+        # its own window, read every other element); a row max stays scalar.
+        along_row = len(c.index) >= 2 and vectorizable(c, c.index[-1], c.guards,
+                                                       loop_ranges(c, tensors), tensors)
+        return "outer" if along_row else "inner"
     last = c.index[-1]
     best = max(c.rindex, key=lambda r: unit_stride_score(c, r))
     out_score, red_score = unit_stride_score(c, last), unit_stride_score(c, best)
@@ -224,9 +232,10 @@ def loop_ranges(c, tensors):
 
 def vectorizable(c, var, guards, ranges, tensors):
     """Lanes along `var` work: a constant extent; every read walks its last dimension
-    with unit stride in var, or at half or quarter rate (`fdiv(var + c, 2)`: pooling's
-    gradient), or does not use var; var appears in the body only in integer index
-    arithmetic (evaluated per lane); guards in var are linear, slope +-1."""
+    with unit stride in var, at half or quarter rate (`fdiv(var + c, 2)`: pooling's
+    gradient), at a stride of 2 to 4 (`2*x + kx`: pooling, strided convolutions), or
+    does not use var; var appears in the body only in integer index arithmetic
+    (evaluated per lane); guards in var are linear, slope +-1."""
     if not isinstance(ranges[var], int) or not _only_in_integer_parts(c.body, var):
         return False
     for g in guards:
@@ -241,7 +250,7 @@ def vectorizable(c, var, guards, ranges, tensors):
             e = sympy.sympify(e)
             if var not in e.free_symbols:
                 continue
-            if k != len(a.index) - 1 or lane_step(e, var) is None:
+            if k != len(a.index) - 1 or (lane_step(e, var) is None and lane_stride(e, var) is None):
                 return False
     return True
 
@@ -254,6 +263,18 @@ def lane_step(e, var):
         return int(e.args[1]) if offset.is_Integer else None
     offset = sympy.expand(e - var)
     return 1 if var not in offset.free_symbols and not offset.has(fdiv, sympy.Mod) else None
+
+
+def lane_stride(e, var):
+    """s if index e is s*var + (terms without var) with s in 2..4: lanes read every s-th
+    element of a row, loaded as s vectors' worth and picked out by a shuffle; else None."""
+    e = sympy.sympify(e)
+    if e.has(fdiv, sympy.Mod):
+        return None
+    s = sympy.diff(e, var)
+    if s.is_Integer and 2 <= s <= 4 and var not in sympy.expand(e - s * var).free_symbols:
+        return int(s)
+    return None
 
 
 def _only_in_integer_parts(e, var):

@@ -23,7 +23,7 @@ import sympy
 
 from .. import functions as F
 from ..index_ir import fdiv
-from ..schedule import lane_step, loop_ranges, vectorizable
+from ..schedule import lane_step, lane_stride, loop_ranges, vectorizable
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
@@ -503,31 +503,41 @@ class KernelEmitter:
                        chunk)
             vtype = ir.VectorType(self.m.float, lanes)
             return b.load(b.gep(copy, [at], inbounds=True, source_etype=vtype), typ=vtype, align=64)
+        # Every s-th element of the row (2*x + kx): s vectors' worth loaded, only the
+        # elements the lanes take enabled in the mask, then picked out by a shuffle.
+        stride = lane_stride(access.index[-1], variable) or 1
+        width = lanes * stride
         offset, mask = ir.Constant(I64, 0), None
         for k, (e, d) in enumerate(zip(access.index, shape)):
             i = self.int_expr(e, env)
-            stride = self.stride(shape, k)
-            offset = b.add(offset, b.mul(i, stride) if stride is not None else i)
+            step = self.stride(shape, k)
+            offset = b.add(offset, b.mul(i, step) if step is not None else i)
             if k == len(shape) - 1:
                 rate = lane_step(sympy.sympify(e), variable)
-                iota = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
-                lane = b.add(self.splat_int(i, lanes), iota)
-                ok = b.and_(b.icmp_signed(">=", lane, self.splat_int(ir.Constant(I64, 0), lanes)),
-                            b.icmp_signed("<", lane, self.splat_int(self.dim(d), lanes)))
+                iota = ir.Constant(ir.VectorType(I64, width), list(range(width)))
+                lane = b.add(self.splat_int(i, width), iota)
+                ok = b.and_(b.icmp_signed(">=", lane, self.splat_int(ir.Constant(I64, 0), width)),
+                            b.icmp_signed("<", lane, self.splat_int(self.dim(d), width)))
+                if stride > 1:
+                    taken = ir.Constant(ir.VectorType(I1, width), [m % stride == 0 for m in range(width)])
+                    ok = b.and_(ok, taken)
             elif not self.known_in_bounds(e, d):
                 ok = b.and_(b.icmp_signed(">=", i, ir.Constant(I64, 0)), b.icmp_signed("<", i, self.dim(d)))
-                ok = self.splat_int(ok, lanes)
+                ok = self.splat_int(ok, width)
             else:
                 continue
             mask = ok if mask is None else b.and_(mask, ok)
         integer = self.m.tensors[access.tensor].dtype == "i32"
         etype, suffix = (I32, "i32") if integer else (self.m.float, self.m.suffix)
-        vtype = ir.VectorType(etype, lanes)
+        vtype = ir.VectorType(etype, width)
         ptr = b.gep(self.pointers[access.tensor], [offset], source_etype=etype)
-        load = self.m.declare(f"llvm.masked.load.v{lanes}{suffix}.p0", vtype,
-                              [PTR, I32, ir.VectorType(I1, lanes), vtype])
+        load = self.m.declare(f"llvm.masked.load.v{width}{suffix}.p0", vtype,
+                              [PTR, I32, ir.VectorType(I1, width), vtype])
         value = b.call(load, [ptr, ir.Constant(I32, 4), mask, Splat(vtype, 0)])
-        if rate > 1:
+        if stride > 1:
+            picks = ir.Constant(ir.VectorType(I32, lanes), [stride * l for l in range(lanes)])
+            value = b.shuffle_vector(value, value, picks)
+        elif rate > 1:
             # fdiv(var + c, rate): lane l holds element (first + c + l) // rate, first
             # being a multiple of the vector width: each loaded element `rate` times.
             c = int(sympy.expand(sympy.sympify(access.index[-1]).args[0] - variable))
@@ -879,7 +889,7 @@ class KernelEmitter:
     def tileable(self, nest):
         """A row reduction that vectorizes along its row with no guard on the row index."""
         c = nest.comp
-        if nest.strategy != "outer" or len(c.index) < 2:
+        if nest.strategy != "outer" or len(c.index) < 2 or c.reduce != "sum":
             return False
         guards = self.enter(c)
         return self.vectorizable(c, c.index[-1], guards) and not any(c.index[0] in g.free_symbols for g in guards)
@@ -898,9 +908,14 @@ class KernelEmitter:
     def nest(self, nest, env, loops):
         c = nest.comp
         guards = self.enter(c)
-        if nest.strategy == "outer" and self.m.lanes and self.vectorizable(c, loops[-1], guards):
+        vector_row = nest.strategy == "outer" and self.m.lanes and self.vectorizable(c, loops[-1], guards)
+        if vector_row and c.reduce == "max":
+            # No tile: a window's loads serve only its own outputs, nothing to share.
+            self.loops(loops[:-1], env, lambda env, guards: self.vector_outer_reduction(
+                nest, env, loops[-1], guards), guards)
+        elif vector_row:
             self.tiled_outer(nest, env, loops, guards, [])
-        elif nest.strategy == "outer":
+        elif nest.strategy == "outer" and c.reduce == "sum":
             assert not nest.epilogue        # the schedule folds maps only into vector tiles
             self.loops(loops[:-1], env, lambda env, guards: self.scalar_outer_reduction(
                 c, env, loops[-1], guards), guards)
@@ -998,6 +1013,14 @@ class KernelEmitter:
         argmax). A NaN first in a window was lost when only `v > old or unordered` decided."""
         return self.b.and_(self.b.fcmp_unordered(">", v, old), self.b.fcmp_ordered("ord", old, old))
 
+    @staticmethod
+    def window_position(c):
+        """The row-major position of a reduction point, as argmax records it."""
+        position, scale = sympy.Integer(0), sympy.Integer(1)
+        for r, extent in reversed(list(zip(c.rindex, c.rextent))):
+            position, scale = position + r * scale, scale * sympy.sympify(extent)
+        return position
+
     def store_argmax(self, c, env, position):
         ptr, _ = self.address(c.argmax, c.index, env)
         self.b.store(self.b.trunc(position, I32), ptr)
@@ -1049,27 +1072,45 @@ class KernelEmitter:
         envs = [env]
         for var, values in tiles:
             envs = [{**e, var: value} for e in envs for value in values]
-        group_size = max(1, self.m.registers // len(envs))
+        maximum = c.reduce == "max"
+        group_size = max(1, self.m.registers // len(envs) // (2 if maximum else 1))
+        itype = ir.VectorType(I32, lanes)
         for group in range(0, len(starts), group_size):
             members = [(k, r) for k in range(group, min(len(starts), group + group_size))
                        for r in range(len(envs))]
             self.ftype = vtype
-            slots = {}
+            slots, where = {}, {}
             for k, r in members:
                 slots[k, r] = self.alloca(vtype)
                 self.vector = (last, starts[k], lanes)
-                start = self.vector_read(_out_access(c), envs[r]) if c.accumulate else self.const(0.0)
+                start = (self.vector_read(_out_access(c), envs[r]) if c.accumulate else
+                         self.const(float("-inf") if maximum else 0.0))
                 b.store(start, slots[k, r])
+                if c.argmax:
+                    where[k, r] = self.alloca(itype)
+                    b.store(Splat(itype, 0), where[k, r])
 
             def body(inner, guards):
+                position = self.splat_int(b.trunc(self.int_expr(self.window_position(c), inner), I32),
+                                          lanes) if c.argmax else None
                 for k, r in members:
                     self.vector = (last, starts[k], lanes)
                     term = self.term(c, {**inner, **envs[r]}, guards)
-                    b.store(b.fadd(b.load(slots[k, r], typ=vtype), term, flags=FAST), slots[k, r])
+                    old = b.load(slots[k, r], typ=vtype)
+                    if not maximum:
+                        b.store(b.fadd(old, term, flags=FAST), slots[k, r])
+                        continue
+                    better = self.maximum_wins(term, old)
+                    b.store(b.select(better, term, old), slots[k, r])
+                    if c.argmax:
+                        b.store(b.select(better, position, b.load(where[k, r], typ=itype)), where[k, r])
             self.loops(list(c.rindex), env, body, guards)
             for k, r in members:
-                self.finish_chunk(nest, {**envs[r], last: _i64(starts[k])}, b.load(slots[k, r], typ=vtype),
-                                  starts[k])
+                at = {**envs[r], last: _i64(starts[k])}
+                if c.argmax:
+                    self.masked_store(b.load(where[k, r], typ=itype), self.address(c.argmax, c.index, at)[0],
+                                      starts[k], extent)
+                self.finish_chunk(nest, at, b.load(slots[k, r], typ=vtype), starts[k])
             self.vector, self.ftype = None, self.m.float
 
     def finish_chunk(self, nest, env, value, first):
@@ -1128,7 +1169,8 @@ class KernelEmitter:
         """Store the lanes of `value` whose row position first + lane is below extent."""
         b, lanes = self.b, self.m.lanes
         vtype = value.type
-        store = self.m.declare(f"llvm.masked.store.v{lanes}{self.m.suffix}.p0", ir.VoidType(),
+        suffix = "i32" if vtype.element == I32 else self.m.suffix
+        store = self.m.declare(f"llvm.masked.store.v{lanes}{suffix}.p0", ir.VoidType(),
                                [vtype, PTR, I32, ir.VectorType(I1, lanes)])
         if isinstance(first, int):
             count = min(lanes, extent - first)
