@@ -215,7 +215,10 @@ def _strategy(c, tensors):
         return "outer" if along_row else "inner"
     last = c.index[-1]
     best = max(c.rindex, key=lambda r: unit_stride_score(c, r))
-    out_score, red_score = unit_stride_score(c, last), unit_stride_score(c, best)
+    # A read of every s-th element along the row (a strided convolution's input) still
+    # fills vector lanes, with one load of s vectors' worth.
+    strided = sum(1 for a in c.accesses.values() if a.index and lane_stride(a.index[-1], last))
+    out_score, red_score = unit_stride_score(c, last) + strided, unit_stride_score(c, best)
     if len(c.index) == 1:                 # a column sum (db[j] = sum_n g[n, j])
         return "outer" if out_score >= red_score + 2 else "inner"
     # On a tie (convolutions) the output row innermost wins: LLVM keeps a short row of

@@ -217,3 +217,30 @@ def test_same_with_an_even_kernel_pads_after_the_image_like_tensorflow():
     out = reference.forward(model, {"x": x})["o"][0, 0]
     padded = np.pad(x[0, 0], ((0, 1), (0, 1)))
     assert np.array_equal(out, padded[:5, :5] + padded[1:, :5] + padded[:5, 1:] + padded[1:, 1:])
+
+
+@pytest.mark.parametrize("dtype, rtol", [("f64", 1e-9), ("f32", 2e-5)])
+@pytest.mark.parametrize("expr", [
+    "maxpool(x, 2)", "maxpool(x, 3, stride=2)", "maxpool(x, 3)", "maxpool(x, 4)",
+    "conv2d(x, filters=3, size=3, stride=2)", "conv2d(x, filters=2, size=4, stride=4)",
+    'conv2d(x, filters=2, size=3, pad="same", stride=3)', "avgpool(x, 2)",
+])
+def test_strided_rows_in_vector_lanes_match_the_reference(expr, dtype, rtol):
+    """Rows of 37 (and 38) pixels: a stride of 2, 3 or 4 reads every s-th element in
+    vector lanes (masked loads of s vectors' worth), in two or more chunks with a tail;
+    17 images are split across threads. Forward, loss and every gradient."""
+    model = parse("input x[N, 2, 5, 37]\n"
+                  f"h = {expr}\n"
+                  "p = dense(flatten(h), 3)\n"
+                  "loss mean(p * p)\n", "strided.nn")
+    program = compile(model, dtype=dtype, cache=False)
+    for batch in (17, 1):
+        inputs = reference.random_inputs(model, batch=batch, seed=batch)
+        got = program.forward(inputs)
+        for name, value in reference.forward(model, inputs).items():
+            np.testing.assert_allclose(got[name], value, rtol=rtol, atol=rtol * np.abs(value).max())
+        loss, grads = program.value_and_grad(inputs)
+        ref_loss, ref_grads = reference.value_and_grad(model, inputs)
+        assert loss == pytest.approx(ref_loss, rel=rtol)
+        for name, g in ref_grads.items():
+            np.testing.assert_allclose(grads[name], g, rtol=rtol, atol=rtol * np.abs(g).max())
