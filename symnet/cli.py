@@ -302,6 +302,9 @@ def output_file(path, option, png=False):
     made here: `-o out/model.ptx` in a fresh clone) and can be written."""
     def refuse(why):
         raise SymnetError(f"cannot write '{path}': {why}")
+    if path == "-":
+        refuse(f"{option} names a file to write, and '-' would make one called '-'; "
+               "give a file name")
     if png and not path.lower().endswith(".png"):
         refuse(f"{option} draws a PNG image; the name must end in .png")
     if os.path.isdir(path):

@@ -424,7 +424,8 @@ def compile_arguments(parser):
     parser.add_argument("-O", dest="opt_level", type=int, choices=range(4), metavar="0..3",
                         help="optimization level (default 2; --emit llvm shows the IR "
                              "before optimization unless -O is given)")
-    parser.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="write here instead of stdout ('-': stdout)")
 
 
 @reporting
@@ -444,9 +445,10 @@ def compile_command(args):
                           "the IR is shown before optimization (drop -O)")
     if target == "ptx" and args.dtype != "f32":
         raise SymnetError("--target ptx computes in float32; drop --dtype f64")
-    if emit == "obj" and not args.output:
+    to_stdout = args.output in (None, "-")      # `-o -` is standard output, as usual
+    if emit == "obj" and (not args.output or to_stdout and _is_terminal(sys.stdout)):
         raise SymnetError("--emit obj writes a binary object file; give -o FILE")
-    if args.output:
+    if not to_stdout:
         output_file(args.output, "-o")
     model = load(args.file)
     ir_text, _, kernels, emitter = native.compile_ir(model, args.optimizer, args.dtype,
@@ -459,13 +461,23 @@ def compile_command(args):
         "ptx": lambda: emitter.ptx(level),
         "schedule": lambda: format_kernels(kernels, emitter.tensors, target),
     }[emit]()
-    if args.output:
+    if not to_stdout:
         data = code if isinstance(code, bytes) else code.encode()
         write_atomically(args.output, data)
         print(f"wrote {args.output} ({len(data):,} bytes)")
+    elif isinstance(code, bytes):       # an object file, into a pipe or a file
+        sys.stdout.flush()
+        sys.stdout.buffer.write(code)
     else:
         sys.stdout.write(code if code.endswith("\n") else code + "\n")
     return 0
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def format_kernels(kernels, tensors, target="cpu"):

@@ -3,6 +3,7 @@
 about exit statuses, stderr and signals run `python -m symnet` as a user would. The
 cache of compiled code lives in a temporary folder."""
 import io
+import os
 import re
 import shutil
 import signal
@@ -18,6 +19,7 @@ from compiler.pipeline import load
 from runtime import checkpoint
 from runtime.data import DEBIAN_DIR, FASHION_CLASSES, load_dataset, save_png
 from symnet import cli, run_verbs
+from repository import ROOT
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  loss [\d.]+  acc [\d.]+%  test loss [\d.]+  "
                         r"test acc ([\d.]+)%  [\d,]+ samples/s", re.M)
@@ -285,6 +287,15 @@ def test_train_checks_its_output_paths_before_any_work(tmp_path):
         assert result.stdout == ""
 
 
+def test_an_output_named_dash_is_refused_not_written(tmp_path):
+    """`-o -` would make a file called '-' in the current folder."""
+    result = symnet_process("train", "examples/linreg.nn", "--data", "docs/tutorial/study.csv",
+                            "-o", "-")
+    assert one_error_line(result) == ("error: cannot write '-': -o names a file to write, and "
+                                      "'-' would make one called '-'; give a file name")
+    assert result.stdout == ""
+
+
 @pytest.mark.parametrize("x", [np.random.default_rng(1).integers(0, 2, 120), np.linspace(-1, 1, 120)],
                          ids=["whole numbers", "real numbers"])
 def test_linreg_recovers_a_line_from_a_csv(tmp_path, x):
@@ -438,6 +449,22 @@ def test_gpucheck_fails_on_a_wrongly_fused_kernel(tmp_path, monkeypatch):
 
 def test_gpucheck_of_a_missing_file_is_one_error_line(tmp_path):
     assert "no-such.nn" in one_error_line(symnet("gpucheck", tmp_path / "no-such.nn"))
+
+
+def test_compile_to_dash_writes_standard_output_not_a_file(tmp_path):
+    """`-o -` is standard output: text as without -o, an object file's bytes into a pipe."""
+    def compile_in_tmp(emit):
+        return subprocess.run([sys.executable, "-m", "symnet", "compile",
+                               ROOT / "examples/linreg.nn", "--emit", emit, "-o", "-"],
+                              cwd=tmp_path, capture_output=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    text = compile_in_tmp("schedule")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.decode() == symnet("compile", "examples/linreg.nn", "--emit", "schedule").stdout
+    obj = compile_in_tmp("obj")
+    assert obj.returncode == 0, obj.stderr
+    assert obj.stdout[:4] == b"\x7fELF"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_compile_prints_the_loop_nests():
