@@ -164,6 +164,8 @@ def read_idx(path) -> np.ndarray:
     Returns a native-endian array with exactly those dimensions.
     """
     data = _read_maybe_gzip(path)
+    if not data:
+        raise DataError(f"{path}: empty file, not an IDX file")
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number 0x{data[:4].hex() or 'empty'})")
     ndim, start = data[3], 4 + 4 * data[3]

@@ -70,7 +70,8 @@ def test_idx_hand_made_bytes(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (b"\x12\x34\x08\x01\0\0\0\x02ab", "bad magic"),
     (b"\0\0\x42\x01\0\0\0\x02ab", "bad magic"),
-    (b"", "bad magic"),
+    (b"", "empty file, not an IDX file$"),
+    (gzip.compress(b""), "empty file, not an IDX file$"),
     (b"\0\0\x08\x03\0\0\0\x02", "truncated IDX header"),
     (b"\0\0\x08\x01\0\0\0\x05abc", "truncated IDX data"),
     (b"\0\0\x08\x01\0\0\0\x02abc", "unexpected bytes"),
