@@ -199,8 +199,10 @@ def cross_entropy(ctx, loc, logits, labels):
         ctx.error(f"cross_entropy with class indices expects labels {format_shape(zs[:1])}, "
                   f"got {format_shape(ts)}", loc)
     if not classes and ts != zs:
+        hint = ("; class indices must be i32: declare the labels input with `: i32`"
+                if ts == zs[:1] else "")      # `input y[N]` without `: i32` is f32
         ctx.error(f"cross_entropy with one-hot targets expects {format_shape(zs)}, "
-                  f"got {format_shape(ts)}", loc)
+                  f"got {format_shape(ts)}{hint}", loc)
     batch = sympy.sympify(zs[0])
     m_t, e, s_t = _max_and_sumexp(ctx, z, 1, loc)
     n, k = index_symbols(["n", "k"])

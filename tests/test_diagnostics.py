@@ -35,6 +35,10 @@ CASES = {
     "duplicate_definition": (
         "input x[N, 3]\nh = relu(x)\nh = x\n",
         3, 1, "'h' is already defined at line 2"),
+    "class_labels_without_i32": (
+        "input x[N, 4]\ninput y[N]\nlogits = dense(x, 3)\nloss cross_entropy(logits, y)\n",
+        4, 6, "cross_entropy with one-hot targets expects [N, 3], got [N]; class indices "
+              "must be i32: declare the labels input with `: i32`"),
     "conv_window_too_large": (
         "input x[N, 1, 3, 3]\nc = conv2d(x, filters=2, size=5)\n",
         2, 5, "conv2d window 5x5 does not fit input [N, 1, 3, 3]"),
