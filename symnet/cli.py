@@ -168,6 +168,8 @@ def parse_assignments(text):
         name, equals, value = (part.strip() for part in item.partition("="))
         if not equals or not name:
             raise SymnetError(f"--at expects NAME=VALUE pairs separated by commas, got '{item}'")
+        if name in values:
+            raise SymnetError(f"--at gives '{name}' twice; give each name one value")
         try:
             values[name] = float(value)
         except ValueError:

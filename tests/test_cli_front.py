@@ -117,6 +117,7 @@ def test_grad_unknown_wrt_is_one_line_listing_parameters(capsys):
     ("x=1,y=2,z=3", "'z' is neither an input nor a parameter"),
     ("x=one,y=2", "'one' is not a number"),
     ("x", "--at expects NAME=VALUE pairs"),
+    ("x=1,y=2,x=3", "error: --at gives 'x' twice; give each name one value\n"),
 ])
 def test_grad_at_mistakes(capsys, at, message):
     assert cli.main(["grad", "examples/linreg.nn", "--at", at]) == 1
