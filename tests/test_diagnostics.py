@@ -39,6 +39,12 @@ CASES = {
         "input x[N, 4]\ninput y[N]\nlogits = dense(x, 3)\nloss cross_entropy(logits, y)\n",
         4, 6, "cross_entropy with one-hot targets expects [N, 3], got [N]; class indices "
               "must be i32: declare the labels input with `: i32`"),
+    "tensor_named_like_a_size": (
+        "input x[N, 3]\nparam N = 2.0\nloss mean(x * N)\n",
+        2, 1, "'N' is a symbolic size (line 1); give the tensor another name"),
+    "size_named_like_a_tensor": (
+        "input N[N]\n",
+        1, 9, "'N' is the tensor defined at line 1; give the size another name"),
     "conv_window_too_large": (
         "input x[N, 1, 3, 3]\nc = conv2d(x, filters=2, size=5)\n",
         2, 5, "conv2d window 5x5 does not fit input [N, 1, 3, 3]"),
