@@ -85,6 +85,22 @@ def test_missing_loss_is_located_at_the_top_of_the_file(tmp_path, verb):
     assert_located(symnet(verb, path), path, 1, 1, message)
 
 
+def test_a_file_that_is_not_utf8_is_located_at_its_first_bad_byte(tmp_path):
+    """A Latin-1 comment (é as the one byte 0xe9), after a line of UTF-8 é: the column
+    counts characters."""
+    path = tmp_path / "latin1.nn"
+    path.write_bytes("input x[N]  # é\nloss mean(x)  # caf".encode() + b"\xe9\n")
+    result = symnet("check", path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr == (f"{path}:2:20: error: this file is not UTF-8 text (byte 0xe9); "
+                             "save it as UTF-8\n    loss mean(x)  # caf\ufffd\n" + " " * 23 + "^\n")
+
+
+def test_a_folder_given_as_the_model_is_one_error_line():
+    result = symnet("check", "examples")
+    assert (result.returncode, result.stderr) == (1, "error: examples is a folder; give a .nn file\n")
+
+
 def test_unknown_wrt_lists_the_parameters():
     result = symnet("grad", "examples/linreg.nn", "--wrt", "c")
     assert result.returncode == 1
