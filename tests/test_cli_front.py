@@ -252,7 +252,13 @@ def test_missing_file_is_a_user_error(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["trian", "x.nn"], "symnet: error: argument command: invalid choice: 'trian' (choose from"),
+    (["trian", "x.nn"], "symnet: error: unknown command 'trian'; did you mean 'train'? (the "
+                        "commands are check, grad, gradcheck, train, eval, run, compile,"),
+    (["evaluate", "x.nn"], "symnet: error: unknown command 'evaluate'; did you mean 'eval'?"),
+    (["check", "a.nn", "b.nn"],
+     "symnet check: error: unrecognized arguments: b.nn (see 'symnet check --help')"),
+    (["check", "examples/linreg.nn", "--wrt", "a"],
+     "symnet check: error: unrecognized arguments: --wrt a (see 'symnet check --help')"),
     ([], "symnet: error: the following arguments are required: command (see 'symnet --help')"),
     (["train", "examples/mlp.nn", "--epochs", "0"],
      "symnet train: error: argument --epochs: must be at least 1, got 0 (see 'symnet train --help')"),
