@@ -101,9 +101,10 @@ def compile_program(model, device="cpu", dtype="f32", optimizer=None, entries=No
     return program, time.perf_counter() - started
 
 
-def load_data(spec, program, limit=None):
+def load_data(spec, program, limit=None, trained_on=None):
     """The dataset, after checking that its examples fit the model's feature input:
-    the default image data cannot feed linreg's x[N], and the message says what can."""
+    the default image data cannot feed linreg's x[N], and the message says what can
+    (and, for eval, what the checkpoint was trained on: `trained_on`)."""
     data = load_dataset(spec, limit=limit)
     features, _ = input_roles(program.spec)
     want = sample_shape(program.spec, features)
@@ -114,7 +115,8 @@ def load_data(spec, program, limit=None):
             f"model {program.spec['name']}'s input '{features}' takes {count} value(s) per "
             f"example, but {data.name} has {math.prod(have)} ({have}); this model needs "
             f"--data naming matching columns: a CSV of {count} feature column(s) then the target, "
-            "or an .npz holding x and y")
+            "or an .npz holding x and y"
+            + (f"; the checkpoint was trained on {trained_on}" if trained_on else ""))
     return data
 
 
@@ -290,7 +292,7 @@ def eval_command(args):
     model = model_with_loss(args.file, consequence="so there is nothing to evaluate")
     program, _ = compile_program(model)
     meta = checkpoint.restore(args.weights, program)
-    data = load_data(args.data, program)
+    data = load_data(args.data, program, trained_on=(meta.get("extra") or {}).get("data"))
     x, y = (data.x_test, data.y_test) if args.split == "test" else (data.x_train, data.y_train)
     if len(x) == 0:
         raise SymnetError(f"the {args.split} split of {data.name} is empty: nothing to evaluate")

@@ -221,6 +221,15 @@ def test_linreg_on_image_data_asks_for_matching_columns():
     assert "linreg" in line and "--data" in line and "CSV" in line
 
 
+def test_eval_on_data_that_does_not_fit_names_what_the_checkpoint_was_trained_on(tmp_path):
+    ckpt = tmp_path / "linreg.ckpt"
+    assert symnet("train", "examples/linreg.nn", "--data", "docs/tutorial/study.csv",
+                  "--epochs", 1, "-q", "-o", ckpt).returncode == 0
+    line = one_error_line(symnet("eval", "examples/linreg.nn", "--weights", ckpt))
+    assert line.endswith("or an .npz holding x and y; the checkpoint was trained on "
+                         "CSV (docs/tutorial/study.csv)")
+
+
 def test_device_cuda_without_a_gpu_is_one_error_line():
     if shutil.which("nvidia-smi"):
         pytest.skip("this machine may have a GPU")
