@@ -295,6 +295,15 @@ def test_load_refuses_a_negative_seed_naming_it():
         compiler.load("examples/mlp.nn", seed=-1)
 
 
+@pytest.mark.parametrize("option", [{"batch": 0}, {"samples": 0}, {"batch": 2.5}])
+def test_gradcheck_refuses_a_batch_or_sample_count_below_one_naming_it(option):
+    """NumPy's own error ('cannot reshape array of size 0') would not say which."""
+    (name, value), = option.items()
+    with pytest.raises(ValueError, match=f"^{name} must be a whole number of at least 1, "
+                                         f"got {value}$"):
+        compiler.gradcheck(compiler.load("examples/linreg.nn"), **option)
+
+
 def test_version_names_the_release_and_the_code_generator(capsys):
     from compiler.native import VERSION
     with pytest.raises(SystemExit) as exit:
