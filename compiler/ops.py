@@ -244,7 +244,20 @@ def cross_entropy(ctx, loc, logits, labels):
     return loss
 
 
+def _pairs(ctx, loc, name, pred, target):
+    """A loss pairs each prediction with its target. Shapes that broadcast only by
+    stretching each against the other ([N, 1] and [N] make [N, N]) would pair every
+    prediction with every target, and train on a mean of all those pairs."""
+    a, b = ctx.as_elem(pred).shape, ctx.as_elem(target).shape
+    shape = broadcast_shapes([a, b])
+    if shape is not None and shape != tuple(a) and shape != tuple(b):
+        ctx.error(f"{name} of {format_shape(a)} and {format_shape(b)} would pair every "
+                  f"prediction with every target ({format_shape(shape)}); give both the "
+                  "same shape (e.g. declare the target input with the prediction's shape)", loc)
+
+
 def mse(ctx, loc, pred, target):
+    _pairs(ctx, loc, "mse", pred, target)
     diff = elementwise(ctx, lambda a, b: (a - b) ** 2, [pred, target], loc, "mse")
     return reduction_op("sum", True)(ctx, loc, diff)
 
@@ -254,6 +267,7 @@ def binary_cross_entropy(ctx, loc, p, t):
 
     When p is sigmoid(z) the loss is rewritten on the logits, softplus(z) - t z, which
     stays finite for any z; otherwise p is clamped to [1e-7, 1 - 1e-7]."""
+    _pairs(ctx, loc, "binary_cross_entropy", p, t)
     logits = ctx.sigmoid_argument(p)
     if logits is not None:
         body = elementwise(ctx, lambda z, y: F.softplus(z) - y * z, [logits, t], loc, "bce")

@@ -45,6 +45,10 @@ CASES = {
     "size_named_like_a_tensor": (
         "input N[N]\n",
         1, 9, "'N' is the tensor defined at line 1; give the size another name"),
+    "loss_pairing_every_prediction_with_every_target": (
+        "input x[N, 2]\ninput y[N]\noutput p = dense(x, 1)\nloss mse(p, y)\n",
+        4, 6, "mse of [N, 1] and [N] would pair every prediction with every target ([N, N]); "
+              "give both the same shape (e.g. declare the target input with the prediction's shape)"),
     "conv_window_too_large": (
         "input x[N, 1, 3, 3]\nc = conv2d(x, filters=2, size=5)\n",
         2, 5, "conv2d window 5x5 does not fit input [N, 1, 3, 3]"),
