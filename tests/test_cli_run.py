@@ -251,6 +251,22 @@ def test_train_of_a_model_without_parameters_is_refused_up_front(tmp_path):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("labels, hint", [
+    ([1, 2, 3], "; class indices count from 0: subtract 1 from the labels"),
+    ([0, 1, 5], ""),
+], ids=["numbered from 1", "too many classes"])
+def test_labels_outside_the_classes_are_refused_saying_how_to_mend_them(tmp_path, labels, hint):
+    model = tmp_path / "three.nn"
+    model.write_text("input x[N, 2]\ninput y[N] : i32\noutput logits = dense(x, 3)\n"
+                     "loss cross_entropy(logits, y)\n")
+    rows = np.c_[np.arange(24.0).reshape(12, 2), np.resize(labels, 12)]
+    np.savetxt(tmp_path / "data.csv", rows, delimiter=",", fmt="%g")
+    line = one_error_line(symnet("train", model, "--data", tmp_path / "data.csv", "-q"))
+    low, high = min(labels), max(labels)
+    assert line == (f"error: labels range over {low}..{high}, but the model's output 'logits' "
+                    f"has 3 classes (0..2){hint}")
+
+
 @pytest.mark.parametrize("command, consequence", [("train", "nothing to train"),
                                                   ("eval", "nothing to evaluate")])
 def test_train_and_eval_without_a_loss_say_what_it_means_for_them(tmp_path, command,
