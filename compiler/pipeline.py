@@ -10,6 +10,9 @@ def parse(text, filename="<string>", seed=0):
     # Checked here: NumPy's own error for a negative seed names no seed.
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a whole number of at least 0, got {seed!r}")
+    if not isinstance(text, str):
+        raise TypeError(f"parse takes the model's text as a str, got {type(text).__name__} "
+                        "(for a file, use compiler.load(path))")
     program = parse_program(text, filename)
     return build_model(program, seed=seed, source=text)
 

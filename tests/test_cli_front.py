@@ -2,6 +2,7 @@
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,6 +303,13 @@ def test_gradcheck_refuses_a_batch_or_sample_count_below_one_naming_it(option):
     with pytest.raises(ValueError, match=f"^{name} must be a whole number of at least 1, "
                                          f"got {value}$"):
         compiler.gradcheck(compiler.load("examples/linreg.nn"), **option)
+
+
+@pytest.mark.parametrize("text", [b"input x[N]\n", None, Path("examples/linreg.nn")])
+def test_parse_takes_text_and_says_so(text):
+    with pytest.raises(TypeError, match=r"^parse takes the model's text as a str, got "
+                                        r"\w+ \(for a file, use compiler.load\(path\)\)$"):
+        compiler.parse(text)
 
 
 def test_version_names_the_release_and_the_code_generator(capsys):
