@@ -132,8 +132,11 @@ def fit_to_shape(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         raise DataError("cannot fit a scalar to a model input; expected a batch [n, ...]")
     have, want = math.prod(x.shape[1:]), math.prod(dims)
     if have != want:
+        single = x.size == want         # one example, its batch dimension left out
         raise DataError(f"data shaped {list(x.shape[1:])} ({have} values per example) does not "
-                        f"fit model input {list(dims)} ({want} values)")
+                        f"fit model input {list(dims)} ({want} values)"
+                        + (f"; an array shaped {list(x.shape)} is one example without its batch "
+                           "dimension: give x[None]" if single else ""))
     return x.reshape((x.shape[0],) + dims)
 
 

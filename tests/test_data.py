@@ -378,6 +378,18 @@ def test_fit_to_shape_errors(shape, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("x", [np.zeros(784), np.zeros((28, 28))], ids=["flat", "image"])
+def test_one_example_without_its_batch_dimension_is_named_as_such(x):
+    """predict(program, x) with one image: its rows are not a batch of examples."""
+    with pytest.raises(DataError) as info:
+        fit_to_shape(x, [784])
+    assert str(info.value).endswith(f"does not fit model input [784] (784 values); an array "
+                                    f"shaped {list(x.shape)} is one example without its batch "
+                                    "dimension: give x[None]")
+    with pytest.raises(DataError, match=r"\(10 values\)$"):       # no such hint for a batch
+        fit_to_shape(np.zeros((2, 784)), [10])
+
+
 def test_batches_cover_everything():
     x, y = np.arange(10 * 3).reshape(10, 3), np.arange(10)
     got = list(batches(x, y, 4))
