@@ -14,6 +14,9 @@ CASES = {
     "syntax_error": (
         "input x[N]\nparam a = 1\nyhat = a * * x\n",
         3, 12, "expected an expression, found '*'"),
+    "python_power": (
+        "input x[N]\nparam a = 1\nyhat = a ** x\n",
+        3, 10, "`**` is Python's power; write it `a ^ b`"),
     "unknown_name": (
         "input x[N]\nparam a = 1\nyhat = a * z\n",
         3, 12, "unknown name 'z'"),
