@@ -48,6 +48,8 @@ def export_library(ir_text, spec, params, out_dir, buffers, opt_level=2, progres
     cc = shutil.which("cc")
     if cc is None:
         raise ExportError("export needs a C compiler: no 'cc' on PATH")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ExportError(f"{out_dir} is a file; -o names the folder to write the library into")
     layout = Layout(spec, buffers)
     name = layout.name
     report("compiling the model")

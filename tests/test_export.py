@@ -179,3 +179,12 @@ def test_only_a_classifier_is_exported_as_one(tmp_path):
     assert library.custom_predict(ctypes.c_void_p(x.ctypes.data),
                                   ctypes.c_void_p(output.ctypes.data)) == 0
     assert output.max() > 0
+
+
+def test_export_into_a_file_says_that_o_names_a_folder(tmp_path, capsys):
+    target = tmp_path / "lib.so"
+    target.write_bytes(b"keep")
+    assert cli.main(["export", "examples/custom.nn", "-o", str(target), "-q"]) == 1
+    assert capsys.readouterr().err == (f"error: {target} is a file; -o names the folder to "
+                                       "write the library into\n")
+    assert target.read_bytes() == b"keep"
