@@ -286,9 +286,13 @@ class Builder:
                            loc))
 
     def train(self, optimizer, **settings):
+        """`b.train("sgd", lr=0.1, batch=64, epochs=3)`; `batch="N"` is the text's
+        `batch=N`, the whole training set in one step."""
         loc = _caller_loc()
-        self._add(S.TrainStmt(optimizer, tuple(S.Keyword(k, lift(v, loc), loc)
-                                               for k, v in settings.items()), loc))
+        # No setting takes a string: a string names a size, as in the text's batch=N.
+        self._add(S.TrainStmt(optimizer, tuple(
+            S.Keyword(k, S.Name(_name(v, loc), loc) if isinstance(v, str) else lift(v, loc), loc)
+            for k, v in settings.items()), loc))
 
     def program(self):
         return S.Program(self.filename, tuple(self.statements))

@@ -27,6 +27,9 @@ class ParamCheck:
 def gradcheck(model, seed=0, batch=3, samples=24, eps=1e-6, simplify=True):
     """Check every parameter; returns [ParamCheck] and the inputs used. A SymnetError
     when the loss is not finite at the random point or next to it."""
+    for what, value in (("batch", batch), ("samples", samples)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{what} must be a whole number of at least 1, got {value!r}")
     rng = np.random.default_rng(seed)
     inputs = reference.random_inputs(model, batch=batch, seed=seed)
     # Move away from the initial values so that zero-initialised biases and weights

@@ -76,6 +76,7 @@ class Builder:
         self.functions, self.user_ops = {}, {}
         self.custom_vjps = {}
         self.sizes = {}                # size name -> sympy Symbol
+        self.size_locs = {}            # size name -> where it first appears
         self.locations = {}
         self.name, self.model_loc = None, None
         self.target = None             # the statement's target name (for layer params)
@@ -107,6 +108,9 @@ class Builder:
             self.error(f"'{name}' is already defined at line {prev.line}", loc)
         if name in ops.BUILTINS and name not in ("max", "min", "sum", "mean"):
             self.error(f"'{name}' is a builtin function and cannot be redefined", loc)
+        if name in self.size_locs:       # its reads would mean the tensor, formulas the size
+            self.error(f"'{name}' is a symbolic size (line {self.size_locs[name].line}); "
+                       "give the tensor another name", loc)
         self.defined_at[name] = loc
 
     # ---- tensors --------------------------------------------------------------------
@@ -218,8 +222,12 @@ class Builder:
             if not 1 <= d.value <= MAX_SIZE:
                 self.error(f"dimension must be between 1 and {MAX_SIZE}, got {d.value}", d.loc)
             return d.value
+        if d.value in self.defined_at:
+            self.error(f"'{d.value}' is the tensor defined at line "
+                       f"{self.defined_at[d.value].line}; give the size another name", d.loc)
         if d.value not in self.sizes:
             self.sizes[d.value] = sympy.Symbol(d.value, integer=True, positive=True)
+            self.size_locs[d.value] = d.loc
         return self.sizes[d.value]
 
     def concrete_dims(self, dims, what, loc):

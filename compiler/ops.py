@@ -199,8 +199,10 @@ def cross_entropy(ctx, loc, logits, labels):
         ctx.error(f"cross_entropy with class indices expects labels {format_shape(zs[:1])}, "
                   f"got {format_shape(ts)}", loc)
     if not classes and ts != zs:
+        hint = ("; class indices must be i32: declare the labels input with `: i32`"
+                if ts == zs[:1] else "")      # `input y[N]` without `: i32` is f32
         ctx.error(f"cross_entropy with one-hot targets expects {format_shape(zs)}, "
-                  f"got {format_shape(ts)}", loc)
+                  f"got {format_shape(ts)}{hint}", loc)
     batch = sympy.sympify(zs[0])
     m_t, e, s_t = _max_and_sumexp(ctx, z, 1, loc)
     n, k = index_symbols(["n", "k"])
@@ -242,7 +244,20 @@ def cross_entropy(ctx, loc, logits, labels):
     return loss
 
 
+def _pairs(ctx, loc, name, pred, target):
+    """A loss pairs each prediction with its target. Shapes that broadcast only by
+    stretching each against the other ([N, 1] and [N] make [N, N]) would pair every
+    prediction with every target, and train on a mean of all those pairs."""
+    a, b = ctx.as_elem(pred).shape, ctx.as_elem(target).shape
+    shape = broadcast_shapes([a, b])
+    if shape is not None and shape != tuple(a) and shape != tuple(b):
+        ctx.error(f"{name} of {format_shape(a)} and {format_shape(b)} would pair every "
+                  f"prediction with every target ({format_shape(shape)}); give both the "
+                  "same shape (e.g. declare the target input with the prediction's shape)", loc)
+
+
 def mse(ctx, loc, pred, target):
+    _pairs(ctx, loc, "mse", pred, target)
     diff = elementwise(ctx, lambda a, b: (a - b) ** 2, [pred, target], loc, "mse")
     return reduction_op("sum", True)(ctx, loc, diff)
 
@@ -252,6 +267,7 @@ def binary_cross_entropy(ctx, loc, p, t):
 
     When p is sigmoid(z) the loss is rewritten on the logits, softplus(z) - t z, which
     stays finite for any z; otherwise p is clamped to [1e-7, 1 - 1e-7]."""
+    _pairs(ctx, loc, "binary_cross_entropy", p, t)
     logits = ctx.sigmoid_argument(p)
     if logits is not None:
         body = elementwise(ctx, lambda z, y: F.softplus(z) - y * z, [logits, t], loc, "bce")

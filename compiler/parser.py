@@ -433,6 +433,9 @@ class _Parser:
             if prec < min_prec:
                 return left
             self.next()
+            after = self.peek()
+            if tok.text == "*" and after.text == "*" and (after.line, after.col) == (tok.line, tok.col + 1):
+                self.error("`**` is Python's power; write it `a ^ b`", tok)
             left = ast.BinOp(tok.text, left, self.expr(prec + 1), self.loc(tok))
 
     def unary(self):

@@ -132,8 +132,11 @@ def fit_to_shape(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         raise DataError("cannot fit a scalar to a model input; expected a batch [n, ...]")
     have, want = math.prod(x.shape[1:]), math.prod(dims)
     if have != want:
+        single = x.size == want         # one example, its batch dimension left out
         raise DataError(f"data shaped {list(x.shape[1:])} ({have} values per example) does not "
-                        f"fit model input {list(dims)} ({want} values)")
+                        f"fit model input {list(dims)} ({want} values)"
+                        + (f"; an array shaped {list(x.shape)} is one example without its batch "
+                           "dimension: give x[None]" if single else ""))
     return x.reshape((x.shape[0],) + dims)
 
 
@@ -164,6 +167,8 @@ def read_idx(path) -> np.ndarray:
     Returns a native-endian array with exactly those dimensions.
     """
     data = _read_maybe_gzip(path)
+    if not data:
+        raise DataError(f"{path}: empty file, not an IDX file")
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number 0x{data[:4].hex() or 'empty'})")
     ndim, start = data[3], 4 + 4 * data[3]

@@ -16,7 +16,8 @@ so the optimizer drops them. A generated C file holds the weights as constant ar
         several threads are safe. Returns 0, or -1 when memory runs out.
     int MODEL_predict(const float* input, float* output)
         one example; writes the first output (NULL: not wanted) and returns its argmax
-        for a classifier (first output [N, K]), 0 for other models, -1 on failure.
+        for a classifier (i32 labels and a first output [N, K], as `symnet run` sees one),
+        0 for other models, -1 on failure.
 
 The LLVM object and the C wrapper are linked into one relocatable object (MODEL.o, for
 static linking) and a shared library. The code is optimized for this machine's CPU.
@@ -31,6 +32,7 @@ import numpy as np
 
 from .files import write_atomically
 from .jit import emit_object
+from .train import TrainingError, num_classes
 
 
 class ExportError(Exception):
@@ -46,6 +48,8 @@ def export_library(ir_text, spec, params, out_dir, buffers, opt_level=2, progres
     cc = shutil.which("cc")
     if cc is None:
         raise ExportError("export needs a C compiler: no 'cc' on PATH")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ExportError(f"{out_dir} is a file; -o names the folder to write the library into")
     layout = Layout(spec, buffers)
     name = layout.name
     report("compiling the model")
@@ -98,8 +102,7 @@ class Layout:
         self.constants = [b for b in self.used if self.buffers[b]["kind"] in ("param", "const")]
         self.workspace = [b for b in self.used if b not in self.constants
                           and b != self.input and b not in spec["outputs"]]
-        first = self.buffers[spec["outputs"][0]]["shape"]
-        self.classes = first[1] if len(first) == 2 and first[1] > 1 else None
+        self.classes = _classes(spec)
 
     def _batch_name(self, tensor):
         shape = self.buffers[tensor]["shape"]
@@ -130,6 +133,18 @@ class Layout:
                 raise ExportError(f"buffer '{tensor}' has a size '{d}' that export cannot "
                                   "compute from the batch size")
         return "(size_t)" + " * ".join(["1"] + factors)
+
+
+def _classes(spec):
+    """K for a classifier as train, eval and run see one (a loss, i32 labels, the first
+    output [N, K]), else None: an output [N, 3] alone may be three regression targets."""
+    if spec["loss"] is None:
+        return None
+    try:
+        k = num_classes(spec)
+    except TrainingError:           # inputs that training could not feed: not a classifier
+        return None
+    return k if k and k > 1 else None
 
 
 def c_identifier(name):

@@ -160,7 +160,7 @@ def _matplotlib_history(panels):
             axes.plot(xs, ys, marker="o", color=color, label=label)
         axes.set_title(title)
         axes.set_xlabel("epoch")
-        axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)
         axes.legend()
     figure.tight_layout()
     return _figure_pixels(figure)

@@ -180,6 +180,11 @@ class Program:
             if not math.isfinite(checked[key]):      # it would only make every step NaN
                 raise ProgramError(f"optimizer setting '{key}' must be a finite number, "
                                    f"got {value!r}")
+            # The ranges a train statement and the command line hold them to.
+            if key in ("lr", "eps") and not checked[key] > 0:
+                raise ProgramError(f"optimizer setting '{key}' must be positive, got {value!r}")
+            if key in ("beta", "beta1", "beta2") and not 0 <= checked[key] < 1:
+                raise ProgramError(f"optimizer setting '{key}' must be in [0, 1), got {value!r}")
         with self.lock:                     # not halfway through another thread's step
             self.optimizer.update(checked)
 

@@ -103,8 +103,11 @@ def _shape_data(program, x, y):
         raise TrainingError(f"{len(x)} examples but {len(y)} labels")
     k = num_classes(spec)
     if k is not None and len(y) and (y.min() < 0 or y.max() >= k):
+        one_based = y.min() == 1 and y.max() == k          # numbered from 1, as in R or MATLAB
         raise TrainingError(f"labels range over {y.min():g}..{y.max():g}, but the model's output "
-                            f"'{spec['outputs'][0]}' has {k} classes (0..{k - 1})")
+                            f"'{spec['outputs'][0]}' has {k} classes (0..{k - 1})"
+                            + ("; class indices count from 0: subtract 1 from the labels"
+                               if one_based else ""))
     if _buffer(spec, labels)["dtype"] != "i32":
         y = _finite(fit_to_shape(y, sample_shape(spec, labels)), "labels")
     return x, y

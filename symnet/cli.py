@@ -11,8 +11,10 @@ are argparse's usage errors (one line, not the usage block). Anything else is a 
 symnet: one `internal error:` line, exit status 2 (`--traceback` shows the traceback).
 """
 import argparse
+import difflib
 import io
 import os
+import re
 import sys
 import tempfile
 
@@ -37,7 +39,9 @@ def main(argv=None):
     except ImportError as e:     # a dependency missing or too old (llvmlite): say which
         print(f"error: {e}", file=sys.stderr)
         return 1
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:          # the verb's own parser says it: its name, and its --help
+        args.verb_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.verb.run(args)
     except SymnetError as e:
@@ -73,6 +77,13 @@ class Parser(argparse.ArgumentParser):
     in the command line (argparse prints the whole usage block and exits with 2)."""
 
     def error(self, message):
+        wrong = re.match(r"argument command: invalid choice: '(.*?)' \(choose from", message)
+        if wrong:
+            verbs = list(all_verbs())
+            close = difflib.get_close_matches(wrong.group(1), verbs, n=1)
+            message = (f"unknown command '{wrong.group(1)}'"
+                       + (f"; did you mean '{close[0]}'?" if close else "")
+                       + f" (the commands are {', '.join(verbs)})")
         print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
         sys.exit(1)
 
@@ -89,7 +100,7 @@ def build_parser():
     for name, verb in all_verbs().items():
         sub = verbs.add_parser(name, help=verb.help, description=verb.help, parents=[common])
         verb.arguments(sub)
-        sub.set_defaults(verb=verb)
+        sub.set_defaults(verb=verb, verb_parser=sub)
     return parser
 
 
@@ -168,6 +179,8 @@ def parse_assignments(text):
         name, equals, value = (part.strip() for part in item.partition("="))
         if not equals or not name:
             raise SymnetError(f"--at expects NAME=VALUE pairs separated by commas, got '{item}'")
+        if name in values:
+            raise SymnetError(f"--at gives '{name}' twice; give each name one value")
         try:
             values[name] = float(value)
         except ValueError:
@@ -302,6 +315,9 @@ def output_file(path, option, png=False):
     made here: `-o out/model.ptx` in a fresh clone) and can be written."""
     def refuse(why):
         raise SymnetError(f"cannot write '{path}': {why}")
+    if path == "-":
+        refuse(f"{option} names a file to write, and '-' would make one called '-'; "
+               "give a file name")
     if png and not path.lower().endswith(".png"):
         refuse(f"{option} draws a PNG image; the name must end in .png")
     if os.path.isdir(path):

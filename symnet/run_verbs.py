@@ -101,9 +101,10 @@ def compile_program(model, device="cpu", dtype="f32", optimizer=None, entries=No
     return program, time.perf_counter() - started
 
 
-def load_data(spec, program, limit=None):
+def load_data(spec, program, limit=None, trained_on=None):
     """The dataset, after checking that its examples fit the model's feature input:
-    the default image data cannot feed linreg's x[N], and the message says what can."""
+    the default image data cannot feed linreg's x[N], and the message says what can
+    (and, for eval, what the checkpoint was trained on: `trained_on`)."""
     data = load_dataset(spec, limit=limit)
     features, _ = input_roles(program.spec)
     want = sample_shape(program.spec, features)
@@ -114,7 +115,8 @@ def load_data(spec, program, limit=None):
             f"model {program.spec['name']}'s input '{features}' takes {count} value(s) per "
             f"example, but {data.name} has {math.prod(have)} ({have}); this model needs "
             f"--data naming matching columns: a CSV of {count} feature column(s) then the target, "
-            "or an .npz holding x and y")
+            "or an .npz holding x and y"
+            + (f"; the checkpoint was trained on {trained_on}" if trained_on else ""))
     return data
 
 
@@ -290,7 +292,7 @@ def eval_command(args):
     model = model_with_loss(args.file, consequence="so there is nothing to evaluate")
     program, _ = compile_program(model)
     meta = checkpoint.restore(args.weights, program)
-    data = load_data(args.data, program)
+    data = load_data(args.data, program, trained_on=(meta.get("extra") or {}).get("data"))
     x, y = (data.x_test, data.y_test) if args.split == "test" else (data.x_train, data.y_train)
     if len(x) == 0:
         raise SymnetError(f"the {args.split} split of {data.name} is empty: nothing to evaluate")
@@ -424,7 +426,8 @@ def compile_arguments(parser):
     parser.add_argument("-O", dest="opt_level", type=int, choices=range(4), metavar="0..3",
                         help="optimization level (default 2; --emit llvm shows the IR "
                              "before optimization unless -O is given)")
-    parser.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="write here instead of stdout ('-': stdout)")
 
 
 @reporting
@@ -444,9 +447,10 @@ def compile_command(args):
                           "the IR is shown before optimization (drop -O)")
     if target == "ptx" and args.dtype != "f32":
         raise SymnetError("--target ptx computes in float32; drop --dtype f64")
-    if emit == "obj" and not args.output:
+    to_stdout = args.output in (None, "-")      # `-o -` is standard output, as usual
+    if emit == "obj" and (not args.output or to_stdout and _is_terminal(sys.stdout)):
         raise SymnetError("--emit obj writes a binary object file; give -o FILE")
-    if args.output:
+    if not to_stdout:
         output_file(args.output, "-o")
     model = load(args.file)
     ir_text, _, kernels, emitter = native.compile_ir(model, args.optimizer, args.dtype,
@@ -459,13 +463,23 @@ def compile_command(args):
         "ptx": lambda: emitter.ptx(level),
         "schedule": lambda: format_kernels(kernels, emitter.tensors, target),
     }[emit]()
-    if args.output:
+    if not to_stdout:
         data = code if isinstance(code, bytes) else code.encode()
         write_atomically(args.output, data)
         print(f"wrote {args.output} ({len(data):,} bytes)")
+    elif isinstance(code, bytes):       # an object file, into a pipe or a file
+        sys.stdout.flush()
+        sys.stdout.buffer.write(code)
     else:
         sys.stdout.write(code if code.endswith("\n") else code + "\n")
     return 0
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def format_kernels(kernels, tensors, target="cpu"):

@@ -361,6 +361,28 @@ def test_configure_refuses_values_that_are_not_finite_numbers(program, value):
     assert program.optimizer == before
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({"lr": -0.1}, "optimizer setting 'lr' must be positive, got -0.1"),
+    ({"lr": 0}, "optimizer setting 'lr' must be positive, got 0"),
+])
+def test_configure_refuses_what_a_train_statement_refuses(program, setting, message):
+    """The ranges of `train sgd(lr=...)` and --lr hold from Python too: a negative rate
+    would climb the loss."""
+    before = dict(program.optimizer)
+    refused(lambda: program.configure(**setting), message)
+    assert program.optimizer == before
+
+
+def test_configure_refuses_betas_and_eps_out_of_range():
+    model = compiler.parse("input x[N, 3]\nloss mean(dense(x, 1))\n", "adam.nn")
+    program = compiler.compile(model, optimizer="adam", cache=False)
+    refused(lambda: program.configure(beta1=1.0), "optimizer setting 'beta1' must be in [0, 1), got 1.0")
+    refused(lambda: program.configure(beta2=-0.5), "'beta2' must be in [0, 1)")
+    refused(lambda: program.configure(eps=0.0), "optimizer setting 'eps' must be positive")
+    program.configure(beta1=0.0, lr=1e-4)
+    assert program.optimizer["beta1"] == 0.0 and program.optimizer["lr"] == 1e-4
+
+
 @pytest.mark.parametrize("params", [None, [("h.b", np.zeros(5))], np.zeros(5)],
                          ids=["none", "pairs", "array"])
 def test_set_params_refuses_what_is_not_a_dict(program, params):

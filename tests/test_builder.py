@@ -55,7 +55,11 @@ def test_linreg_and_lenet_built_in_python():
     a, c = b.param("a", value=0.4), b.param("b", value=0.1)
     yhat = b.let("yhat", a * x + c)
     b.loss(F.mean((y - yhat) ** 2))
-    loss, grads = reference.value_and_grad(b.build(), {"x": np.array([0.15]), "y": np.array([0.3])})
+    b.train("sgd", lr=0.5, batch="N", epochs=100)       # the text's batch=N: full batch
+    linreg = b.build()
+    same_model(linreg, load("examples/linreg.nn"))
+    assert linreg.train["batch"] == "full"
+    loss, grads = reference.value_and_grad(linreg, {"x": np.array([0.15]), "y": np.array([0.3])})
     assert loss == pytest.approx(0.0196) and grads["a"] == pytest.approx(-0.042)
 
     b = Builder("lenet5")

@@ -2,6 +2,7 @@
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +118,7 @@ def test_grad_unknown_wrt_is_one_line_listing_parameters(capsys):
     ("x=1,y=2,z=3", "'z' is neither an input nor a parameter"),
     ("x=one,y=2", "'one' is not a number"),
     ("x", "--at expects NAME=VALUE pairs"),
+    ("x=1,y=2,x=3", "error: --at gives 'x' twice; give each name one value\n"),
 ])
 def test_grad_at_mistakes(capsys, at, message):
     assert cli.main(["grad", "examples/linreg.nn", "--at", at]) == 1
@@ -251,7 +253,13 @@ def test_missing_file_is_a_user_error(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["trian", "x.nn"], "symnet: error: argument command: invalid choice: 'trian' (choose from"),
+    (["trian", "x.nn"], "symnet: error: unknown command 'trian'; did you mean 'train'? (the "
+                        "commands are check, grad, gradcheck, train, eval, run, compile,"),
+    (["evaluate", "x.nn"], "symnet: error: unknown command 'evaluate'; did you mean 'eval'?"),
+    (["check", "a.nn", "b.nn"],
+     "symnet check: error: unrecognized arguments: b.nn (see 'symnet check --help')"),
+    (["check", "examples/linreg.nn", "--wrt", "a"],
+     "symnet check: error: unrecognized arguments: --wrt a (see 'symnet check --help')"),
     ([], "symnet: error: the following arguments are required: command (see 'symnet --help')"),
     (["train", "examples/mlp.nn", "--epochs", "0"],
      "symnet train: error: argument --epochs: must be at least 1, got 0 (see 'symnet train --help')"),
@@ -286,6 +294,22 @@ def test_load_refuses_a_negative_seed_naming_it():
     """NumPy's own error ('expected non-negative integer') would not say which value."""
     with pytest.raises(ValueError, match="seed must be a whole number of at least 0, got -1"):
         compiler.load("examples/mlp.nn", seed=-1)
+
+
+@pytest.mark.parametrize("option", [{"batch": 0}, {"samples": 0}, {"batch": 2.5}])
+def test_gradcheck_refuses_a_batch_or_sample_count_below_one_naming_it(option):
+    """NumPy's own error ('cannot reshape array of size 0') would not say which."""
+    (name, value), = option.items()
+    with pytest.raises(ValueError, match=f"^{name} must be a whole number of at least 1, "
+                                         f"got {value}$"):
+        compiler.gradcheck(compiler.load("examples/linreg.nn"), **option)
+
+
+@pytest.mark.parametrize("text", [b"input x[N]\n", None, Path("examples/linreg.nn")])
+def test_parse_takes_text_and_says_so(text):
+    with pytest.raises(TypeError, match=r"^parse takes the model's text as a str, got "
+                                        r"\w+ \(for a file, use compiler.load\(path\)\)$"):
+        compiler.parse(text)
 
 
 def test_version_names_the_release_and_the_code_generator(capsys):

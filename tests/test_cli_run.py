@@ -3,6 +3,7 @@
 about exit statuses, stderr and signals run `python -m symnet` as a user would. The
 cache of compiled code lives in a temporary folder."""
 import io
+import os
 import re
 import shutil
 import signal
@@ -18,6 +19,7 @@ from compiler.pipeline import load
 from runtime import checkpoint
 from runtime.data import DEBIAN_DIR, FASHION_CLASSES, load_dataset, save_png
 from symnet import cli, run_verbs
+from repository import ROOT
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  loss [\d.]+  acc [\d.]+%  test loss [\d.]+  "
                         r"test acc ([\d.]+)%  [\d,]+ samples/s", re.M)
@@ -219,6 +221,15 @@ def test_linreg_on_image_data_asks_for_matching_columns():
     assert "linreg" in line and "--data" in line and "CSV" in line
 
 
+def test_eval_on_data_that_does_not_fit_names_what_the_checkpoint_was_trained_on(tmp_path):
+    ckpt = tmp_path / "linreg.ckpt"
+    assert symnet("train", "examples/linreg.nn", "--data", "docs/tutorial/study.csv",
+                  "--epochs", 1, "-q", "-o", ckpt).returncode == 0
+    line = one_error_line(symnet("eval", "examples/linreg.nn", "--weights", ckpt))
+    assert line.endswith("or an .npz holding x and y; the checkpoint was trained on "
+                         "CSV (docs/tutorial/study.csv)")
+
+
 def test_device_cuda_without_a_gpu_is_one_error_line():
     if shutil.which("nvidia-smi"):
         pytest.skip("this machine may have a GPU")
@@ -238,6 +249,22 @@ def test_train_of_a_model_without_parameters_is_refused_up_front(tmp_path):
     result = symnet("train", model, "--data", write_csv(tmp_path / "line.csv", np.arange(4.0)))
     assert one_error_line(result) == "error: model fixed has no parameters to train"
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("labels, hint", [
+    ([1, 2, 3], "; class indices count from 0: subtract 1 from the labels"),
+    ([0, 1, 5], ""),
+], ids=["numbered from 1", "too many classes"])
+def test_labels_outside_the_classes_are_refused_saying_how_to_mend_them(tmp_path, labels, hint):
+    model = tmp_path / "three.nn"
+    model.write_text("input x[N, 2]\ninput y[N] : i32\noutput logits = dense(x, 3)\n"
+                     "loss cross_entropy(logits, y)\n")
+    rows = np.c_[np.arange(24.0).reshape(12, 2), np.resize(labels, 12)]
+    np.savetxt(tmp_path / "data.csv", rows, delimiter=",", fmt="%g")
+    line = one_error_line(symnet("train", model, "--data", tmp_path / "data.csv", "-q"))
+    low, high = min(labels), max(labels)
+    assert line == (f"error: labels range over {low}..{high}, but the model's output 'logits' "
+                    f"has 3 classes (0..2){hint}")
 
 
 @pytest.mark.parametrize("command, consequence", [("train", "nothing to train"),
@@ -283,6 +310,15 @@ def test_train_checks_its_output_paths_before_any_work(tmp_path):
         result = symnet("train", "examples/linreg.nn", "--epochs", 1, *flags)
         assert message in one_error_line(result)
         assert result.stdout == ""
+
+
+def test_an_output_named_dash_is_refused_not_written(tmp_path):
+    """`-o -` would make a file called '-' in the current folder."""
+    result = symnet_process("train", "examples/linreg.nn", "--data", "docs/tutorial/study.csv",
+                            "-o", "-")
+    assert one_error_line(result) == ("error: cannot write '-': -o names a file to write, and "
+                                      "'-' would make one called '-'; give a file name")
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize("x", [np.random.default_rng(1).integers(0, 2, 120), np.linspace(-1, 1, 120)],
@@ -438,6 +474,22 @@ def test_gpucheck_fails_on_a_wrongly_fused_kernel(tmp_path, monkeypatch):
 
 def test_gpucheck_of_a_missing_file_is_one_error_line(tmp_path):
     assert "no-such.nn" in one_error_line(symnet("gpucheck", tmp_path / "no-such.nn"))
+
+
+def test_compile_to_dash_writes_standard_output_not_a_file(tmp_path):
+    """`-o -` is standard output: text as without -o, an object file's bytes into a pipe."""
+    def compile_in_tmp(emit):
+        return subprocess.run([sys.executable, "-m", "symnet", "compile",
+                               ROOT / "examples/linreg.nn", "--emit", emit, "-o", "-"],
+                              cwd=tmp_path, capture_output=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    text = compile_in_tmp("schedule")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.decode() == symnet("compile", "examples/linreg.nn", "--emit", "schedule").stdout
+    obj = compile_in_tmp("obj")
+    assert obj.returncode == 0, obj.stderr
+    assert obj.stdout[:4] == b"\x7fELF"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_compile_prints_the_loop_nests():

@@ -70,7 +70,8 @@ def test_idx_hand_made_bytes(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (b"\x12\x34\x08\x01\0\0\0\x02ab", "bad magic"),
     (b"\0\0\x42\x01\0\0\0\x02ab", "bad magic"),
-    (b"", "bad magic"),
+    (b"", "empty file, not an IDX file$"),
+    (gzip.compress(b""), "empty file, not an IDX file$"),
     (b"\0\0\x08\x03\0\0\0\x02", "truncated IDX header"),
     (b"\0\0\x08\x01\0\0\0\x05abc", "truncated IDX data"),
     (b"\0\0\x08\x01\0\0\0\x02abc", "unexpected bytes"),
@@ -375,6 +376,18 @@ def test_fit_to_shape_errors(shape, message):
     with pytest.raises(DataError, match=message) as info:
         fit_to_shape(np.zeros((2, 1, 28, 28)), shape)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("x", [np.zeros(784), np.zeros((28, 28))], ids=["flat", "image"])
+def test_one_example_without_its_batch_dimension_is_named_as_such(x):
+    """predict(program, x) with one image: its rows are not a batch of examples."""
+    with pytest.raises(DataError) as info:
+        fit_to_shape(x, [784])
+    assert str(info.value).endswith(f"does not fit model input [784] (784 values); an array "
+                                    f"shaped {list(x.shape)} is one example without its batch "
+                                    "dimension: give x[None]")
+    with pytest.raises(DataError, match=r"\(10 values\)$"):       # no such hint for a batch
+        fit_to_shape(np.zeros((2, 784)), [10])
 
 
 def test_batches_cover_everything():

@@ -14,6 +14,9 @@ CASES = {
     "syntax_error": (
         "input x[N]\nparam a = 1\nyhat = a * * x\n",
         3, 12, "expected an expression, found '*'"),
+    "python_power": (
+        "input x[N]\nparam a = 1\nyhat = a ** x\n",
+        3, 10, "`**` is Python's power; write it `a ^ b`"),
     "unknown_name": (
         "input x[N]\nparam a = 1\nyhat = a * z\n",
         3, 12, "unknown name 'z'"),
@@ -35,6 +38,20 @@ CASES = {
     "duplicate_definition": (
         "input x[N, 3]\nh = relu(x)\nh = x\n",
         3, 1, "'h' is already defined at line 2"),
+    "class_labels_without_i32": (
+        "input x[N, 4]\ninput y[N]\nlogits = dense(x, 3)\nloss cross_entropy(logits, y)\n",
+        4, 6, "cross_entropy with one-hot targets expects [N, 3], got [N]; class indices "
+              "must be i32: declare the labels input with `: i32`"),
+    "tensor_named_like_a_size": (
+        "input x[N, 3]\nparam N = 2.0\nloss mean(x * N)\n",
+        2, 1, "'N' is a symbolic size (line 1); give the tensor another name"),
+    "size_named_like_a_tensor": (
+        "input N[N]\n",
+        1, 9, "'N' is the tensor defined at line 1; give the size another name"),
+    "loss_pairing_every_prediction_with_every_target": (
+        "input x[N, 2]\ninput y[N]\noutput p = dense(x, 1)\nloss mse(p, y)\n",
+        4, 6, "mse of [N, 1] and [N] would pair every prediction with every target ([N, N]); "
+              "give both the same shape (e.g. declare the target input with the prediction's shape)"),
     "conv_window_too_large": (
         "input x[N, 1, 3, 3]\nc = conv2d(x, filters=2, size=5)\n",
         2, 5, "conv2d window 5x5 does not fit input [N, 1, 3, 3]"),
@@ -73,6 +90,22 @@ def test_missing_loss_is_located_at_the_top_of_the_file(tmp_path, verb):
     message = ("model 'noloss' has no loss statement, so it has no gradient; "
                "add one such as `loss mse(prediction, target)`")
     assert_located(symnet(verb, path), path, 1, 1, message)
+
+
+def test_a_file_that_is_not_utf8_is_located_at_its_first_bad_byte(tmp_path):
+    """A Latin-1 comment (é as the one byte 0xe9), after a line of UTF-8 é: the column
+    counts characters."""
+    path = tmp_path / "latin1.nn"
+    path.write_bytes("input x[N]  # é\nloss mean(x)  # caf".encode() + b"\xe9\n")
+    result = symnet("check", path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr == (f"{path}:2:20: error: this file is not UTF-8 text (byte 0xe9); "
+                             "save it as UTF-8\n    loss mean(x)  # caf\ufffd\n" + " " * 23 + "^\n")
+
+
+def test_a_folder_given_as_the_model_is_one_error_line():
+    result = symnet("check", "examples")
+    assert (result.returncode, result.stderr) == (1, "error: examples is a folder; give a .nn file\n")
 
 
 def test_unknown_wrt_lists_the_parameters():

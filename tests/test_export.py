@@ -164,3 +164,27 @@ def test_an_input_marked_as_output_is_copied_through(tmp_path):
     assert forward(4, x.ctypes.data, (ctypes.c_void_p * 2)(echoed.ctypes.data, y.ctypes.data)) == 0
     np.testing.assert_array_equal(echoed, x)
     np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+def test_only_a_classifier_is_exported_as_one(tmp_path):
+    """custom.nn's output h [N, 3] is not a class score (no i32 labels; `symnet run`
+    prints no class): its predict returns 0 and the README says so."""
+    assert cli.main(["export", "examples/custom.nn", "-o", str(tmp_path), "-q"]) == 0
+    assert "CUSTOM_CLASSES" not in (tmp_path / "custom.h").read_text()
+    readme = (tmp_path / "README.txt").read_text()
+    assert readme.startswith("custom, exported by symnet: a model without class outputs.\n")
+    library = ctypes.CDLL(str(tmp_path / "libcustom.so"))
+    output = np.zeros(3, np.float32)
+    x = np.array([1, 2, 3, 4], np.float32)
+    assert library.custom_predict(ctypes.c_void_p(x.ctypes.data),
+                                  ctypes.c_void_p(output.ctypes.data)) == 0
+    assert output.max() > 0
+
+
+def test_export_into_a_file_says_that_o_names_a_folder(tmp_path, capsys):
+    target = tmp_path / "lib.so"
+    target.write_bytes(b"keep")
+    assert cli.main(["export", "examples/custom.nn", "-o", str(target), "-q"]) == 1
+    assert capsys.readouterr().err == (f"error: {target} is a file; -o names the folder to "
+                                       "write the library into\n")
+    assert target.read_bytes() == b"keep"

@@ -319,7 +319,7 @@ def test_cli_check_on_invalid_utf8(tmp_path):
     result = subprocess.run([sys.executable, "-m", "symnet", "check", str(path)],
                             capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: cannot read {path}")
+    assert result.stderr.startswith(f"{path}:2:1: error: this file is not UTF-8 text (byte 0xff)")
 
 
 # ---- crashes found by fuzzing, reduced to one line each ------------------------------------------

@@ -362,6 +362,17 @@ def test_history_plot_with_matplotlib_has_the_same_size(tmp_path):
     assert png(path).shape == (300, 800, 3)
 
 
+def test_history_of_one_epoch_with_matplotlib_has_whole_epoch_ticks(tmp_path, monkeypatch):
+    """One epoch is not 0.96, 0.98, 1.00, ... epochs."""
+    pytest.importorskip("matplotlib")
+    figures, pixels = [], plot._figure_pixels
+    monkeypatch.setattr(plot, "_figure_pixels", lambda figure: figures.append(figure) or pixels(figure))
+    plot.plot_history(history(1), tmp_path / "h.png")
+    for axes in figures[0].axes:
+        low, high = axes.get_xlim()
+        assert [t for t in axes.get_xticks() if low <= t <= high] == [1.0]
+
+
 def test_nice_ticks_are_round_and_cover_the_range():
     assert plot.nice_ticks(0, 1) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert plot.nice_ticks(0.6, 5.4, integer=True) == [1, 2, 3, 4, 5]
