@@ -102,12 +102,17 @@ def _builder_of(values, loc):
 class Expr:
     """An expression: tensors, arithmetic (+ - * / ** @, unary -), calls, A[i, j]."""
 
+    __array_ufunc__ = None     # `array * x` is ours to refuse, not NumPy's to loop over
+
     def __init__(self, node, builder=None):
         self.node = node
         self.builder = builder          # whose tensors it reads, so a mix-up is found
 
     def _binary(self, op, other, swap=False):
         loc = _caller_loc()
+        if isinstance(other, (list, tuple)) or isinstance(other, np.ndarray) and other.ndim:
+            raise SymnetError("an array in arithmetic must be a named constant: "
+                              "b.const(name, dims, values), then use the tensor it returns", loc)
         builder = _builder_of([self, other], loc)
         left, right = self.node, lift(other, loc)
         return Expr(S.BinOp(op, right, left, loc) if swap else S.BinOp(op, left, right, loc),

@@ -56,10 +56,21 @@ def export_library(ir_text, spec, params, out_dir, buffers, opt_level=2, progres
     entry_object = emit_object(_predict_only(ir_text, spec, f"{name}_symnet_predict"), opt_level)
     files = {f"{name}.h": header(layout), "example.c": example(layout),
              "Makefile": makefile(name), "README.txt": readme(layout)}
+    created = not os.path.isdir(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as err:
         raise ExportError(f"cannot create {out_dir}: {err.strerror or err}") from None
+    try:
+        return _build(cc, name, layout, params, files, entry_object, out_dir, report)
+    except BaseException:
+        if created:                 # a failed export leaves no empty folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _build(cc, name, layout, params, files, entry_object, out_dir, report):
+    """Compile and link in a scratch folder, then copy the results into out_dir."""
     with tempfile.TemporaryDirectory(prefix="symnet-export-") as work:
         for filename, text in files.items():
             _write(os.path.join(work, filename), text.encode())

@@ -155,7 +155,7 @@ def test_tensors_of_another_builder_are_refused_where_they_are_used():
     assert err.value.message.startswith(
         "this expression mixes tensors of two Builders (Builder('a') and Builder('b'))")
     with pytest.raises(SymnetError, match="mixes tensors of two Builders"):
-        xa + [x, 1]
+        xa + x
 
 
 def test_a_size_is_a_value():
@@ -171,3 +171,19 @@ def test_a_size_is_a_value():
     np.testing.assert_allclose(grads["w"], data.mean(axis=0))
     with pytest.raises(SymnetError, match="'N 1' is not a size"):
         b.size("N 1")
+
+
+def test_an_array_in_arithmetic_asks_for_a_named_constant():
+    """NumPy used to loop `np.ones(4) * x` over its elements, and the model then failed
+    on a list literal; scalars (NumPy's included) stay numbers."""
+    b = Builder("arrays")
+    x = b.input("x", ["N", 4])
+    for make in (lambda: np.ones(4) * x, lambda: x + [1, 2, 3, 4], lambda: x @ (1, 2, 3, 4)):
+        with pytest.raises(SymnetError, match=r"must be a named constant: b\.const\(name, dims"):
+            make()
+    scale = b.const("scale", [4], [1.0, 2.0, 3.0, 4.0])
+    b.output("y", x * scale * np.float32(0.5) + np.array(1.0))
+    program = compiler.compile(b.build(), dtype="f64", cache=False)
+    data = np.arange(8.0).reshape(2, 4)
+    np.testing.assert_allclose(program.forward({"x": data})["y"],
+                               data * [1.0, 2.0, 3.0, 4.0] * 0.5 + 1.0)

@@ -188,3 +188,21 @@ def test_export_into_a_file_says_that_o_names_a_folder(tmp_path, capsys):
     assert capsys.readouterr().err == (f"error: {target} is a file; -o names the folder to "
                                        "write the library into\n")
     assert target.read_bytes() == b"keep"
+
+
+def test_a_failed_build_leaves_no_folder_it_made(tmp_path, monkeypatch, capsys):
+    """The C compiler failing (here: at the link) is one line, and the folder that the
+    export created for its output is gone again; a folder that was there stays."""
+    def failing(*command, cwd):
+        if command[1] == "-r":
+            raise export.ExportError("cc failed while exporting: ld: cannot find -lm")
+    monkeypatch.setattr(export, "_run", failing)
+    new = tmp_path / "new" / "lib"
+    assert cli.main(["export", "examples/perceptron.nn", "-o", str(new), "-q"]) == 1
+    assert capsys.readouterr().err == "error: cc failed while exporting: ld: cannot find -lm\n"
+    assert not new.exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "notes.txt").write_text("mine")
+    assert cli.main(["export", "examples/perceptron.nn", "-o", str(old), "-q"]) == 1
+    assert [p.name for p in old.iterdir()] == ["notes.txt"]
