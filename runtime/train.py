@@ -101,16 +101,22 @@ def _shape_data(program, x, y):
     y = np.asarray(y)
     if len(y) != len(x):
         raise TrainingError(f"{len(x)} examples but {len(y)} labels")
+    check_labels(spec, y)
+    if _buffer(spec, labels)["dtype"] != "i32":
+        y = _finite(fit_to_shape(y, sample_shape(spec, labels)), "labels")
+    return x, y
+
+
+def check_labels(spec, y):
+    """Refuse class labels outside 0..K-1 for a classifier (nothing to check otherwise)."""
     k = num_classes(spec)
+    y = np.asarray(y)
     if k is not None and len(y) and (y.min() < 0 or y.max() >= k):
         one_based = y.min() == 1 and y.max() == k          # numbered from 1, as in R or MATLAB
         raise TrainingError(f"labels range over {y.min():g}..{y.max():g}, but the model's output "
                             f"'{spec['outputs'][0]}' has {k} classes (0..{k - 1})"
                             + ("; class indices count from 0: subtract 1 from the labels"
                                if one_based else ""))
-    if _buffer(spec, labels)["dtype"] != "i32":
-        y = _finite(fit_to_shape(y, sample_shape(spec, labels)), "labels")
-    return x, y
 
 
 def _finite(a, what):

@@ -32,7 +32,7 @@ from runtime.checkpoint import CheckpointError
 from runtime.data import DataError, fit_to_shape, load_dataset, load_image
 from runtime.program import ProgramError
 from runtime.progress import format_epoch, format_loss
-from runtime.train import (TrainingError, evaluate, input_roles, num_classes, predict,
+from runtime.train import (TrainingError, check_labels, evaluate, input_roles, num_classes, predict,
                            sample_shape, settings_from_train, train)
 
 from .cli import (format_array, format_table, model_with_loss, non_negative_int,
@@ -117,6 +117,13 @@ def load_data(spec, program, limit=None, trained_on=None):
             f"--data naming matching columns: a CSV of {count} feature column(s) then the target, "
             "or an .npz holding x and y"
             + (f"; the checkpoint was trained on {trained_on}" if trained_on else ""))
+    _, labels = input_roles(program.spec)
+    for part, y in (("training", data.y_train), ("test", data.y_test)):
+        try:            # here, before the plan is printed and any step runs
+            if labels is not None and y is not None:
+                check_labels(program.spec, y)
+        except TrainingError as err:
+            raise SymnetError(f"{data.name}, {part} examples: {err}") from None
     return data
 
 

@@ -261,10 +261,12 @@ def test_labels_outside_the_classes_are_refused_saying_how_to_mend_them(tmp_path
                      "loss cross_entropy(logits, y)\n")
     rows = np.c_[np.arange(24.0).reshape(12, 2), np.resize(labels, 12)]
     np.savetxt(tmp_path / "data.csv", rows, delimiter=",", fmt="%g")
-    line = one_error_line(symnet("train", model, "--data", tmp_path / "data.csv", "-q"))
+    result = symnet("train", model, "--data", tmp_path / "data.csv", "-q")
     low, high = min(labels), max(labels)
-    assert line == (f"error: labels range over {low}..{high}, but the model's output 'logits' "
-                    f"has 3 classes (0..2){hint}")
+    assert one_error_line(result) == (
+        f"error: CSV ({tmp_path / 'data.csv'}), training examples: labels range over "
+        f"{low}..{high}, but the model's output 'logits' has 3 classes (0..2){hint}")
+    assert result.stdout == ""          # refused before the plan is printed
 
 
 @pytest.mark.parametrize("command, consequence", [("train", "nothing to train"),
