@@ -416,14 +416,20 @@ def load_npz(path) -> Dataset:
                         f"(or x, y); found {found}")
     x_train, y_train = _pair(parts[0], parts[1], path)
     x_test, y_test = _pair(parts[2], parts[3], path)
-    classes = _class_names(arrays["classes"], path) if "classes" in arrays else _classes_for(path)
+    classes = (_class_names(arrays["classes"], (y_train, y_test), path) if "classes" in arrays
+               else _classes_for(path))
     return Dataset(f"NPZ ({path})", x_train, y_train, x_test, y_test, classes)
 
 
-def _class_names(classes: np.ndarray, path) -> list[str]:
+def _class_names(classes: np.ndarray, labels, path) -> list[str]:
     if classes.ndim != 1:
         raise DataError(f"{path}: classes must be a 1-D array of names, got shape "
                         f"{list(classes.shape)}")
+    # Names for fewer classes than the labels use were ignored without a word.
+    top = max((int(y.max()) for y in labels if y.size and y.dtype.kind in "iu"), default=-1)
+    if top >= len(classes):
+        raise DataError(f"{path}: classes names {len(classes)} class(es), but the labels go "
+                        f"up to {top}: give one name for each class 0..{top}")
     return [str(c) for c in classes]
 
 

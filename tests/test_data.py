@@ -262,6 +262,18 @@ def test_npz_xy_keys(tmp_path):
     assert ds.classes == ["a", "b", "c", "d"]
 
 
+def test_npz_classes_must_name_every_label(tmp_path):
+    """Three names for labels 0..3 were dropped without a word (predict then printed
+    class numbers); now the file is refused saying what is missing."""
+    path = tmp_path / "d.npz"
+    np.savez_compressed(path, x=np.zeros((12, 5)), y=np.arange(12) % 4,
+                        classes=np.array(["a", "b", "c"]))
+    with pytest.raises(data.DataError) as err:
+        load_dataset(str(path))
+    assert str(err.value) == (f"{path}: classes names 3 class(es), but the labels go up to 3: "
+                              "give one name for each class 0..3")
+
+
 def test_float_targets_are_not_classes(tmp_path, monkeypatch):
     """Labels that are not whole non-negative numbers stay float targets (a regression):
     they have no number of classes, and $SYMNET_DATA does not name them as if they were

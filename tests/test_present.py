@@ -447,6 +447,8 @@ def test_show_named_tensors_and_their_errors(tmp_path, shirt, capsys):
     args = ["show", "examples/lenet5.nn", "--input", str(shirt), "-o", out, "--tensors"]
     assert cli.main(args + ["c1,s2"]) == 0
     assert "c1 [6, 28, 28], s2 [6, 14, 14]" in capsys.readouterr().out
+    assert cli.main(args + ["c1, c1,s2"]) == 0          # each tensor drawn once
+    assert "x [1, 28, 28], c1 [6, 28, 28], s2 [6, 14, 14]\n" in capsys.readouterr().out
     assert cli.main(args + ["c9"]) == 1
     assert "error: 'c9' is not a tensor of lenet5" in capsys.readouterr().err
     assert cli.main(args + ["f5"]) == 1
