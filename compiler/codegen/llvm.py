@@ -760,9 +760,9 @@ class KernelEmitter:
         """The kernel's nests for rows first .. stop - 1."""
         b = self.b
         if self.m.lanes and any(self.tileable(n) for n in self.kernel.nests):
-            # Blocks of tile_rows rows: a register tile reuses each weight vector it
-            # loads for every row of the block; the leftover rows go one at a time.
-            rows = ir.Constant(I64, self.m.tile_rows)
+            # Blocks of rows: a register tile reuses each weight vector it loads for
+            # every row of the block; the leftover rows go one at a time.
+            rows = ir.Constant(I64, self.block_rows())
             blocked = b.add(first, b.mul(b.sdiv(b.sub(stop, first), rows), rows))
             with self.loop(blocked, "rows", start=first, step=rows) as row0:
                 for nest in self.kernel.nests:
@@ -782,7 +782,7 @@ class KernelEmitter:
         if len(self.kernel.nests) == 1 and not nest.epilogue or self.columns is not None:
             return self.nest_at(nest, row, block)
         buffers = nest.buffers
-        key = (nest.key, block)
+        key = (nest.key, block and self.block_rows())
         if key not in self.m.row_functions:
             fnty = ir.FunctionType(ir.VoidType(), [PTR, I64] + [PTR] * len(buffers))
             fn = ir.Function(self.m.module, fnty, f"{self.fn.name}_{'block' if block else 'row'}"
@@ -887,22 +887,44 @@ class KernelEmitter:
         return self.guards[id(c)]
 
     def tileable(self, nest):
-        """A row reduction that vectorizes along its row with no guard on the row index."""
+        """A row reduction computed for a block of rows at once: vectorized along its row
+        (outer) or along a reduction (wide), with no guard on the row index."""
         c = nest.comp
-        if nest.strategy != "outer" or len(c.index) < 2 or c.reduce != "sum":
+        if len(c.index) < 2 or nest.strategy not in ("outer", "wide") or c.reduce != "sum":
             return False
         guards = self.enter(c)
-        return self.vectorizable(c, c.index[-1], guards) and not any(c.index[0] in g.free_symbols for g in guards)
+        if any(c.index[0] in g.free_symbols for g in guards):
+            return False
+        return nest.strategy == "wide" or self.vectorizable(c, c.index[-1], guards)
+
+    def wide_rows(self, nest):
+        """Rows a wide nest computes together: as many as leave each of their tile's
+        outputs an accumulator register (4 rows of a 5-wide filter gradient: 20)."""
+        return next(g for g in (6, 5, 4, 3, 2, 1) if g * nest.tile <= self.m.registers)
+
+    def block_rows(self):
+        """Rows per block of the kernel: a register tile's (tile_rows), or where only wide
+        nests are tiled, the rows they compute together (16 filters on two threads are
+        two blocks of 4, not a block of 6 and two rows alone)."""
+        tiled = [n for n in self.kernel.nests if self.tileable(n)]
+        if tiled and all(n.strategy == "wide" for n in tiled):
+            return min(self.wide_rows(n) for n in tiled)
+        return self.m.tile_rows
 
     def nest_block(self, nest, row0):
-        """One loop nest for the rows row0 .. row0 + tile_rows - 1 of the kernel."""
-        c, b = nest.comp, self.b
+        """One loop nest for the block of rows from row0 (block_rows of them)."""
+        c, b, count = nest.comp, self.b, self.block_rows()
         row_var, loops = c.index[0], list(c.index[1:])
         if not self.tileable(nest):
-            with self.loop(ir.Constant(I64, self.m.tile_rows), "r") as r:
+            with self.loop(ir.Constant(I64, count), "r") as r:
                 self.nest(nest, {row_var: b.add(row0, r)}, loops)
             return
-        rows = [b.add(row0, ir.Constant(I64, r)) for r in range(self.m.tile_rows)]
+        rows = [b.add(row0, ir.Constant(I64, r)) for r in range(count)]
+        if nest.strategy == "wide":
+            group = self.wide_rows(nest)
+            for first in range(0, count, group):
+                self.wide_nest(nest, {}, loops, (row_var, rows[first:first + group]))
+            return
         self.tiled_outer(nest, {}, loops, self.enter(c), [(row_var, rows)])
 
     def nest(self, nest, env, loops):
@@ -920,9 +942,7 @@ class KernelEmitter:
             self.loops(loops[:-1], env, lambda env, guards: self.scalar_outer_reduction(
                 c, env, loops[-1], guards), guards)
         elif nest.strategy == "wide" and self.m.lanes:
-            tiled = loops[-1:] if nest.tile > 1 else []
-            self.loops(loops[:len(loops) - len(tiled)], env, lambda env, guards: self.wide_reduction(
-                c, env, nest, tiled[0] if tiled else None, guards), guards)
+            self.wide_nest(nest, env, loops)
         elif nest.strategy == "map" and self.m.lanes and loops and self.m.tensors[c.out].dtype != "i32" \
                 and self.vectorizable(c, loops[-1], guards):
             self.loops(loops[:-1], env, lambda env, guards: self.vector_map(c, env, loops[-1], guards),
@@ -1181,19 +1201,32 @@ class KernelEmitter:
                                  self.splat_int(ir.Constant(I64, extent), lanes))
         b.call(store, [value, ptr, ir.Constant(I32, 4), mask])
 
-    def wide_reduction(self, c, env, nest, last, guards):
+    def wide_nest(self, nest, env, loops, rows=None):
+        """A wide nest's loops over its outputs (the last one in tiles of nest.tile),
+        for one row (in env) or for rows = (row variable, [row values]) together."""
+        guards = self.enter(nest.comp)
+        tiled = loops[-1:] if nest.tile > 1 else []
+        self.loops(loops[:len(loops) - len(tiled)], env, lambda env, guards: self.wide_reduction(
+            nest.comp, env, nest, tiled[0] if tiled else None, guards, rows), guards)
+
+    def wide_reduction(self, c, env, nest, last, guards, rows=None):
         """A sum with vector lanes along the reduction index `nest.along`: one vector
         accumulator per output of a tile of `nest.tile` neighbours along `last` (they
-        share every load that does not depend on `last`), summed across lanes at the end."""
+        share every load that does not depend on `last`), for each row of `rows` (they
+        share every load that does not depend on the row), summed across lanes at the end."""
+        row_envs = [{rows[0]: r} for r in rows[1]] if rows else [{}]
         if last is None:
-            self.wide_tile(c, env, [env], nest.along, guards)
+            self.wide_tile(c, env, [{**env, **r} for r in row_envs], nest.along, guards)
             return
         step = ir.Constant(I64, nest.tile)
         with self.loop(self.dim(self.ranges[last]), str(last), step=step) as base:
-            outputs = [{**env, last: self.b.add(base, ir.Constant(I64, t))} for t in range(nest.tile)]
-            self.wide_tile(c, env, outputs, nest.along, guards, last)
+            outputs = [{**env, **r, last: self.b.add(base, ir.Constant(I64, t))}
+                       for r in row_envs for t in range(nest.tile)]
+            self.wide_tile(c, env, outputs, nest.along, guards, last, nest.tile,
+                           rows[0] if rows else None)
 
-    def wide_tile(self, c, env, outputs, along, guards, last=None):
+    def wide_tile(self, c, env, outputs, along, guards, last=None, tile=1, row=None):
+        """The sums of `outputs` (rows x tile of them, the tile's position fastest)."""
         b, lanes, extent = self.b, self.m.lanes, self.ranges[along]
         vtype = ir.VectorType(self.m.float, lanes)
         guards = self.unmasked(c, guards, along)
@@ -1203,16 +1236,16 @@ class KernelEmitter:
             b.store(self.const(0.0), slot)
 
         zero_beyond = self.zero_beyond_extent(c, along, extent)
-        shifts = self.shifted_accesses(c, along, last)
+        shifts = self.shifted_accesses(c, along, last, row)
 
         def body(inner, guards):
             def chunk(first):
                 self.vector = (along, first, lanes)
-                shifted = self.shifted_reads(c, shifts, {**inner, **outputs[0]}, len(outputs))
+                shifted = self.shifted_reads(c, shifts, {**inner, **outputs[0]}, tile)
                 # Lanes past the sum's extent must add nothing.
                 inside = None if zero_beyond else self.lane_condition(sympy.StrictLessThan(along, extent), {}, "<")
                 for t, (slot, out) in enumerate(zip(slots, outputs)):
-                    self.preloaded = {sym: values[t] for sym, values in shifted.items()}
+                    self.preloaded = {sym: values[t % tile] for sym, values in shifted.items()}
                     term = self.term(c, {**inner, **out}, guards)
                     if inside is not None:
                         term = b.select(inside, term, self.const(0.0))
@@ -1254,16 +1287,18 @@ class KernelEmitter:
         read indexed by `along` alone in a last dimension of exactly that extent."""
         return any(last == along and dim == extent for last, dim in self.factor_rows(c))
 
-    def shifted_accesses(self, c, along, last):
+    def shifted_accesses(self, c, along, last, row=None):
         """Reads of a tile along `last` whose last index is along + last (+ const): the
-        tile's vectors are one row shifted by 0..T-1 lanes (a filter's columns)."""
+        tile's vectors are one row shifted by 0..T-1 lanes (a filter's columns). With
+        rows computed together, only reads that do not depend on the row: they serve all."""
         if last is None:
             return []
         out = []
         for sym, a in c.accesses.items():
             index = [sympy.expand(e) for e in a.index]
             if sympy.diff(index[-1], along) == 1 and sympy.diff(index[-1], last) == 1 \
-                    and not any(last in e.free_symbols for e in index[:-1]):
+                    and not any(last in e.free_symbols for e in index[:-1]) \
+                    and not any(row in e.free_symbols for e in index):
                 out.append(sym)
         return out
 
