@@ -134,10 +134,13 @@ class elu(_Fn):
     latex_name = "elu"
 
     def fdiff(self, argindex=1):
+        # exp(min(z, 0)), not exp(z): the branch (1 - step(z)) discards is still
+        # computed, and float32's exp(z) is inf from z = 89 on, which times 0 is NaN.
         z, alpha = self.args
+        negative = sympy.exp(minimum(z, 0))
         if argindex == 2:
-            return (1 - step(z)) * (sympy.exp(z) - 1)
-        return step(z) + (1 - step(z)) * alpha * sympy.exp(z)
+            return (1 - step(z)) * (negative - 1)
+        return step(z) + (1 - step(z)) * alpha * negative
 
 
 class softplus(_Fn):

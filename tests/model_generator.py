@@ -9,7 +9,10 @@ silently wrong comparison.
 
 With `smooth=True` only ops with continuous derivatives are used (no relu, abs,
 max, maxpool, ...), so finite differences can check the derived gradients without
-stepping over a kink.
+stepping over a kink. With `wide=True` widths, channels and image sides are drawn
+from wider ranges (1..40 units, 1..7 channels, 3..13 pixels): rows that are not a
+multiple of the vector width or of a register tile. Without it, a seed makes the
+model it always made (the random draws are the same, only their ranges differ).
 
 Shapes are tuples whose first entry is the string "N" for batched tensors.
 """
@@ -52,9 +55,10 @@ class RandomModel:
 class _Generator:
     """Appends statements to `lines` while tracking every tensor's shape."""
 
-    def __init__(self, seed, smooth):
+    def __init__(self, seed, smooth, wide=False):
         self.rng = random.Random(seed)
         self.smooth = smooth
+        self.wide = wide
         self.lines = []
         self.pool = []                 # (name, shape) of tensors the model has computed
         self.count = 0
@@ -84,6 +88,10 @@ class _Generator:
         self.lines.append(f"input {name}[{dims}]" + (" : i32" if dtype == "i32" else ""))
         self.input_shapes[name] = shape
         self.pool.append((name, shape))
+
+    def draw(self, low, high, wide_low, wide_high):
+        """randint over [low, high], or over the wide range: one draw either way."""
+        return self.rng.randint(wide_low, wide_high) if self.wide else self.rng.randint(low, high)
 
     # ---- elementwise pieces -------------------------------------------------------------
     def activation(self, expr):
@@ -118,7 +126,7 @@ class _Generator:
     # ---- steps on [N, F] ---------------------------------------------------------------
     def step_flat(self, name, shape):
         F = shape[1]
-        units = self.rng.randint(2, 5)
+        units = self.draw(2, 5, 1, 40)
         pick = self.rng.randrange(12)
         if pick == 0:
             bias = "" if self.rng.random() < 0.7 else ", bias=false"
@@ -172,7 +180,7 @@ class _Generator:
         pick = self.rng.randrange(8)
         if pick == 0:
             size = self.rng.randint(1, min(3, H, W))
-            filters = self.rng.randint(1, 3)
+            filters = self.draw(1, 3, 1, 7)
             pad = self.rng.choice(['"valid"', '"same"', "1"] if size > 1 else ['"valid"'])
             stride = self.rng.choice([1, 1, 2])
             p = {'"valid"': 0, '"same"': (size - 1) // 2, "1": 1}[pad]
@@ -206,9 +214,9 @@ class _Generator:
     def body(self, steps):
         image = self.rng.random() < 0.4
         if image:
-            shape = ("N", self.rng.randint(1, 2), self.rng.randint(4, 6), self.rng.randint(4, 6))
+            shape = ("N", self.draw(1, 2, 1, 7), self.draw(4, 6, 3, 13), self.draw(4, 6, 3, 13))
         else:
-            shape = ("N", self.rng.randint(2, 6))
+            shape = ("N", self.draw(2, 6, 1, 40))
         self.input("x", shape)
         name = "x"
         for _ in range(steps):
@@ -252,9 +260,9 @@ class _Generator:
             self.lines.append(f"loss total = mean(dense({name}, {K}) ^ 2) + sum({name}) / 10")
 
 
-def random_model(seed, smooth=False, steps=None):
+def random_model(seed, smooth=False, steps=None, wide=False):
     """A random valid model (RandomModel) from `seed`; the same seed, the same model."""
-    gen = _Generator(seed, smooth)
+    gen = _Generator(seed, smooth, wide)
     gen.lines += [f"model random{seed}"] + USER_FUNCTIONS.strip().split("\n")
     name, shape = gen.body(steps if steps is not None else gen.rng.randint(2, 6))
     gen.loss(name, shape)

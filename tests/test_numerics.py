@@ -152,6 +152,23 @@ def test_elu_is_accurate_near_zero(dtype, rtol):
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_elu_gradient_of_a_large_input_is_one(dtype):
+    """elu'(z) = 1 for z > 0 however large z is. Its exp(z) branch, discarded there, was
+    computed from z itself: inf from z = 89 in float32 (710 in float64), and 0 * inf
+    made the gradient NaN (a random float32 model, elu(h ^ 2) with h about 9.5)."""
+    model = compiler.parse("input x[N, 4]\nparam b[4] ~ normal(0, 1)\n"
+                           "loss sum(elu(x + b, alpha=0.5))\n", "elu.nn")
+    program = compiler.compile(model, dtype=dtype, cache=False)
+    program.set_params({"b": np.zeros(4)})
+    x = np.array([[100.0, 800.0, 1.0, -2.0]], program.dtype)
+    _, grads = program.value_and_grad({"x": x})
+    expected = [1.0, 1.0, 1.0, 0.5 * np.exp(-2.0)]
+    np.testing.assert_allclose(grads["b"], expected, rtol=1e-6)
+    _, reference_grads = reference.value_and_grad(model, {"x": x}, {"b": np.zeros(4)})
+    np.testing.assert_allclose(reference_grads["b"], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
 def test_bce_of_a_confident_right_answer_keeps_its_small_loss(dtype):
     """bce(sigmoid(z), 0) is softplus(z) = log(1 + exp(z)); at z = -20 that is 2.06e-9,
     which log(1 + e) rounded to 0 in float32 (1 + 2e-9 == 1)."""

@@ -1,4 +1,5 @@
-"""Random valid models (tests/model_generator.py) through the whole compiler, in float64.
+"""Random valid models (tests/model_generator.py) through the whole compiler, in float64
+and in float32.
 
 Each model is written as .nn text, parsed, compiled to native code and run on several
 batch sizes; forward outputs, the loss and every gradient must equal the NumPy
@@ -7,9 +8,19 @@ train_step must move the parameters by exactly -lr * gradient. Models built from
 smooth ops only (odd seeds) also have their derived gradients checked against finite
 differences (compiler.gradcheck).
 
+float32 takes other code paths (16 lanes with AVX-512, register tiles of 6 rows, row
+tails under masks, rows split between threads from batch 16): wide models (rows of
+1..40, not multiples of a vector or a tile) are run in float32 on three threads and
+checked against the reference to 1e-4 (see test_float32_native_equals_reference).
+
 CI runs a fixed set of seeds. For a bigger run by hand:
     SYMNET_RANDOM_MODELS=300 python -m pytest tests/test_random_models.py
+    SYMNET_RANDOM_MODELS_F32=300 python -m pytest tests/test_random_models.py -k float32
 A failure prints the model's text: save it as a .nn file to reproduce it with the CLI.
+A float32 failure may still be rounding, which the floor cannot tell from wrong code in
+two cases: a gradient that is 0 in exact arithmetic (wide seed 118: p2 drops out of
+h3 - mean(h3, axis=0)), and a relu whose input rounds across 0 (1e-8 in a 67 x 832
+product flips its step). The same model in float64 then errs about 5e8 times less.
 """
 import os
 
@@ -112,6 +123,62 @@ def test_generator_is_deterministic_and_varied():
                " @ ", "cross_entropy(", "mse(", "binary_cross_entropy(sigmoid(", "op op",
                "swish(", "gate(", "axis=0"]:
         assert op in texts, f"no generated model uses {op!r}"
+
+
+F32_COUNT = int(os.environ.get("SYMNET_RANDOM_MODELS_F32", "6"))
+F32_BATCHES = (7, 1, 17, 67)  # a row tail; one row; a tile and a tail per thread; more rows
+F32_RELATIVE = 1e-4
+# float32 rounds every operation to 6e-8 of its result, so an entry that nearly cancels
+# (x - mean(x, axis=0), a bias gradient summed over the batch) keeps an absolute error of
+# a few ulps of the values it came from: each tensor is judged relative to at least 1%
+# of the largest value around (1e-6 of it absolute, about 8 ulps).
+F32_FLOOR = 1e-2
+
+
+def beyond_float32(model, inputs, params):
+    """Whether the exact forward pass reaches values float32 cannot hold (with room for
+    the backward pass): an exp of a large sum overflows, rightly (wide seed 56 from batch 2 on)."""
+    values = reference.run_forward(model, inputs, params).values()
+    return max(largest(v) for v in values) > 1e30
+
+
+@pytest.mark.parametrize("seed", range(F32_COUNT))
+def test_float32_native_equals_reference(seed, monkeypatch):
+    """float32 code on 3 threads (the team reads $SYMNET_THREADS when the Program is
+    made) against the float64 reference fed the same float32-rounded inputs and params."""
+    monkeypatch.setenv("SYMNET_THREADS", "3")
+    generated = random_model(seed, smooth=seed % 2 == 1, wide=True)
+    model = compiler.parse(generated.text, f"random{seed}.nn")
+    program = compiler.compile(model, dtype="f32", cache=False)
+    context = f"\nfloat32, model:\n{generated.text}"
+    params = {k: v.astype(np.float64) for k, v in program.get_params().items()}
+    for batch in F32_BATCHES:
+        inputs = {k: v if v.dtype == np.int32 else v.astype(np.float32)
+                  for k, v in generated.inputs(batch, seed=seed + batch).items()}
+        if beyond_float32(model, inputs, params):
+            continue
+        outputs, expected = program.forward(inputs), reference.forward(model, inputs, params)
+        floor = max(F32_FLOOR * max(largest(v) for v in [*inputs.values(), *expected.values()]), 1e-8)
+        for name in expected:
+            assert relative_error(outputs[name], expected[name], floor) < F32_RELATIVE, \
+                f"output {name}, batch {batch}{context}"
+        loss, grads = program.value_and_grad(inputs)
+        expected_loss, expected_grads = reference.value_and_grad(model, inputs, params)
+        assert relative_error(loss, expected_loss, F32_FLOOR) < F32_RELATIVE, f"loss, batch {batch}{context}"
+        floor = max(F32_FLOOR * max(largest(g) for g in expected_grads.values()), 1e-8)
+        for name in expected_grads:
+            assert relative_error(grads[name], expected_grads[name], floor) < F32_RELATIVE, \
+                f"gradient of {name}, batch {batch}{context}"
+        # One SGD step: each parameter moves by -lr * its gradient, to within the
+        # parameter's own rounding (floored by the largest parameter, as above).
+        program.configure(lr=LEARNING_RATE)
+        program.train_step(inputs)
+        floor = max(F32_FLOOR * max(largest(v) for v in params.values()), 1e-8)
+        for name, value in program.get_params().items():
+            step = value.astype(np.float64) - params[name]
+            assert relative_error(step, -LEARNING_RATE * expected_grads[name], floor) < F32_RELATIVE, \
+                f"sgd step of {name}, batch {batch}{context}"
+        program.set_params(params)
 
 
 GPU_RELATIVE = 1e-4          # float32, against the float64 reference
