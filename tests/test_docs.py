@@ -110,11 +110,16 @@ def normalized(line):
     return line.rstrip()
 
 
+# The progress line a step prints every 10 s when output is not a terminal: on a busy
+# machine an epoch the docs show in a few seconds can take that long.
+PROGRESS = re.compile(r"^.* \[[#.]+\] +\d+% \d+/\d+ [\d,]+ steps/s  loss \S+$")
+
+
 def same_output(shown, printed):
     """Whether the printed lines are the shown ones: a shown line `...` (indented or not)
     stands for any number of lines, and `...` inside a line for any text."""
     shown = [normalized(line) for line in shown]
-    printed = [normalized(line) for line in printed]
+    printed = [normalized(line) for line in printed if not PROGRESS.match(line)]
     while shown and not shown[-1]:
         shown.pop()
     while printed and not printed[-1]:
