@@ -897,10 +897,14 @@ class KernelEmitter:
             return False
         return nest.strategy == "wide" or self.vectorizable(c, c.index[-1], guards)
 
+    WIDE_OUTPUTS = 12           # the accumulators of a wide block; 24 gained nothing more
+                                # measured, and made the IR a tenth larger (LeNet-5)
+
     def wide_rows(self, nest):
-        """Rows a wide nest computes together: as many as leave each of their tile's
-        outputs an accumulator register (4 rows of a 5-wide filter gradient: 20)."""
-        return next(g for g in (6, 5, 4, 3, 2, 1) if g * nest.tile <= self.m.registers)
+        """Rows a wide nest computes together: 2 of a 5-wide filter gradient (10
+        accumulators), 3 of a dense input gradient's tile of 4."""
+        budget = min(self.m.registers, self.WIDE_OUTPUTS)
+        return next(g for g in (6, 5, 4, 3, 2, 1) if g * nest.tile <= budget)
 
     def block_rows(self):
         """Rows per block of the kernel: a register tile's (tile_rows), or where only wide
