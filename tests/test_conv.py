@@ -244,3 +244,26 @@ def test_strided_rows_in_vector_lanes_match_the_reference(expr, dtype, rtol):
         assert loss == pytest.approx(ref_loss, rel=rtol)
         for name, g in ref_grads.items():
             np.testing.assert_allclose(grads[name], g, rtol=rtol, atol=rtol * np.abs(g).max())
+
+
+@pytest.mark.parametrize("dtype, rtol", [("f64", 1e-9), ("f32", 2e-5)])
+def test_a_user_max_over_a_padded_window_in_vector_lanes(dtype, rtol):
+    """max(k: ...) in an op runs in vector lanes along i; the reads outside x are 0 and
+    take part in the maximum (at the row's ends), as in the reference; and its argmax
+    routes the gradient of K. A max over the batch (one index) stays scalar."""
+    model = parse("input x[N, 37]\n"
+                  "param K[3] = [0.5, 1, 0.25]\n"
+                  "op padmax(A, W)[n, i] = max(k: A[n, i + k - 1] * W[k] + 0 * A[n, i])\n"
+                  "op colmax(A)[i] = max(n: A[n, i])\n"
+                  "output p = padmax(x, K)\n"
+                  "output q = colmax(x)\n"
+                  "loss sum(p * p)\n", "padmax.nn")
+    program = compile(model, dtype=dtype, cache=False)
+    for batch in (1, 17):
+        x = {"x": -np.abs(np.random.default_rng(batch).normal(size=(batch, 37))) - 0.1}
+        got, expected = program.forward(x), reference.forward(model, x)
+        assert (expected["p"][:, [0, -1]] == 0).all()       # the padding's 0 wins there
+        for name in ("p", "q"):
+            np.testing.assert_allclose(got[name], expected[name], rtol=rtol)
+        _, grads = program.value_and_grad(x)
+        np.testing.assert_allclose(grads["K"], reference.value_and_grad(model, x)[1]["K"], rtol=rtol)
