@@ -113,6 +113,8 @@ class Expr:
         if isinstance(other, (list, tuple)) or isinstance(other, np.ndarray) and other.ndim:
             raise SymnetError("an array in arithmetic must be a named constant: "
                               "b.const(name, dims, values), then use the tensor it returns", loc)
+        if isinstance(other, (bool, np.bool_)):     # lifted, it would be the name `true`
+            raise SymnetError(f"{other!r} is not a number here; write 1 or 0", loc)
         builder = _builder_of([self, other], loc)
         left, right = self.node, lift(other, loc)
         return Expr(S.BinOp(op, right, left, loc) if swap else S.BinOp(op, left, right, loc),

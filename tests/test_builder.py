@@ -181,6 +181,8 @@ def test_an_array_in_arithmetic_asks_for_a_named_constant():
     for make in (lambda: np.ones(4) * x, lambda: x + [1, 2, 3, 4], lambda: x @ (1, 2, 3, 4)):
         with pytest.raises(SymnetError, match=r"must be a named constant: b\.const\(name, dims"):
             make()
+    with pytest.raises(SymnetError, match=r"error: True is not a number here; write 1 or 0"):
+        x * True            # it was "unknown name 'true'" at build time
     scale = b.const("scale", [4], [1.0, 2.0, 3.0, 4.0])
     b.output("y", x * scale * np.float32(0.5) + np.array(1.0))
     program = compiler.compile(b.build(), dtype="f64", cache=False)
