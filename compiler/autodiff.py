@@ -121,7 +121,7 @@ def adjoint(c, symbol, access, dout, target, tensors):
     if c.reduce == "max":
         arg_symbol = access_symbol(c.argmax)
         reads[arg_symbol] = Access(c.argmax, c.index)
-        term = term * F.eq(arg_symbol, _linear(c.rindex, c.rextent))
+        term = term * F.eq(arg_symbol, c.window_position)
 
     extents = dict(zip(c.index, tensors[c.out].shape)) | dict(zip(c.rindex, c.rextent))
     new_index, solution, guards = solve_access(access.index, tensors[access.tensor].shape,
@@ -134,14 +134,6 @@ def adjoint(c, symbol, access, dout, target, tensors):
     return Comprehension(target, tuple(new_index), term, new_reads,
                          "sum" if remaining else None, remaining,
                          tuple(extents[v] for v in remaining), tuple(guards), group=c.group)
-
-
-def _linear(variables, extents):
-    """Row-major position of a reduction point, as stored by argmax."""
-    out = sympy.Integer(0)
-    for v, e in zip(variables, extents):
-        out = out * sympy.sympify(e) + v
-    return out
 
 
 def solve_access(index, shape, variables, extents):

@@ -184,8 +184,7 @@ def _local_derivative(model, top, bottom):
             local = local.subs(c.body, out)         # s*(1 - s), as the backward code does
             reads[out] = _read(c.out, c.index)
         if c.reduce == "max":                  # the window's maximum passes the gradient
-            position = sum(v * sympy.Mul(*c.rextent[k + 1:]) for k, v in enumerate(c.rindex))
-            local *= F.eq(_read(c.argmax, c.index), position)
+            local *= F.eq(_read(c.argmax, c.index), c.window_position)
         total += local.xreplace(reads)
     return total
 

@@ -530,6 +530,7 @@ def _check_reductions(b, e, bound):
 
 
 def _train_stmt(b, s):
+    from runtime.program import setting_problem
     from .defaults import OPTIMIZERS
     if b.train:
         b.error(f"the model already has a train statement (line {b.train_loc.line})", s.loc)
@@ -548,10 +549,9 @@ def _train_stmt(b, s):
         if kw.name in ("batch", "epochs", "seed") and (value != int(value) or value < (0 if kw.name == "seed" else 1)):
             b.error(f"{kw.name} must be a whole number{' of at least 1' if kw.name != 'seed' else ''}, "
                     f"got {_number_text(value)}", kw.value.loc)
-        if kw.name in ("lr", "eps") and not value > 0:
-            b.error(f"{kw.name} must be positive, got {_number_text(value)}", kw.value.loc)
-        if kw.name in ("beta", "beta1", "beta2") and not 0 <= value < 1:
-            b.error(f"{kw.name} must be in [0, 1), got {_number_text(value)}", kw.value.loc)
+        why = setting_problem(kw.name, value)
+        if why:
+            b.error(f"{kw.name} {why}, got {_number_text(value)}", kw.value.loc)
         train[kw.name] = value
     b.train, b.train_loc = train, s.loc
 

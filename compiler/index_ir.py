@@ -90,6 +90,14 @@ class Comprehension:
         """Every tensor the loop nest touches, in order, without repeats: out, reads, argmax."""
         return list(dict.fromkeys([self.out] + self.reads + ([self.argmax] if self.argmax else [])))
 
+    @property
+    def window_position(self):
+        """The row-major position of a reduction point in its window, as argmax stores it."""
+        out = sympy.Integer(0)
+        for v, e in zip(self.rindex, self.rextent):
+            out = out * sympy.sympify(e) + v
+        return out
+
 
 class IRError(Exception):
     """An internal inconsistency of the IR (a compiler bug, not a user error)."""

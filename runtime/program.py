@@ -180,11 +180,9 @@ class Program:
             if not math.isfinite(checked[key]):      # it would only make every step NaN
                 raise ProgramError(f"optimizer setting '{key}' must be a finite number, "
                                    f"got {value!r}")
-            # The ranges a train statement and the command line hold them to.
-            if key in ("lr", "eps") and not checked[key] > 0:
-                raise ProgramError(f"optimizer setting '{key}' must be positive, got {value!r}")
-            if key in ("beta", "beta1", "beta2") and not 0 <= checked[key] < 1:
-                raise ProgramError(f"optimizer setting '{key}' must be in [0, 1), got {value!r}")
+            why = setting_problem(key, checked[key])
+            if why:
+                raise ProgramError(f"optimizer setting '{key}' {why}, got {value!r}")
         with self.lock:                     # not halfway through another thread's step
             self.optimizer.update(checked)
 
@@ -321,6 +319,16 @@ class Program:
         return {"arrays": arrays, "table": table, "sizes": size_values,
                 "parallel": max(sizes.values(), default=1) >= PARALLEL_MIN_BATCH,
                 "sizes_address": size_values.ctypes.data, "table_address": ctypes.addressof(table)}
+
+
+def setting_problem(name, value):
+    """Why an optimizer setting's value is refused ("must be positive"), or None: the
+    one rule for a train statement (compiler/graph.py) and Program.configure."""
+    if name in ("lr", "eps") and not value > 0:
+        return "must be positive"
+    if name in ("beta", "beta1", "beta2") and not 0 <= value < 1:
+        return "must be in [0, 1)"
+    return None
 
 
 def _outside(labels, classes):

@@ -31,7 +31,7 @@ from runtime import checkpoint, files, jit
 from runtime.checkpoint import CheckpointError
 from runtime.data import DataError, fit_to_shape, load_dataset, load_image
 from runtime.program import ProgramError
-from runtime.progress import format_epoch, format_loss
+from runtime.progress import format_epoch, format_loss, is_tty
 from runtime.train import (TrainingError, check_labels, evaluate, input_roles, num_classes, predict,
                            sample_shape, settings_from_train, train)
 
@@ -106,7 +106,7 @@ def load_data(spec, program, limit=None, trained_on=None):
     the default image data cannot feed linreg's x[N], and the message says what can
     (and, for eval, what the checkpoint was trained on: `trained_on`)."""
     data = load_dataset(spec, limit=limit)
-    features, _ = input_roles(program.spec)
+    features, labels = input_roles(program.spec)
     want = sample_shape(program.spec, features)
     have = list(data.x_train.shape[1:])
     if math.prod(want) != math.prod(have):
@@ -117,11 +117,11 @@ def load_data(spec, program, limit=None, trained_on=None):
             f"--data naming matching columns: a CSV of {count} feature column(s) then the target, "
             "or an .npz holding x and y"
             + (f"; the checkpoint was trained on {trained_on}" if trained_on else ""))
-    _, labels = input_roles(program.spec)
     for part, y in (("training", data.y_train), ("test", data.y_test)):
+        if labels is None or y is None:
+            continue
         try:            # here, before the plan is printed and any step runs
-            if labels is not None and y is not None:
-                check_labels(program.spec, y)
+            check_labels(program.spec, y)
         except TrainingError as err:
             raise SymnetError(f"{data.name}, {part} examples: {err}") from None
     return data
@@ -455,7 +455,7 @@ def compile_command(args):
     if target == "ptx" and args.dtype != "f32":
         raise SymnetError("--target ptx computes in float32; drop --dtype f64")
     to_stdout = args.output in (None, "-")      # `-o -` is standard output, as usual
-    if emit == "obj" and (not args.output or to_stdout and _is_terminal(sys.stdout)):
+    if emit == "obj" and (not args.output or to_stdout and is_tty(sys.stdout)):
         raise SymnetError("--emit obj writes a binary object file; give -o FILE")
     if not to_stdout:
         output_file(args.output, "-o")
@@ -480,13 +480,6 @@ def compile_command(args):
     else:
         sys.stdout.write(code if code.endswith("\n") else code + "\n")
     return 0
-
-
-def _is_terminal(stream):
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def format_kernels(kernels, tensors, target="cpu"):

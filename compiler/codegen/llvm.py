@@ -1010,9 +1010,6 @@ class KernelEmitter:
         where = self.alloca(I64) if c.argmax else None
         if where is not None:
             self.b.store(ir.Constant(I64, 0), where)
-        counter = self.alloca(I64) if c.argmax else None
-        if counter is not None:
-            self.b.store(ir.Constant(I64, 0), counter)
 
         def body(env, guards):
             v = self.term(c, env, guards)
@@ -1022,10 +1019,9 @@ class KernelEmitter:
                 return
             better = self.maximum_wins(v, old)
             self.b.store(self.b.select(better, v, old), acc)
-            if where is not None:
-                k = self.b.load(counter, typ=I64)
-                self.b.store(self.b.select(better, k, self.b.load(where, typ=I64)), where)
-                self.b.store(self.b.add(k, ir.Constant(I64, 1)), counter)
+            if where is not None:       # the position the gradient routes to, from the loop indices
+                position = self.int_expr(c.window_position, env)
+                self.b.store(self.b.select(better, position, self.b.load(where, typ=I64)), where)
         self.loops(list(c.rindex), env, body, guards)
         self.store(c, env, self.b.load(acc, typ=f))
         if where is not None:
@@ -1036,14 +1032,6 @@ class KernelEmitter:
         not; so the first maximum wins ties and the first NaN stays (NumPy's max and
         argmax). A NaN first in a window was lost when only `v > old or unordered` decided."""
         return self.b.and_(self.b.fcmp_unordered(">", v, old), self.b.fcmp_ordered("ord", old, old))
-
-    @staticmethod
-    def window_position(c):
-        """The row-major position of a reduction point, as argmax records it."""
-        position, scale = sympy.Integer(0), sympy.Integer(1)
-        for r, extent in reversed(list(zip(c.rindex, c.rextent))):
-            position, scale = position + r * scale, scale * sympy.sympify(extent)
-        return position
 
     def store_argmax(self, c, env, position):
         ptr, _ = self.address(c.argmax, c.index, env)
@@ -1115,7 +1103,7 @@ class KernelEmitter:
                     b.store(Splat(itype, 0), where[k, r])
 
             def body(inner, guards):
-                position = self.splat_int(b.trunc(self.int_expr(self.window_position(c), inner), I32),
+                position = self.splat_int(b.trunc(self.int_expr(c.window_position, inner), I32),
                                           lanes) if c.argmax else None
                 for k, r in members:
                     self.vector = (last, starts[k], lanes)
