@@ -71,12 +71,12 @@ def positive_float(text):
     return value
 
 
-def add_data_argument(parser):
+def add_data_argument(parser, default="fashion-mnist"):
     parser.add_argument("--data", metavar="NAME|PATH",
-                        help="fashion-mnist (default: the Debian package's files, else the "
-                             "embedded subset), embedded, mnist, a folder of IDX files, a "
-                             ".csv (features, then the label or target), train.csv,test.csv, "
-                             "or an .npz")
+                        help=f"default: {default}; fashion-mnist (the Debian package's "
+                             "files, else the embedded subset), embedded, mnist, a folder "
+                             "of IDX files, a .csv (features, then the label or target), "
+                             "train.csv,test.csv, or an .npz")
 
 
 # ---- shared -------------------------------------------------------------------------
@@ -125,6 +125,29 @@ def load_data(spec, program, limit=None, trained_on=None):
         except TrainingError as err:
             raise SymnetError(f"{data.name}, {part} examples: {err}") from None
     return data
+
+
+def reloadable(spec):
+    """`--data` as a checkpoint keeps it, for eval to read the same data again from any
+    folder: paths made absolute (each of a 'train.csv,test.csv' pair); names as given."""
+    if spec in (None, "", "fashion-mnist", "mnist", "embedded"):
+        return spec or None
+    if "," in spec and not os.path.exists(spec):
+        return ",".join(os.path.abspath(part.strip()) for part in spec.split(","))
+    return os.path.abspath(spec)
+
+
+def eval_data(args, extra):
+    """--data, else the data the checkpoint was trained on (from a train that named it)."""
+    if args.data is not None or not extra.get("data_spec"):
+        return args.data
+    spec = extra["data_spec"]
+    paths = [] if spec in ("mnist", "embedded") else spec.split(",")
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise SymnetError(f"{args.weights} was trained on {extra.get('data') or spec}, but "
+                          f"{missing[0]} is not there any more; name the data with --data")
+    return spec
 
 
 def class_names(k, *candidates):
@@ -214,7 +237,8 @@ def train_command(args):
     print_plan(model, program, seconds, data, args, optimizer, settings)
     if args.weights:
         print(f"starting from the weights in {args.weights}")
-    extra = {"file": args.file, "data": data.name, "classes": data.classes,
+    extra = {"file": args.file, "data": data.name, "data_spec": reloadable(args.data),
+             "classes": data.classes,
              "optimizer": optimizer, "dtype": args.dtype, "settings": settings,
              "start": args.weights}
 
@@ -288,7 +312,7 @@ def eval_arguments(parser):
     parser.add_argument("file", help="the .nn model file")
     parser.add_argument("--weights", required=True, metavar="CKPT",
                         help="a checkpoint written by symnet train -o")
-    add_data_argument(parser)
+    add_data_argument(parser, default="the data the checkpoint was trained on")
     parser.add_argument("--split", choices=["test", "train"], default="test",
                         help="which part of the data (default test)")
 
@@ -299,7 +323,8 @@ def eval_command(args):
     model = model_with_loss(args.file, consequence="so there is nothing to evaluate")
     program, _ = compile_program(model)
     meta = checkpoint.restore(args.weights, program)
-    data = load_data(args.data, program, trained_on=(meta.get("extra") or {}).get("data"))
+    extra = meta.get("extra") or {}
+    data = load_data(eval_data(args, extra), program, trained_on=extra.get("data"))
     x, y = (data.x_test, data.y_test) if args.split == "test" else (data.x_train, data.y_train)
     if len(x) == 0:
         raise SymnetError(f"the {args.split} split of {data.name} is empty: nothing to evaluate")
@@ -310,8 +335,7 @@ def eval_command(args):
         print(f"loss {format_loss(result['loss'])}")     # as train's epoch lines
     if result["accuracy"] is not None:
         print(f"accuracy {result['accuracy']:.2%}")
-        names = class_names(len(result["confusion"]), data.classes,
-                            (meta.get("extra") or {}).get("classes"))
+        names = class_names(len(result["confusion"]), data.classes, extra.get("classes"))
         print("confusion matrix (rows: true class, columns: predicted class):")
         print(format_confusion(result["confusion"], names))
     return 0

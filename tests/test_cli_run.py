@@ -225,9 +225,31 @@ def test_eval_on_data_that_does_not_fit_names_what_the_checkpoint_was_trained_on
     ckpt = tmp_path / "linreg.ckpt"
     assert symnet("train", "examples/linreg.nn", "--data", "docs/tutorial/study.csv",
                   "--epochs", 1, "-q", "-o", ckpt).returncode == 0
-    line = one_error_line(symnet("eval", "examples/linreg.nn", "--weights", ckpt))
+    line = one_error_line(symnet("eval", "examples/linreg.nn", "--weights", ckpt,
+                                 "--data", "embedded"))
     assert line.endswith("or an .npz holding x and y; the checkpoint was trained on "
                          "CSV (docs/tutorial/study.csv)")
+
+
+def test_eval_without_data_reads_what_the_checkpoint_was_trained_on_from_any_folder(
+        tmp_path, monkeypatch):
+    data = tmp_path / "study.csv"
+    shutil.copy(ROOT / "docs/tutorial/study.csv", data)
+    ckpt = tmp_path / "linreg.ckpt"
+    monkeypatch.chdir(tmp_path)               # train names the data relative to here
+    assert symnet("train", ROOT / "examples/linreg.nn",
+                  "--data", "study.csv", "--epochs", 1, "-q", "-o", ckpt).returncode == 0
+    monkeypatch.chdir(ROOT)
+    result = symnet("eval", "examples/linreg.nn", "--weights", ckpt)
+    assert result.returncode == 0, result.stderr
+    assert f"on the test split of CSV ({data})" in result.stdout
+    expected = symnet("eval", "examples/linreg.nn", "--weights", ckpt, "--data", data)
+    assert expected.stdout == result.stdout   # the same examples, the same loss
+
+    data.unlink()
+    line = one_error_line(symnet("eval", "examples/linreg.nn", "--weights", ckpt))
+    assert line == (f"error: {ckpt} was trained on CSV (study.csv), but {data} is not there "
+                    "any more; name the data with --data")
 
 
 def test_device_cuda_without_a_gpu_is_one_error_line():
