@@ -100,7 +100,8 @@ def _builder_of(values, loc):
 
 
 class Expr:
-    """An expression: tensors, arithmetic (+ - * / ** @, unary -), calls, A[i, j]."""
+    """An expression: tensors, arithmetic (+ - * / ** @, unary -, abs()), x.T, calls,
+    A[i, j]."""
 
     __array_ufunc__ = None     # `array * x` is ours to refuse, not NumPy's to loop over
 
@@ -135,6 +136,17 @@ class Expr:
 
     def __neg__(self):
         return Expr(S.Neg(self.node, _caller_loc()), self.builder)
+
+    def _call(self, name):
+        loc = _caller_loc()
+        return Expr(S.Call(name, (self.node,), (), loc), self.builder)
+
+    __abs__ = lambda self: self._call("abs")         # abs(x), the text's abs(x)
+
+    @property
+    def T(self):
+        """x.T, the text's transpose(x): NumPy's spelling."""
+        return self._call("transpose")
 
     def __getitem__(self, index):
         """`A[i, j]` inside an op body (A an operand, i and j index names)."""

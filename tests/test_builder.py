@@ -189,3 +189,22 @@ def test_an_array_in_arithmetic_asks_for_a_named_constant():
     data = np.arange(8.0).reshape(2, 4)
     np.testing.assert_allclose(program.forward({"x": data})["y"],
                                data * [1.0, 2.0, 3.0, 4.0] * 0.5 + 1.0)
+
+
+def test_abs_and_dot_T_are_the_texts_abs_and_transpose():
+    """Python's abs(x) and NumPy's x.T build the text's abs(x) and transpose(x)."""
+    b = Builder("t")
+    x = b.input("x", ["N", 3])
+    W = b.param("W", [4, 3], init="glorot")
+    y = b.output("y", abs(x @ W.T))
+    b.loss(F.mean(y))
+    built = b.build()
+    same_model(built, parse("model t\ninput x[N, 3]\nparam W[4, 3] ~ glorot\n"
+                            "output y = abs(x @ transpose(W))\nloss mean(y)\n"))
+    program = compiler.compile(built, dtype="f64", cache=False)
+    data = np.array([[1.0, -2.0, 0.5], [-3.0, 0.25, 2.0]])
+    z = data @ built.params["W"].T
+    np.testing.assert_allclose(program.forward({"x": data})["y"], np.abs(z))
+    loss, grads = program.value_and_grad({"x": data})
+    assert loss == pytest.approx(np.abs(z).mean())
+    np.testing.assert_allclose(grads["W"], np.sign(z).T @ data / z.size)
