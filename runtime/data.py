@@ -399,11 +399,10 @@ def load_csv(path, test_path=None) -> Dataset:
 def load_npz(path) -> Dataset:
     """Arrays x_train, y_train, x_test, y_test - or x, y (last sixth is test).
     An optional ``classes`` array of strings names the labels."""
+    _check_npz_magic(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz file ({_oneline(err)})") from None
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
@@ -419,6 +418,24 @@ def load_npz(path) -> Dataset:
     classes = (_class_names(arrays["classes"], (y_train, y_test), path) if "classes" in arrays
                else _classes_for(path))
     return Dataset(f"NPZ ({path})", x_train, y_train, x_test, y_test, classes)
+
+
+def _check_npz_magic(path) -> None:
+    """Refuse what is not a zip archive by its first bytes: np.load would return a
+    .npy file's lone array (no keys to look up) and read anything else as a pickle,
+    whose refusal suggests allow_pickle."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or _oneline(err)})") from None
+    if magic == b"\x93NUMPY":
+        raise DataError(f"{path}: a single .npy array, not an .npz archive of named arrays "
+                        "(write it with np.savez(path, x=..., y=...))")
+    if not magic.startswith(b"PK"):
+        raise DataError(f"{path}: not a readable .npz file (not a zip archive)")
 
 
 def _class_names(classes: np.ndarray, labels, path) -> list[str]:

@@ -300,7 +300,17 @@ def test_npz_missing_keys_and_mismatch(tmp_path):
     with pytest.raises(DataError, match="2 labels for 3 examples"):
         load_dataset(str(path))
     path.write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match=r"not a readable .npz file \(not a zip archive\)$"):
+        load_dataset(str(path))
+
+
+def test_npy_saved_under_an_npz_name(tmp_path):
+    """np.save to a .npz name writes one bare array: np.load returned it and the
+    loader failed with an internal TypeError instead of saying what the file is."""
+    path = tmp_path / "d.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.zeros((12, 3)))
+    with pytest.raises(DataError, match=r"a single .npy array, not an .npz archive"):
         load_dataset(str(path))
 
 
