@@ -108,9 +108,16 @@ def _shape_data(program, x, y):
 
 
 def check_labels(spec, y):
-    """Refuse class labels outside 0..K-1 for a classifier (nothing to check otherwise)."""
-    k = num_classes(spec)
+    """Refuse labels an i32 label input cannot take (2.5), and class labels outside
+    0..K-1 for a classifier (nothing to check otherwise)."""
+    _, labels = input_roles(spec)
     y = np.asarray(y)
+    if labels is not None and _buffer(spec, labels)["dtype"] == "i32" and y.dtype.kind == "f":
+        fractional = y[~np.isfinite(y) | (y != np.round(y))]
+        if fractional.size:     # said here, with the data's name, not at the first step
+            raise TrainingError(f"input '{labels}' must hold integers (class indices), got "
+                                f"{y.dtype} values such as {fractional[0]:g}")
+    k = num_classes(spec)
     if k is not None and len(y) and (y.min() < 0 or y.max() >= k):
         one_based = y.min() == 1 and y.max() == k          # numbered from 1, as in R or MATLAB
         raise TrainingError(f"labels range over {y.min():g}..{y.max():g}, but the model's output "

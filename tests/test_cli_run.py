@@ -269,6 +269,21 @@ def test_labels_outside_the_classes_are_refused_saying_how_to_mend_them(tmp_path
     assert result.stdout == ""          # refused before the plan is printed
 
 
+def test_fractional_labels_for_a_classifier_are_refused_naming_the_data(tmp_path):
+    """They passed the range check and failed at the first step, after the plan was
+    printed and without saying which data held them."""
+    model = tmp_path / "three.nn"
+    model.write_text("input x[N, 2]\ninput y[N] : i32\noutput logits = dense(x, 3)\n"
+                     "loss cross_entropy(logits, y)\n")
+    rows = np.c_[np.arange(24.0).reshape(12, 2), np.resize([0, 1, 1.5], 12)]
+    np.savetxt(tmp_path / "data.csv", rows, delimiter=",", fmt="%g")
+    result = symnet("train", model, "--data", tmp_path / "data.csv", "-q")
+    assert one_error_line(result) == (
+        f"error: CSV ({tmp_path / 'data.csv'}), training examples: input 'y' must hold "
+        "integers (class indices), got float32 values such as 1.5")
+    assert result.stdout == ""
+
+
 @pytest.mark.parametrize("command, consequence", [("train", "nothing to train"),
                                                   ("eval", "nothing to evaluate")])
 def test_train_and_eval_without_a_loss_say_what_it_means_for_them(tmp_path, command,
