@@ -267,6 +267,12 @@ def gradcheck_command(args):
     print(f"gradcheck of {model.name}: batch {args.batch}, seed {args.seed}, "
           f"tolerance {GRADCHECK_TOLERANCE:g}")
     print(format_table(rows))
+    # 0 against 0 passes while testing nothing (the perceptron at seed 0: every random
+    # point classified right): say so rather than let "ok" stand for a real check.
+    zero = [c.name for c in checks if c.checked and c.max_abs_grad == 0]
+    if zero:
+        print(f"note: the checked gradient entries of {', '.join(zero)} are all 0 at this "
+              "point, so nothing was compared there; try another --seed")
     failed = [c.name for c in checks if not passes(c)]
     if failed:
         print(f"FAIL: {len(failed)} of {len(checks)} parameters: {', '.join(failed)}")
