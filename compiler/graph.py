@@ -553,7 +553,8 @@ def _train_stmt(b, s):
         why = setting_problem(kw.name, value)
         if why:
             b.error(f"{kw.name} {why}, got {_number_text(value)}", kw.value.loc)
-        train[kw.name] = value
+        # Counts as ints: Model.train is API, and range(model.train["epochs"]) must work.
+        train[kw.name] = int(value) if kw.name in ("batch", "epochs", "seed") else value
     b.train, b.train_loc = train, s.loc
 
 

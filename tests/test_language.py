@@ -185,6 +185,8 @@ def test_second_train_and_foreign_keys_raise_symnet_errors():
     model = parse("input x[N]\ntrain momentum(lr=0.1, beta=0.8, batch=N, epochs=3, seed=2)\n")
     assert model.train == {"optimizer": "momentum", "lr": 0.1, "beta": 0.8, "batch": "full",
                            "epochs": 3, "seed": 2}
+    counts = parse("input x[N]\ntrain sgd(lr=1, batch=64, epochs=3)\n").train
+    assert [type(counts[k]) for k in ("lr", "batch", "epochs")] == [float, int, int]
 
 
 # ---- op bodies and onehot ---------------------------------------------------------------
