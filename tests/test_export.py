@@ -76,6 +76,18 @@ def test_example_agrees_with_program_forward_on_100_images(exported, linking):
     np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
 
 
+def test_example_refuses_a_file_that_is_not_whole_examples(exported, tmp_path):
+    """float64 data (NumPy's default for tofile) or a cut file ended in a partial example
+    that the example dropped without a word, exit status 0."""
+    folder, _, images = exported
+    cc("-O2", "-o", tmp_path / "example", "example.c", "mlp.o", "-lm", cwd=folder / "lib")
+    images[:2].astype(np.float64)[:, :600].tofile(tmp_path / "f64.bin")    # 2400 floats
+    result = subprocess.run([str(tmp_path / "example"), str(tmp_path / "f64.bin")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and len(result.stdout.splitlines()) == 3
+    assert result.stderr == f"{tmp_path / 'f64.bin'}: ends with 48 of the 784 values of an example\n"
+
+
 def test_forward_of_a_batch_through_ctypes(exported):
     folder, program, images = exported
     library = ctypes.CDLL(str(folder / "lib" / "libmlp.so"))
