@@ -314,12 +314,18 @@ def _csv_header(path) -> list[str] | None:
         raise DataError(f"{path}: {NOT_UTF8}") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or _oneline(err)})") from None
-    cells = [c.strip() for c in first.split(",")]
+    cells = [_unquoted(c) for c in first.split(",")]
     try:
         [float(c) for c in cells]
         return None
     except ValueError:
         return cells
+
+
+def _unquoted(cell: str) -> str:
+    """A CSV cell without its spaces and double quotes: R, Excel and pandas quote
+    header names ("label"), some writers numbers too."""
+    return cell.strip().strip('"')
 
 
 def _csv_problem(path, header) -> str:
@@ -335,7 +341,7 @@ def _csv_problem(path, header) -> str:
                 return f"line {lineno} has {len(cells)} columns, expected {width}"
             for c in cells:
                 try:
-                    float(c)
+                    float(_unquoted(c))
                 except ValueError:
                     return f"line {lineno}: {c.strip()!r} is not a number"
     return "unreadable CSV data"
@@ -352,7 +358,7 @@ def _read_csv(path):
         with warnings.catch_warnings():   # an empty file is reported below
             warnings.simplefilter("ignore", UserWarning)
             data = np.loadtxt(path, delimiter=",", skiprows=1 if header else 0,
-                              ndmin=2, encoding="utf-8-sig")
+                              ndmin=2, encoding="utf-8-sig", quotechar='"')
     except UnicodeDecodeError:            # a ValueError too, but no row is to blame
         raise DataError(f"{path}: {NOT_UTF8}") from None
     except ValueError:
