@@ -321,6 +321,10 @@ example: example.c {name}.h lib{name}.so
 
 example_static: example.c {name}.h {name}.o
 \t$(CC) -O2 -o example_static example.c {name}.o -lm
+
+# {name}.o is symnet's code, not to be rebuilt from a .c file (for a model named
+# "example", make's built-in rule would compile example.c over it).
+%.o: %.c
 """
 
 

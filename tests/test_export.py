@@ -178,6 +178,22 @@ def test_an_input_marked_as_output_is_copied_through(tmp_path):
     np.testing.assert_array_equal(y, np.maximum(x, 0))
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_builds_both_examples_of_a_model_named_example(tmp_path):
+    """Its object file is example.o: make's built-in rule compiled example.c over it,
+    and `make example_static` failed with two mains and no example_predict."""
+    source = tmp_path / "example.nn"
+    source.write_text("model example\ninput x[N, 3]\noutput y = relu(x)\n")
+    assert cli.main(["export", str(source), "-o", str(tmp_path / "lib"), "-q"]) == 0
+    np.array([-1, 2, -3], np.float32).tofile(tmp_path / "x.f32")
+    for target in ("example_static", "example"):
+        built = subprocess.run(["make", target], cwd=tmp_path / "lib", capture_output=True,
+                               text=True)
+        assert built.returncode == 0, built.stderr
+        classes, outputs = run_example(tmp_path / "lib" / target, tmp_path / "x.f32")
+        assert outputs.tolist() == [[0, 2, 0]]
+
+
 def test_only_a_classifier_is_exported_as_one(tmp_path):
     """custom.nn's output h [N, 3] is not a class score (no i32 labels; `symnet run`
     prints no class): its predict returns 0 and the README says so."""
