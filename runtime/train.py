@@ -60,9 +60,10 @@ def input_roles(spec):
     floats = [n for n in inputs if _buffer(spec, n)["dtype"] != "i32"]
     ints = [n for n in inputs if _buffer(spec, n)["dtype"] == "i32"]
     if not floats or len(inputs) > 2:
+        # Said by train, eval, run and show alike: the message names no one verb.
         raise TrainingError(f"model {spec['name']} has inputs {', '.join(inputs) or 'none'}; "
-                            "training on a dataset needs one floating-point feature input "
-                            "and at most one label input")
+                            "data is fed to one floating-point input (the features) and "
+                            "at most one more (the labels)")
     features = floats[0]
     others = [n for n in inputs if n != features]
     return features, (ints or others or [None])[0]

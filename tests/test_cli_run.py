@@ -269,6 +269,16 @@ def test_labels_outside_the_classes_are_refused_saying_how_to_mend_them(tmp_path
     assert result.stdout == ""          # refused before the plan is printed
 
 
+def test_run_of_a_model_without_a_float_input_does_not_speak_of_training(tmp_path):
+    model = tmp_path / "oh.nn"
+    model.write_text("input y[N] : i32\noutput o = onehot(y, 3)\n")
+    np.save(tmp_path / "y.npy", np.array([0, 2]))
+    result = symnet("run", model, "--input", tmp_path / "y.npy")
+    assert one_error_line(result) == (
+        "error: model oh has inputs y; data is fed to one floating-point input (the "
+        "features) and at most one more (the labels)")
+
+
 def test_fractional_labels_for_a_classifier_are_refused_naming_the_data(tmp_path):
     """They passed the range check and failed at the first step, after the plan was
     printed and without saying which data held them."""
