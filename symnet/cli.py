@@ -315,12 +315,18 @@ def format_table(rows):
 
 
 # ---- shared -------------------------------------------------------------------------
-def output_file(path, option, png=False):
+def output_file(path, option, png=False, reads=()):
     """Check an output path before any work starts (a training run must not fail at its
-    end): a .png name for a PNG, not a folder, and a folder for it that exists (it is
-    made here: `-o out/model.ptx` in a fresh clone) and can be written."""
+    end): a .png name for a PNG, not a folder, none of the files the command `reads`
+    (`-o mlp.nn` replaced the model's source with a checkpoint), and a folder for it
+    that exists (it is made here: `-o out/model.ptx` in a fresh clone) and can be
+    written."""
     def refuse(why):
         raise SymnetError(f"cannot write '{path}': {why}")
+    for source in reads:
+        if os.path.isfile(path) and os.path.isfile(source) and os.path.samefile(path, source):
+            refuse(f"the command reads that file, and {option} would replace it; "
+                   "give another name")
     if path == "-":
         refuse(f"{option} names a file to write, and '-' would make one called '-'; "
                "give a file name")

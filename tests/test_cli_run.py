@@ -269,6 +269,24 @@ def test_labels_outside_the_classes_are_refused_saying_how_to_mend_them(tmp_path
     assert result.stdout == ""          # refused before the plan is printed
 
 
+@pytest.mark.parametrize("command, victim", [
+    (["train", "{model}", "--data", "{data}", "-o", "{model}"], "model"),
+    (["train", "{model}", "--data", "{data}", "-o", "{data}"], "data"),
+    (["compile", "{model}", "-o", "{model}"], "model"),
+], ids=["train_over_model", "train_over_data", "compile_over_model"])
+def test_output_over_a_file_the_command_reads_is_refused(tmp_path, command, victim):
+    """`-o mlp.nn` for `-o mlp.npz` replaced the model's source with a checkpoint."""
+    files = {"model": tmp_path / "line.nn", "data": write_csv(tmp_path / "line.csv",
+                                                               np.arange(12.0))}
+    files["model"].write_text((ROOT / "examples" / "linreg.nn").read_text())
+    before = {k: p.read_bytes() for k, p in files.items()}
+    result = symnet(*[word.format(**files) for word in command])
+    assert one_error_line(result) == (f"error: cannot write '{files[victim]}': the command "
+                                      "reads that file, and -o would replace it; give "
+                                      "another name")
+    assert {k: p.read_bytes() for k, p in files.items()} == before
+
+
 def test_run_of_a_model_without_a_float_input_does_not_speak_of_training(tmp_path):
     model = tmp_path / "oh.nn"
     model.write_text("input y[N] : i32\noutput o = onehot(y, 3)\n")
