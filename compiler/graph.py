@@ -535,7 +535,8 @@ def _train_stmt(b, s):
     if b.train:
         b.error(f"the model already has a train statement (line {b.train_loc.line})", s.loc)
     if s.optimizer not in OPTIMIZERS:
-        b.error(f"unknown optimizer '{s.optimizer}'; expected one of {', '.join(OPTIMIZERS)}", s.loc)
+        b.error(f"unknown optimizer '{s.optimizer}'; expected one of {', '.join(OPTIMIZERS)}"
+                + _suggest(s.optimizer, OPTIMIZERS), s.loc)
     keys = list(OPTIMIZERS[s.optimizer]) + ["batch", "epochs", "seed"]
     train = {"optimizer": s.optimizer}
     for kw in s.kwargs:
@@ -552,7 +553,8 @@ def _train_stmt(b, s):
         why = setting_problem(kw.name, value)
         if why:
             b.error(f"{kw.name} {why}, got {_number_text(value)}", kw.value.loc)
-        train[kw.name] = value
+        # Counts as ints: Model.train is API, and range(model.train["epochs"]) must work.
+        train[kw.name] = int(value) if kw.name in ("batch", "epochs", "seed") else value
     b.train, b.train_loc = train, s.loc
 
 

@@ -27,6 +27,7 @@ starts a comment. Keywords are keywords only as the first word of a statement.
 Comma lists may end with a trailing comma. Strings are double-quoted, single-line and
 have no escapes. Every error is a SymnetError located at the offending token.
 """
+import difflib
 import math
 from contextlib import contextmanager
 from typing import Iterator, List, NamedTuple, Optional
@@ -61,6 +62,13 @@ def _describe(tok: Token) -> str:
     if tok.kind == "EOF":
         return "end of file"
     return f"'{_clip(tok.text)}'"
+
+
+def _keyword_hint(tok: Token) -> str:
+    """`; did you mean 'input'?` for a misspelt keyword such as `inptu`."""
+    close = (difflib.get_close_matches(tok.text, sorted(KEYWORDS), n=1)
+             if tok.kind == "NAME" else [])
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _clip(text: str) -> str:
@@ -291,7 +299,7 @@ class _Parser:
             self.next()                 # '='
             return ast.AssignStmt(tok.text, self.expr(), self.loc(tok))
         self.error(f"unknown statement {_describe(tok)}; expected model, input, param, const, "
-                   "output, loss, fn, op, train or NAME = EXPR", tok)
+                   "output, loss, fn, op, train or NAME = EXPR" + _keyword_hint(tok), tok)
 
     def _rest_of_line(self, tok: Token) -> str:
         """The source after `tok` on its line, if it is a whole expression; else EXPR."""

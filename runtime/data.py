@@ -314,12 +314,18 @@ def _csv_header(path) -> list[str] | None:
         raise DataError(f"{path}: {NOT_UTF8}") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or _oneline(err)})") from None
-    cells = [c.strip() for c in first.split(",")]
+    cells = [_unquoted(c) for c in first.split(",")]
     try:
         [float(c) for c in cells]
         return None
     except ValueError:
         return cells
+
+
+def _unquoted(cell: str) -> str:
+    """A CSV cell without its spaces and double quotes: R, Excel and pandas quote
+    header names ("label"), some writers numbers too."""
+    return cell.strip().strip('"')
 
 
 def _csv_problem(path, header) -> str:
@@ -335,7 +341,7 @@ def _csv_problem(path, header) -> str:
                 return f"line {lineno} has {len(cells)} columns, expected {width}"
             for c in cells:
                 try:
-                    float(c)
+                    float(_unquoted(c))
                 except ValueError:
                     return f"line {lineno}: {c.strip()!r} is not a number"
     return "unreadable CSV data"
@@ -352,7 +358,7 @@ def _read_csv(path):
         with warnings.catch_warnings():   # an empty file is reported below
             warnings.simplefilter("ignore", UserWarning)
             data = np.loadtxt(path, delimiter=",", skiprows=1 if header else 0,
-                              ndmin=2, encoding="utf-8-sig")
+                              ndmin=2, encoding="utf-8-sig", quotechar='"')
     except UnicodeDecodeError:            # a ValueError too, but no row is to blame
         raise DataError(f"{path}: {NOT_UTF8}") from None
     except ValueError:
@@ -399,11 +405,10 @@ def load_csv(path, test_path=None) -> Dataset:
 def load_npz(path) -> Dataset:
     """Arrays x_train, y_train, x_test, y_test - or x, y (last sixth is test).
     An optional ``classes`` array of strings names the labels."""
+    _check_npz_magic(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz file ({_oneline(err)})") from None
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
@@ -419,6 +424,24 @@ def load_npz(path) -> Dataset:
     classes = (_class_names(arrays["classes"], (y_train, y_test), path) if "classes" in arrays
                else _classes_for(path))
     return Dataset(f"NPZ ({path})", x_train, y_train, x_test, y_test, classes)
+
+
+def _check_npz_magic(path) -> None:
+    """Refuse what is not a zip archive by its first bytes: np.load would return a
+    .npy file's lone array (no keys to look up) and read anything else as a pickle,
+    whose refusal suggests allow_pickle."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or _oneline(err)})") from None
+    if magic == b"\x93NUMPY":
+        raise DataError(f"{path}: a single .npy array, not an .npz archive of named arrays "
+                        "(write it with np.savez(path, x=..., y=...))")
+    if not magic.startswith(b"PK"):
+        raise DataError(f"{path}: not a readable .npz file (not a zip archive)")
 
 
 def _class_names(classes: np.ndarray, labels, path) -> list[str]:

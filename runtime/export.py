@@ -289,7 +289,8 @@ int main(int argc, char** argv) {{
         perror(argv[1]);
         return 1;
     }}
-    while (fread(input, sizeof(float), {m}_INPUT_SIZE, file) == {m}_INPUT_SIZE) {{
+    size_t got;
+    while ((got = fread(input, sizeof(float), {m}_INPUT_SIZE, file)) == {m}_INPUT_SIZE) {{
         int result = {name}_predict(input, output);
         if (result < 0) {{
             fprintf(stderr, "out of memory\\n");
@@ -300,6 +301,11 @@ int main(int argc, char** argv) {{
         printf("\\n");
     }}
     fclose(file);
+    if (got != 0) {{    /* not a whole number of examples: not raw float32 of this size */
+        fprintf(stderr, "%s: ends with %zu of the %d values of an example\\n",
+                argv[1], got, {m}_INPUT_SIZE);
+        return 1;
+    }}
     return 0;
 }}
 """
@@ -315,6 +321,10 @@ example: example.c {name}.h lib{name}.so
 
 example_static: example.c {name}.h {name}.o
 \t$(CC) -O2 -o example_static example.c {name}.o -lm
+
+# {name}.o is symnet's code, not to be rebuilt from a .c file (for a model named
+# "example", make's built-in rule would compile example.c over it).
+%.o: %.c
 """
 
 

@@ -60,9 +60,10 @@ def input_roles(spec):
     floats = [n for n in inputs if _buffer(spec, n)["dtype"] != "i32"]
     ints = [n for n in inputs if _buffer(spec, n)["dtype"] == "i32"]
     if not floats or len(inputs) > 2:
+        # Said by train, eval, run and show alike: the message names no one verb.
         raise TrainingError(f"model {spec['name']} has inputs {', '.join(inputs) or 'none'}; "
-                            "training on a dataset needs one floating-point feature input "
-                            "and at most one label input")
+                            "data is fed to one floating-point input (the features) and "
+                            "at most one more (the labels)")
     features = floats[0]
     others = [n for n in inputs if n != features]
     return features, (ints or others or [None])[0]
@@ -108,9 +109,16 @@ def _shape_data(program, x, y):
 
 
 def check_labels(spec, y):
-    """Refuse class labels outside 0..K-1 for a classifier (nothing to check otherwise)."""
-    k = num_classes(spec)
+    """Refuse labels an i32 label input cannot take (2.5), and class labels outside
+    0..K-1 for a classifier (nothing to check otherwise)."""
+    _, labels = input_roles(spec)
     y = np.asarray(y)
+    if labels is not None and _buffer(spec, labels)["dtype"] == "i32" and y.dtype.kind == "f":
+        fractional = y[~np.isfinite(y) | (y != np.round(y))]
+        if fractional.size:     # said here, with the data's name, not at the first step
+            raise TrainingError(f"input '{labels}' must hold integers (class indices), got "
+                                f"{y.dtype} values such as {fractional[0]:g}")
+    k = num_classes(spec)
     if k is not None and len(y) and (y.min() < 0 or y.max() >= k):
         one_based = y.min() == 1 and y.max() == k          # numbered from 1, as in R or MATLAB
         raise TrainingError(f"labels range over {y.min():g}..{y.max():g}, but the model's output "

@@ -267,6 +267,12 @@ def gradcheck_command(args):
     print(f"gradcheck of {model.name}: batch {args.batch}, seed {args.seed}, "
           f"tolerance {GRADCHECK_TOLERANCE:g}")
     print(format_table(rows))
+    # 0 against 0 passes while testing nothing (the perceptron at seed 0: every random
+    # point classified right): say so rather than let "ok" stand for a real check.
+    zero = [c.name for c in checks if c.checked and c.max_abs_grad == 0]
+    if zero:
+        print(f"note: the checked gradient entries of {', '.join(zero)} are all 0 at this "
+              "point, so nothing was compared there; try another --seed")
     failed = [c.name for c in checks if not passes(c)]
     if failed:
         print(f"FAIL: {len(failed)} of {len(checks)} parameters: {', '.join(failed)}")
@@ -309,12 +315,18 @@ def format_table(rows):
 
 
 # ---- shared -------------------------------------------------------------------------
-def output_file(path, option, png=False):
+def output_file(path, option, png=False, reads=()):
     """Check an output path before any work starts (a training run must not fail at its
-    end): a .png name for a PNG, not a folder, and a folder for it that exists (it is
-    made here: `-o out/model.ptx` in a fresh clone) and can be written."""
+    end): a .png name for a PNG, not a folder, none of the files the command `reads`
+    (`-o mlp.nn` replaced the model's source with a checkpoint), and a folder for it
+    that exists (it is made here: `-o out/model.ptx` in a fresh clone) and can be
+    written."""
     def refuse(why):
         raise SymnetError(f"cannot write '{path}': {why}")
+    for source in reads:
+        if os.path.isfile(path) and os.path.isfile(source) and os.path.samefile(path, source):
+            refuse(f"the command reads that file, and {option} would replace it; "
+                   "give another name")
     if path == "-":
         refuse(f"{option} names a file to write, and '-' would make one called '-'; "
                "give a file name")

@@ -180,9 +180,11 @@ def feature_maps(model, params, image, tensors=None):
     features = feature_input(model)
     x = fit_to_shape(image[None], input_shape(model, features)).astype(np.float64)
     env = reference.run_forward(model, batch_inputs(model, features, x), params)
-    # Each tensor once, in the order given (`--tensors c1,c1` drew it twice).
-    names = list(dict.fromkeys(t.strip() for t in tensors)) if tensors else conv_outputs(model)
-    if not names:
+    # Each tensor once, in the order given (`--tensors c1,c1` drew it twice); the input
+    # is drawn first anyway (`--tensors x,c1` drew it twice too).
+    names = (list(dict.fromkeys(t.strip() for t in tensors if t.strip() != features))
+             if tensors else conv_outputs(model))
+    if not names and not tensors:
         raise SymnetError(f"model {model.name} has no convolution layers; name the "
                           "tensors to draw with --tensors")
     maps = [(features, x[0])]

@@ -217,10 +217,11 @@ def training_settings(model, args):
 @reporting
 def train_command(args):
     """Compile, load data, train; print one line per epoch and checkpoint with -o."""
+    reads = [args.file, *(args.data or "").split(",")]    # -o may name --weights
     if args.output:
-        output_file(args.output, "-o")
+        output_file(args.output, "-o", reads=reads)
     if args.plot:
-        output_file(args.plot, "--plot", png=True)
+        output_file(args.plot, "--plot", png=True, reads=reads)
     model = model_with_loss(args.file, args.seed or 0,
                             consequence="so there is nothing to train")
     if not model.params:
@@ -482,7 +483,7 @@ def compile_command(args):
     if emit == "obj" and (not args.output or to_stdout and is_tty(sys.stdout)):
         raise SymnetError("--emit obj writes a binary object file; give -o FILE")
     if not to_stdout:
-        output_file(args.output, "-o")
+        output_file(args.output, "-o", reads=[args.file])
     model = load(args.file)
     ir_text, _, kernels, emitter = native.compile_ir(model, args.optimizer, args.dtype,
                                                      target, arch=args.arch)

@@ -228,6 +228,18 @@ def test_gradcheck_with_a_non_finite_difference_says_so(capsys, monkeypatch):
     assert capsys.readouterr().err == NOT_FINITE
 
 
+def test_gradcheck_says_when_it_compared_only_zeros(capsys):
+    """At seed 0 the perceptron classifies every random point right: both gradients are
+    0, and a plain "ok" would claim a check that compared nothing."""
+    assert cli.main(["gradcheck", "examples/perceptron.nn"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == ["note: the checked gradient entries of w, b are all 0 at this point, "
+                          "so nothing was compared there; try another --seed",
+                          "ok: all 2 parameters"]
+    assert cli.main(["gradcheck", "examples/perceptron.nn", "--seed", "1"]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_gradcheck_runs_as_a_command():
     result = symnet("gradcheck", "examples/linreg.nn", "--seed", "3")
     assert result.returncode == 0, result.stderr

@@ -291,6 +291,49 @@ def test_labels_outside_the_classes_are_refused_saying_how_to_mend_them(tmp_path
     assert result.stdout == ""          # refused before the plan is printed
 
 
+@pytest.mark.parametrize("command, victim", [
+    (["train", "{model}", "--data", "{data}", "-o", "{model}"], "model"),
+    (["train", "{model}", "--data", "{data}", "-o", "{data}"], "data"),
+    (["compile", "{model}", "-o", "{model}"], "model"),
+], ids=["train_over_model", "train_over_data", "compile_over_model"])
+def test_output_over_a_file_the_command_reads_is_refused(tmp_path, command, victim):
+    """`-o mlp.nn` for `-o mlp.npz` replaced the model's source with a checkpoint."""
+    files = {"model": tmp_path / "line.nn", "data": write_csv(tmp_path / "line.csv",
+                                                               np.arange(12.0))}
+    files["model"].write_text((ROOT / "examples" / "linreg.nn").read_text())
+    before = {k: p.read_bytes() for k, p in files.items()}
+    result = symnet(*[word.format(**files) for word in command])
+    assert one_error_line(result) == (f"error: cannot write '{files[victim]}': the command "
+                                      "reads that file, and -o would replace it; give "
+                                      "another name")
+    assert {k: p.read_bytes() for k, p in files.items()} == before
+
+
+def test_run_of_a_model_without_a_float_input_does_not_speak_of_training(tmp_path):
+    model = tmp_path / "oh.nn"
+    model.write_text("input y[N] : i32\noutput o = onehot(y, 3)\n")
+    np.save(tmp_path / "y.npy", np.array([0, 2]))
+    result = symnet("run", model, "--input", tmp_path / "y.npy")
+    assert one_error_line(result) == (
+        "error: model oh has inputs y; data is fed to one floating-point input (the "
+        "features) and at most one more (the labels)")
+
+
+def test_fractional_labels_for_a_classifier_are_refused_naming_the_data(tmp_path):
+    """They passed the range check and failed at the first step, after the plan was
+    printed and without saying which data held them."""
+    model = tmp_path / "three.nn"
+    model.write_text("input x[N, 2]\ninput y[N] : i32\noutput logits = dense(x, 3)\n"
+                     "loss cross_entropy(logits, y)\n")
+    rows = np.c_[np.arange(24.0).reshape(12, 2), np.resize([0, 1, 1.5], 12)]
+    np.savetxt(tmp_path / "data.csv", rows, delimiter=",", fmt="%g")
+    result = symnet("train", model, "--data", tmp_path / "data.csv", "-q")
+    assert one_error_line(result) == (
+        f"error: CSV ({tmp_path / 'data.csv'}), training examples: input 'y' must hold "
+        "integers (class indices), got float32 values such as 1.5")
+    assert result.stdout == ""
+
+
 @pytest.mark.parametrize("command, consequence", [("train", "nothing to train"),
                                                   ("eval", "nothing to evaluate")])
 def test_train_and_eval_without_a_loss_say_what_it_means_for_them(tmp_path, command,

@@ -205,6 +205,19 @@ def test_csv_header_label_last(tmp_path):
     np.testing.assert_array_equal(ds.y_test, [1])
 
 
+def test_csv_quoted_header_and_cells(tmp_path):
+    """R's write.csv and pandas quote names ("label"): the quoted label column was not
+    recognised, so the last feature became the labels. Quoted numbers were refused."""
+    path = tmp_path / "d.csv"
+    path.write_text('"label","a","b"\n' + "".join(f'{i % 2},"{i}",{20 * i}\n' for i in range(6)))
+    ds = load_dataset(str(path))
+    np.testing.assert_array_equal(ds.y_train, [0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(ds.x_train[:, 0], [0, 1, 2, 3, 4])
+    path.write_text('"a","b","label"\n1,"x",0\n')
+    with pytest.raises(DataError, match="line 2: '\"x\"' is not a number"):
+        load_dataset(str(path))
+
+
 def test_csv_pair(tmp_path):
     (tmp_path / "train.csv").write_text("0.1,0.2,1\n0.3,0.4,0\n")
     (tmp_path / "test.csv").write_text("0.5,0.6,2\n")
@@ -300,7 +313,17 @@ def test_npz_missing_keys_and_mismatch(tmp_path):
     with pytest.raises(DataError, match="2 labels for 3 examples"):
         load_dataset(str(path))
     path.write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match=r"not a readable .npz file \(not a zip archive\)$"):
+        load_dataset(str(path))
+
+
+def test_npy_saved_under_an_npz_name(tmp_path):
+    """np.save to a .npz name writes one bare array: np.load returned it and the
+    loader failed with an internal TypeError instead of saying what the file is."""
+    path = tmp_path / "d.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.zeros((12, 3)))
+    with pytest.raises(DataError, match=r"a single .npy array, not an .npz archive"):
         load_dataset(str(path))
 
 

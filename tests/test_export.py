@@ -76,6 +76,18 @@ def test_example_agrees_with_program_forward_on_100_images(exported, linking):
     np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
 
 
+def test_example_refuses_a_file_that_is_not_whole_examples(exported, tmp_path):
+    """float64 data (NumPy's default for tofile) or a cut file ended in a partial example
+    that the example dropped without a word, exit status 0."""
+    folder, _, images = exported
+    cc("-O2", "-o", tmp_path / "example", "example.c", "mlp.o", "-lm", cwd=folder / "lib")
+    images[:2].astype(np.float64)[:, :600].tofile(tmp_path / "f64.bin")    # 2400 floats
+    result = subprocess.run([str(tmp_path / "example"), str(tmp_path / "f64.bin")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and len(result.stdout.splitlines()) == 3
+    assert result.stderr == f"{tmp_path / 'f64.bin'}: ends with 48 of the 784 values of an example\n"
+
+
 def test_forward_of_a_batch_through_ctypes(exported):
     folder, program, images = exported
     library = ctypes.CDLL(str(folder / "lib" / "libmlp.so"))
@@ -164,6 +176,22 @@ def test_an_input_marked_as_output_is_copied_through(tmp_path):
     assert forward(4, x.ctypes.data, (ctypes.c_void_p * 2)(echoed.ctypes.data, y.ctypes.data)) == 0
     np.testing.assert_array_equal(echoed, x)
     np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_builds_both_examples_of_a_model_named_example(tmp_path):
+    """Its object file is example.o: make's built-in rule compiled example.c over it,
+    and `make example_static` failed with two mains and no example_predict."""
+    source = tmp_path / "example.nn"
+    source.write_text("model example\ninput x[N, 3]\noutput y = relu(x)\n")
+    assert cli.main(["export", str(source), "-o", str(tmp_path / "lib"), "-q"]) == 0
+    np.array([-1, 2, -3], np.float32).tofile(tmp_path / "x.f32")
+    for target in ("example_static", "example"):
+        built = subprocess.run(["make", target], cwd=tmp_path / "lib", capture_output=True,
+                               text=True)
+        assert built.returncode == 0, built.stderr
+        classes, outputs = run_example(tmp_path / "lib" / target, tmp_path / "x.f32")
+        assert outputs.tolist() == [[0, 2, 0]]
 
 
 def test_only_a_classifier_is_exported_as_one(tmp_path):

@@ -171,6 +171,8 @@ TRAIN = {  # one, with its optimizer's keys
     "train_key_of_another_optimizer": ("train adam(beta=0.9)\n", 1, 12,
                                        "adam has no option 'beta'; it takes lr, beta1, beta2, "
                                        "eps, batch, epochs, seed; did you mean 'beta2'?"),
+    "misspelt_optimizer": ("train sdg(lr=0.1)\n", 1, 1, "unknown optimizer 'sdg'; expected "
+                           "one of sgd, momentum, adam; did you mean 'sgd'?"),
     "second_train": ("train sgd(lr=0.1)\ntrain adam(lr=0.01)\n",
                      2, 1, "the model already has a train statement (line 1)"),
 }
@@ -183,6 +185,8 @@ def test_second_train_and_foreign_keys_raise_symnet_errors():
     model = parse("input x[N]\ntrain momentum(lr=0.1, beta=0.8, batch=N, epochs=3, seed=2)\n")
     assert model.train == {"optimizer": "momentum", "lr": 0.1, "beta": 0.8, "batch": "full",
                            "epochs": 3, "seed": 2}
+    counts = parse("input x[N]\ntrain sgd(lr=1, batch=64, epochs=3)\n").train
+    assert [type(counts[k]) for k in ("lr", "batch", "epochs")] == [float, int, int]
 
 
 # ---- op bodies and onehot ---------------------------------------------------------------

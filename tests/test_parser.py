@@ -239,7 +239,11 @@ ERRORS = [
     ("output y z", 1, 10, "unexpected 'z' after statement"),
     ("model m\n  parm W[3] = 1", 2, 3,
      "unknown statement 'parm'; expected model, input, param, const, output, loss, fn, op, "
-     "train or NAME = EXPR"),
+     "train or NAME = EXPR; did you mean 'param'?"),
+    ("inptu x[N, 3]", 1, 1, "unknown statement 'inptu'; expected model, input, param, const, "
+     "output, loss, fn, op, train or NAME = EXPR; did you mean 'input'?"),
+    ("relu x", 1, 1, "unknown statement 'relu'; expected model, input, param, const, "
+     "output, loss, fn, op, train or NAME = EXPR"),
     ("3 = x", 1, 1, "unknown statement '3'; expected model, input, param, const, output, "
      "loss, fn, op, train or NAME = EXPR"),
     ("input x[N, 2.5]", 1, 12, "expected a dimension (integer or name), found '2.5'"),

@@ -449,6 +449,10 @@ def test_show_named_tensors_and_their_errors(tmp_path, shirt, capsys):
     assert "c1 [6, 28, 28], s2 [6, 14, 14]" in capsys.readouterr().out
     assert cli.main(args + ["c1, c1,s2"]) == 0          # each tensor drawn once
     assert "x [1, 28, 28], c1 [6, 28, 28], s2 [6, 14, 14]\n" in capsys.readouterr().out
+    assert cli.main(args + ["x,c1"]) == 0               # the input, drawn first anyway
+    assert "x [1, 28, 28], c1 [6, 28, 28]\n" in capsys.readouterr().out
+    assert cli.main(args + ["x"]) == 0
+    assert "x [1, 28, 28]\n" in capsys.readouterr().out
     assert cli.main(args + ["c9"]) == 1
     assert "error: 'c9' is not a tensor of lenet5" in capsys.readouterr().err
     assert cli.main(args + ["f5"]) == 1
