@@ -174,6 +174,11 @@ def predict(program, x, batch=EVAL_BATCH):
     in chunks so that a whole test set never needs one huge workspace."""
     spec = program.spec
     features, _ = input_roles(spec)
+    others = [n for n in spec["entry_inputs"].get("predict", []) if n != features]
+    if others:      # the forward pass would stop at "missing input": say why it is missing
+        raise TrainingError(f"model {spec['name']}'s outputs read input '{others[0]}' as well "
+                            f"as '{features}', and predictions are fed only the features "
+                            f"('{features}'); call Program.forward with every input instead")
     x = fit_to_shape(np.asarray(x), sample_shape(spec, features))
     batched = all(_buffer(spec, o)["shape"][:1] == _buffer(spec, features)["shape"][:1]
                   for o in spec["outputs"])

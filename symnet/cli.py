@@ -42,6 +42,7 @@ def main(argv=None):
     args, unknown = parser.parse_known_args(argv)
     if unknown:          # the verb's own parser says it: its name, and its --help
         args.verb_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    refuse_empty_values(args)
     try:
         return args.verb.run(args)
     except SymnetError as e:
@@ -86,6 +87,15 @@ class Parser(argparse.ArgumentParser):
                        + f" (the commands are {', '.join(verbs)})")
         print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
         sys.exit(1)
+
+
+def refuse_empty_values(args):
+    """An empty value (`-o ''`, `--data "$UNSET"`) is a mistake, not a request for the
+    default: `-o ''` trained and saved nothing, `--data ''` read Fashion-MNIST."""
+    for action in args.verb_parser._actions:
+        if getattr(args, action.dest, None) == "":
+            name = "/".join(action.option_strings) or action.dest
+            args.verb_parser.error(f"argument {name}: the value is empty")
 
 
 def build_parser():

@@ -169,16 +169,20 @@ def show_command(args):
     if args.output is None:
         raise SymnetError("--input needs -o MAPS.png: where to draw the feature maps")
     tensors = args.tensors.split(",") if args.tensors else None
-    maps = feature_maps(model, params, load_image(args.input), tensors)
+    maps = feature_maps(model, params, load_image(args.input), tensors, source=args.input)
     save_feature_maps(maps, args.output)
     print(f"wrote {args.output}: {', '.join(f'{n} {list(a.shape)}' for n, a in maps)}")
     return 0
 
 
-def feature_maps(model, params, image, tensors=None):
-    """[(name, array [C, H, W])]: the input, then each tensor drawn, for one image."""
+def feature_maps(model, params, image, tensors=None, source="the image"):
+    """[(name, array [C, H, W])]: the input, then each tensor drawn, for one image
+    (read from `source`, which a misfit's message names)."""
     features = feature_input(model)
-    x = fit_to_shape(image[None], input_shape(model, features)).astype(np.float64)
+    try:
+        x = fit_to_shape(image[None], input_shape(model, features)).astype(np.float64)
+    except DataError as err:
+        raise SymnetError(f"{source}: {err}") from None
     env = reference.run_forward(model, batch_inputs(model, features, x), params)
     # Each tensor once, in the order given (`--tensors c1,c1` drew it twice); the input
     # is drawn first anyway (`--tensors x,c1` drew it twice too).

@@ -561,6 +561,10 @@ def cache_arguments(parser):
 
 def cache_command(args):
     """The disk cache of compiled code ($SYMNET_CACHE, else ~/.cache/symnet)."""
+    folder = jit.default_cache_dir()
+    if os.path.exists(folder) and not os.path.isdir(folder):   # compiling goes on uncached
+        raise SymnetError(f"{folder} is not a folder, so no compiled code is cached; "
+                          "point $SYMNET_CACHE at a folder")
     if args.action == "clear":
         removed = jit.clear_cache()
         print(f"removed {removed} compiled model(s) from {jit.default_cache_dir()}")

@@ -273,6 +273,11 @@ def test_missing_file_is_a_user_error(capsys):
     (["check", "examples/linreg.nn", "--wrt", "a"],
      "symnet check: error: unrecognized arguments: --wrt a (see 'symnet check --help')"),
     ([], "symnet: error: the following arguments are required: command (see 'symnet --help')"),
+    (["train", "examples/mlp.nn", "-o", ""],      # it trained, then saved nothing
+     "symnet train: error: argument -o/--output: the value is empty (see 'symnet train --help')"),
+    (["eval", "examples/mlp.nn", "--weights", "w.ckpt", "--data", ""],    # read Fashion-MNIST
+     "symnet eval: error: argument --data: the value is empty"),
+    (["check", ""], "symnet check: error: argument file: the value is empty"),
     (["train", "examples/mlp.nn", "--epochs", "0"],
      "symnet train: error: argument --epochs: must be at least 1, got 0 (see 'symnet train --help')"),
     (["compile", "examples/mlp.nn", "--arch", "sm_75"],

@@ -319,6 +319,16 @@ def test_run_of_a_model_without_a_float_input_does_not_speak_of_training(tmp_pat
         "features) and at most one more (the labels)")
 
 
+def test_run_of_a_model_whose_outputs_read_two_inputs_says_which_is_not_fed(tmp_path):
+    """It said only "missing input 'b' [N, 2]", as if the user had left something out."""
+    model = tmp_path / "two.nn"
+    model.write_text("model two\ninput a[N, 2]\ninput b[N, 2]\noutput o = a + b\n")
+    np.save(tmp_path / "a.npy", np.ones(2))
+    assert one_error_line(symnet("run", model, "--input", tmp_path / "a.npy")) == (
+        "error: model two's outputs read input 'b' as well as 'a', and predictions are fed "
+        "only the features ('a'); call Program.forward with every input instead")
+
+
 def test_fractional_labels_for_a_classifier_are_refused_naming_the_data(tmp_path):
     """They passed the range check and failed at the first step, after the plan was
     printed and without saying which data held them."""
@@ -578,6 +588,12 @@ def test_cache_info_and_clear(tmp_path, monkeypatch):
     assert symnet("cache", "clear").stdout == f"removed 1 compiled model(s) from {cache}\n"
     assert not [p.name for p in cache.iterdir() if p.name.endswith(".symobj")]
     assert symnet("cache", "info").stdout == f"{cache}: 0 compiled model(s), 0 bytes\n"
+
+    monkeypatch.setenv("SYMNET_CACHE", str(tmp_path / "zeros.npy"))    # a file: no cache
+    for action in ("info", "clear"):
+        assert one_error_line(symnet_process("cache", action)) == (
+            f"error: {tmp_path / 'zeros.npy'} is not a folder, so no compiled code is cached; "
+            "point $SYMNET_CACHE at a folder")
 
 
 # ---- the README's demo ------------------------------------------------------------------

@@ -554,6 +554,13 @@ def test_show_needs_a_mode_and_matching_inputs(tmp_path, capsys):
     assert "needs a model whose input has 2 features" in capsys.readouterr().err
     assert cli.main(["show", "examples/perceptron.nn", "--boundary", "b.png"]) == 1
     assert "--boundary needs --data CSV" in capsys.readouterr().err
+    image = tmp_path / "img.npy"                # a 28 x 28 image for a two-feature model
+    np.save(image, np.ones((28, 28)))
+    assert cli.main(["show", "examples/perceptron.nn", "--input", str(image),
+                     "-o", str(tmp_path / "m.png")]) == 1
+    assert capsys.readouterr().err == (f"error: {image}: data shaped [28, 28] (784 values "
+                                       "per example) does not fit model input [2] (2 values)\n")
+    assert not (tmp_path / "m.png").exists()
 
 
 def test_the_runtime_modules_do_not_import_sympy():
