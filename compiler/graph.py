@@ -513,20 +513,23 @@ def _op_stmt(b, s):
     b.define(s.name, s.loc)
     if len(set(s.indices)) != len(s.indices) or len(set(s.operands)) != len(s.operands):
         b.error(f"op {s.name} repeats an operand or index name", s.loc)
-    _check_reductions(b, s.body, set(s.indices))
+    _check_reductions(b, s.body, set(s.indices), _reduce_indices(s.body))
     b.user_ops[s.name] = s
 
 
-def _check_reductions(b, e, bound):
+def _check_reductions(b, e, bound, reduced):
     """Each sum(k: ...) and max(k: ...) binds a new index: not an output index, and not
-    the index of a reduction around it."""
+    the index of a reduction around it. A reduction's index (one of `reduced`) means
+    nothing outside it: there it would be a loop variable no loop binds."""
     if isinstance(e, S.Reduce):
         if e.index in bound:
             b.error(f"{e.kind}({e.index}: ...) reuses the index '{e.index}', which is already "
                     "bound here; give the reduction its own index", e.loc)
         bound = bound | {e.index}
+    if isinstance(e, S.Name) and e.id in reduced and e.id not in bound:
+        b.error(f"index '{e.id}' is used outside the reduction that binds it", e.loc)
     for child in _children(e):
-        _check_reductions(b, child, bound)
+        _check_reductions(b, child, bound, reduced)
 
 
 def _train_stmt(b, s):

@@ -202,6 +202,9 @@ OPS = {  # rank, index binding, dtype
     "nested_sums_over_one_index": ("op bad(A)[n] = max(k: sum(k: A[n, k]))\n", 1, 23,
                                    "sum(k: ...) reuses the index 'k', which is already bound "
                                    "here; give the reduction its own index"),
+    # was an internal IRError: the read of A[n, k] outside the sum had no loop for k
+    "reduction_index_outside_its_sum": ("op bad(A)[n] = sum(k: A[n, k]) * A[n, k]\n", 1, 39,
+                                        "index 'k' is used outside the reduction that binds it"),
 }
 
 
