@@ -19,21 +19,7 @@ from .lower import lower
 from .reference import classes_of
 from .gpu_schedule import gpu_schedule
 from .schedule import keep_stores, schedule
-
-def _compiler_version():
-    """The release plus a hash of the compiler's own source: caches built by any other
-    version of the code generator are never reused."""
-    h = hashlib.sha256()
-    root = os.path.dirname(os.path.abspath(__file__))
-    for folder in (root, os.path.join(root, "codegen")):
-        for name in sorted(os.listdir(folder)):
-            if name.endswith(".py"):
-                with open(os.path.join(folder, name), "rb") as f:
-                    h.update(name.encode() + f.read())
-    return "symnet-0.1.0+" + h.hexdigest()[:12]
-
-
-VERSION = _compiler_version()
+from .version import VERSION
 
 
 def _gc_paused(fn):

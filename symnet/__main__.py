@@ -3,8 +3,8 @@ import sys
 
 
 def entry():
-    """Run the command line. Loading the compiler (sympy, LLVM) takes about a second; a
-    Ctrl-C then exits quietly with 130, as it does later, not with a traceback."""
+    """Run the command line. A Ctrl-C while it loads exits quietly with 130, as it does
+    later (main() loads the compiler, about a second, once the arguments are parsed)."""
     try:
         from .cli import main
     except KeyboardInterrupt:

@@ -9,9 +9,13 @@ function running it, which returns the exit status. Mistakes in the user's files
 flags are SymnetErrors: printed as `FILE:LINE:COL: error: ...`, exit status 1, and so
 are argparse's usage errors (one line, not the usage block). Anything else is a bug of
 symnet: one `internal error:` line, exit status 2 (`--traceback` shows the traceback).
+
+The compiler (sympy, networkx, LLVM: about a second) is imported by the verbs when they
+run, not here: `symnet --help`, `--version` and usage errors answer at once.
 """
 import argparse
 import difflib
+import importlib
 import io
 import os
 import re
@@ -20,29 +24,27 @@ import tempfile
 
 import numpy as np
 
-from compiler import chain, printing, reference
 from compiler.errors import Loc, SymnetError
-from compiler.gradcheck import gradcheck
-from compiler.index_ir import shape_value
-from compiler.pipeline import load
-
-GRADCHECK_TOLERANCE = 1e-6
-
 
 from .verb import Verb
+
+GRADCHECK_TOLERANCE = 1e-6
 
 
 def main(argv=None):
     """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
     try:
         parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:          # the verb's own parser says it: its name, and its --help
+            args.verb_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        refuse_empty_values(args)
+        load_compiler()
     except ImportError as e:     # a dependency missing or too old (llvmlite): say which
         print(f"error: {e}", file=sys.stderr)
         return 1
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:          # the verb's own parser says it: its name, and its --help
-        args.verb_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    refuse_empty_values(args)
+    except KeyboardInterrupt:    # a Ctrl-C while the compiler loads
+        return 130
     try:
         return args.verb.run(args)
     except SymnetError as e:
@@ -65,6 +67,15 @@ def main(argv=None):
         print(f"internal error: {type(e).__name__}: {message} "
               "(rerun with --traceback for details)", file=sys.stderr)
         return 2
+
+
+def load_compiler():
+    """Import the compiler's dependencies once the command line is parsed (not before:
+    `--help` needs none of them), so that a missing or too old one is one line before
+    any verb starts: sympy and networkx (compiler.pipeline), llvmlite (compiler.codegen
+    checks its version, runtime.jit loads its LLVM)."""
+    for name in ("compiler.pipeline", "compiler.codegen", "runtime.jit"):
+        importlib.import_module(name)
 
 
 def all_verbs():
@@ -100,7 +111,7 @@ def refuse_empty_values(args):
 
 def build_parser():
     """The argparse parser: one subparser per entry of VERBS, each with --traceback."""
-    from compiler.native import VERSION
+    from compiler.version import VERSION
     parser = Parser(prog="symnet", description="Compile neural-network definitions (.nn files).")
     parser.add_argument("--version", action="version", version=VERSION.replace("-", " ", 1))
     common = argparse.ArgumentParser(add_help=False)
@@ -122,6 +133,7 @@ def check_arguments(parser):
 
 def check_command(args):
     """Parse and check the model; print its summary table."""
+    from compiler.pipeline import load
     print(load(args.file).summary())
     return 0
 
@@ -133,7 +145,8 @@ def grad_arguments(parser):
     parser.add_argument("--chain", action="store_true",
                         help="each gradient as the chain rule's product of local derivatives")
     parser.add_argument("--wrt", metavar="NAME", help="only the gradient for this parameter")
-    parser.add_argument("--format", choices=printing.FORMATS, default="text",
+    # compiler.printing.FORMATS, written out: printing loads sympy, --help should not
+    parser.add_argument("--format", choices=("text", "unicode", "latex"), default="text",
                         help="how to print formulas (default: text)")
     parser.add_argument("--at", metavar="NAME=VALUE,...",
                         help="also evaluate the loss and gradients here: every input "
@@ -144,6 +157,7 @@ def grad_arguments(parser):
 
 def grad_command(args):
     """Print the gradient of the loss w.r.t. each parameter, the deltas, and values."""
+    from compiler import chain, printing
     model = model_with_loss(args.file)
     simplify = not args.no_simplify
     # Check the --at values before printing anything, so a mistake is the only output.
@@ -200,6 +214,8 @@ def parse_assignments(text):
 
 def evaluation_point(model, values):
     """Inputs (each a batch of one, filled with its value) and parameter overrides."""
+    from compiler import reference
+    from compiler.index_ir import shape_value
     for name in values:
         if name not in model.inputs and name not in model.params:
             raise SymnetError(f"--at: '{name}' is neither an input nor a parameter of "
@@ -229,6 +245,7 @@ def evaluation_point(model, values):
 def print_values(model, values, point, wrt, simplify, fmt="text"):
     """The loss and the gradients at the --at point, from the float64 reference
     (with --format latex as `%` comments, like the headings: no equations)."""
+    from compiler import reference
     inputs, params = point
     loss, grads = reference.value_and_grad(model, inputs, params, simplify=simplify)
     where = ", ".join(f"{name}={format_number(v)}" for name, v in values.items())
@@ -267,6 +284,7 @@ def gradcheck_arguments(parser):
 
 def gradcheck_command(args):
     """Compare each parameter's derived gradient with central differences."""
+    from compiler import gradcheck     # the function (compiler.gradcheck is also its module)
     model = model_with_loss(args.file)
     checks, _ = gradcheck(model, seed=args.seed, batch=args.batch, samples=args.samples)
     rows = [("param", "shape", "checked", "max rel error", "")]
@@ -359,6 +377,7 @@ def output_file(path, option, png=False, reads=()):
 def model_with_loss(path, seed=0, consequence="so it has no gradient"):
     """Load a model that must have a loss (grad, gradcheck, train, eval); the error
     says what its absence means for the command."""
+    from compiler.pipeline import load
     model = load(path, seed=seed)
     if model.loss is None:
         where = model.loc or Loc(path, 1, 1, model.source.split("\n")[0])

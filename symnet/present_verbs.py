@@ -10,38 +10,35 @@
 reference evaluator (compiler/reference.py), which keeps every intermediate tensor;
 `export` compiles the predict entry to machine code and links it with a generated C
 wrapper (runtime/export.py).
+
+The compiler (sympy, LLVM) is imported inside the functions that use it, so that
+`symnet --help` does not wait for it (symnet/cli.py).
 """
 import functools
 
 import numpy as np
 
-from compiler import reference
-from compiler.drawing import to_dot, write_graph
 from compiler.errors import SymnetError
-from compiler.index_ir import shape_value
-from compiler.native import compile_ir, model_hash
-from compiler.ops import format_shape
-from compiler.pipeline import load
 from runtime import checkpoint
 from runtime.checkpoint import CheckpointError
 from runtime.data import DataError, fit_to_shape, load_dataset, load_image
-from runtime.export import ExportError, export_library
 from runtime.plot import save_decision_boundary, save_feature_maps
 from runtime.progress import Progress
 
 from .cli import output_file
 from .verb import Verb
 
-USER_ERRORS = (CheckpointError, DataError, ExportError)
+USER_ERRORS = (CheckpointError, DataError)        # and runtime.export's ExportError
 
 
 def reporting(run):
     """Wrap a verb's run(args): the runtime's one-line errors become SymnetErrors."""
     @functools.wraps(run)
     def wrapped(args):
+        from runtime.export import ExportError      # imports LLVM
         try:
             return run(args)
-        except USER_ERRORS as err:
+        except (*USER_ERRORS, ExportError) as err:
             raise SymnetError(" ".join(str(err).split())) from None
     return wrapped
 
@@ -67,6 +64,7 @@ class Stages(Progress):
 def weights(model, path):
     """The parameters from checkpoint `path` (checked against the model), or the
     file's initial values when no checkpoint is given."""
+    from compiler.native import model_hash
     if path is None:
         return dict(model.params)
     expected = {name: value.shape for name, value in model.params.items()}
@@ -85,6 +83,7 @@ def feature_input(model):
 def batch_inputs(model, features, x):
     """Inputs for the reference evaluator: `x` for the features, zeros for the others
     (labels are not needed to compute what a network sees, but the loss reads them)."""
+    from compiler.index_ir import shape_value
     sizes = {s: len(x) for s in model.size_symbols}
     inputs = {features: x}
     for name, info in model.inputs.items():
@@ -96,6 +95,7 @@ def batch_inputs(model, features, x):
 
 def input_shape(model, name):
     """The declared shape of an input after its leading batch dimension (fixed sizes)."""
+    from compiler.ops import format_shape
     shape = model.inputs[name].shape
     rest = shape[1:]
     if not shape or not all(isinstance(d, int) for d in rest):
@@ -117,6 +117,8 @@ def graph_arguments(parser):
 
 def graph_command(args):
     """Draw the computation graph: tensors as nodes (name, op, shape), reads as edges."""
+    from compiler.drawing import to_dot, write_graph
+    from compiler.pipeline import load
     if args.output:
         output_file(args.output, "-o")
     model = load(args.file)
@@ -154,6 +156,7 @@ def show_arguments(parser):
 @reporting
 def show_command(args):
     """Feature maps of an image (--input, -o) or decision regions (--boundary, --data)."""
+    from compiler.pipeline import load
     if (args.input is None) == (args.boundary is None):
         raise SymnetError("show needs either --input IMAGE -o MAPS.png (feature maps) or "
                           "--boundary OUT.png --data CSV (decision regions)")
@@ -178,6 +181,8 @@ def show_command(args):
 def feature_maps(model, params, image, tensors=None, source="the image"):
     """[(name, array [C, H, W])]: the input, then each tensor drawn, for one image
     (read from `source`, which a misfit's message names)."""
+    from compiler import reference
+    from compiler.ops import format_shape
     features = feature_input(model)
     try:
         x = fit_to_shape(image[None], input_shape(model, features)).astype(np.float64)
@@ -231,6 +236,7 @@ def _elementwise_of(comp, tensor):
 
 def show_boundary(model, params, data_path, out, quiet):
     """Colour the plane by the class the model predicts; draw the data on top."""
+    from compiler.ops import format_shape
     features = feature_input(model)
     if input_shape(model, features) != [2]:
         raise SymnetError(f"--boundary needs a model whose input has 2 features; "
@@ -261,6 +267,7 @@ def show_boundary(model, params, data_path, out, quiet):
 def predicted_classes(model, params, features, xy):
     """Classes from the first output: argmax of [N, K], else a [N] or [N, 1] value > 0.5
     (a step's 0/1 or a sigmoid's probability)."""
+    from compiler import reference
     output = reference.forward(model, batch_inputs(model, features, xy), params)[model.outputs[0]]
     output = output.reshape(len(xy), -1)
     if output.shape[1] > 1:
@@ -283,6 +290,9 @@ def export_arguments(parser):
 @reporting
 def export_command(args):
     """Compile the predict entry and link it with the weights into a C library."""
+    from compiler.native import compile_ir
+    from compiler.pipeline import load
+    from runtime.export import export_library
     model = load(args.file)
     params = weights(model, args.weights)
     bar = Stages(4, "export", args.quiet)

@@ -11,6 +11,9 @@ The runtime reports what the user can fix (bad data, a checkpoint of another mod
 loss that became NaN) as DataError, TrainingError, CheckpointError or ProgramError;
 `reporting` turns them into SymnetErrors, so they print as one `error: ...` line with
 exit status 1 like every other mistake.
+
+The compiler (sympy, LLVM) is imported inside the functions that run the verbs, so that
+`symnet --help` does not wait for it (symnet/cli.py).
 """
 import argparse
 import functools
@@ -21,13 +24,9 @@ import time
 
 import numpy as np
 
-from compiler import gpucheck, native
 from compiler.defaults import OPTIMIZERS
 from compiler.errors import SymnetError
-from compiler.pipeline import load
-from compiler.gpu_schedule import format_gpu_schedule
-from compiler.schedule import format_schedule
-from runtime import checkpoint, files, jit
+from runtime import checkpoint, files
 from runtime.checkpoint import CheckpointError
 from runtime.data import DataError, fit_to_shape, load_dataset, load_image
 from runtime.program import ProgramError
@@ -83,6 +82,7 @@ def add_data_argument(parser, default="fashion-mnist"):
 def compile_program(model, device="cpu", dtype="f32", optimizer=None, entries=None):
     """(Program, seconds). For --device cuda the CUDA runtime is imported only here, so
     a machine without it (or without cuda-bindings) gets one line saying what is missing."""
+    from compiler import native
     started = time.perf_counter()
     if device == "cpu":
         program = native.compile(model, dtype=dtype, optimizer=optimizer, entries=entries)
@@ -217,6 +217,7 @@ def training_settings(model, args):
 @reporting
 def train_command(args):
     """Compile, load data, train; print one line per epoch and checkpoint with -o."""
+    from compiler.pipeline import load
     reads = [args.file, *(args.data or "").split(",")]    # -o may name --weights
     if args.output:
         output_file(args.output, "-o", reads=reads)
@@ -370,6 +371,7 @@ def run_arguments(parser):
 @reporting
 def run_command(args):
     """Feed one example (or a batch) through the model and print the outputs."""
+    from compiler.pipeline import load
     model = load(args.file)
     if not model.outputs:
         raise SymnetError(f"model {model.name} has no output for run to print; mark the "
@@ -465,6 +467,9 @@ def compile_arguments(parser):
 @reporting
 def compile_command(args):
     """Print (or write with -o) the code the compiler generates for the model."""
+    from compiler import native
+    from compiler.pipeline import load
+    from runtime import jit
     target = args.target or ("ptx" if args.emit == "ptx" else "cpu")
     emit = args.emit or ("ptx" if target == "ptx" else "llvm")
     if emit == "ptx" and target != "ptx":
@@ -510,6 +515,8 @@ def compile_command(args):
 def format_kernels(kernels, tensors, target="cpu"):
     """Every entry point's kernels as loop nests (for the GPU: its launches), under a
     heading per entry."""
+    from compiler.gpu_schedule import format_gpu_schedule
+    from compiler.schedule import format_schedule
     show = (lambda ks: format_gpu_schedule(ks, tensors)) if target == "ptx" else format_schedule
     return "\n\n".join(f"entry {entry}:\n{show(ks)}" for entry, ks in kernels.items())
 
@@ -518,8 +525,8 @@ def format_kernels(kernels, tensors, target="cpu"):
 def gpucheck_arguments(parser):
     """symnet gpucheck FILE [--batch B ...] [--seed S] [--optimizer O]"""
     parser.add_argument("file", help="the .nn model file")
-    parser.add_argument("--batch", type=positive_int, nargs="+", default=list(gpucheck.BATCHES),
-                        metavar="B", help="batch sizes to run (default: 5 300)")
+    parser.add_argument("--batch", type=positive_int, nargs="+", metavar="B",
+                        help="batch sizes to run (default: 5 300)")
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="random inputs (default 0)")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
@@ -530,6 +537,9 @@ def gpucheck_arguments(parser):
 def gpucheck_command(args):
     """Run the PTX target's kernels on this CPU (no GPU needed) and compare them with
     the CPU backend; report races and out-of-bounds accesses."""
+    from compiler import gpucheck
+    from compiler.pipeline import load
+    args.batch = args.batch or list(gpucheck.BATCHES)    # not the parser's default: LLVM
     model = load(args.file)
     check = gpucheck.gpucheck(model, args.batch, args.seed, args.optimizer)
     comparisons, report = check.comparisons, check.report
@@ -561,6 +571,7 @@ def cache_arguments(parser):
 
 def cache_command(args):
     """The disk cache of compiled code ($SYMNET_CACHE, else ~/.cache/symnet)."""
+    from runtime import jit
     folder = jit.default_cache_dir()
     if os.path.exists(folder) and not os.path.isdir(folder):   # compiling goes on uncached
         raise SymnetError(f"{folder} is not a folder, so no compiled code is cached; "

@@ -388,3 +388,25 @@ def test_importing_symnet_loads_the_compiler_only_when_used():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=120)
     assert result.stdout == "False\n['a', 'b']\n", result.stderr
+
+
+def test_version_help_and_usage_errors_start_without_the_compiler():
+    """`symnet --version`, `--help`, `VERB --help` and a usage error load neither sympy,
+    networkx nor LLVM (together about a second); the version is still the compiler's."""
+    script = ("import sys\n"
+              "from symnet import cli\n"
+              "for argv in (['--version'], ['--help'], ['train', '--help'], ['train'], ['trian']):\n"
+              "    try:\n"
+              "        cli.main(argv)\n"
+              "    except SystemExit:\n"
+              "        pass\n"
+              "print(sorted(m for m in ('sympy', 'networkx', 'llvmlite') if m in sys.modules))\n"
+              "from compiler.native import VERSION\n"
+              "print(VERSION.replace('symnet-', 'symnet '))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    lines = result.stdout.splitlines()
+    assert lines[-2:] == ["[]", lines[0]], result.stderr
+    assert lines[0].startswith("symnet 0.") and "usage: symnet train" in result.stdout
+    assert "the following arguments are required: file" in result.stderr
+    assert "unknown command 'trian'" in result.stderr
