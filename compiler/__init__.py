@@ -6,13 +6,16 @@
 """
 __all__ = ["SymnetError", "compile", "gradcheck", "gradients", "load", "parse"]
 
-# The names load on first use (PEP 562), so that importing a light submodule
+from .errors import SymnetError
+# Bound here, not on first use: the function shares its name with its module, and a
+# lazy binding would lose to the module once `from compiler.gradcheck import ...` ran.
+# The module imports sympy only when it runs.
+from .gradcheck import gradcheck
+
+# The other names load on first use (PEP 562), so that importing a light submodule
 # (compiler.errors, compiler.version) does not load sympy, networkx and LLVM: `symnet
-# --help` and `--version` answer at once. The function gradcheck shares its name with
-# its module: import it as `from compiler import gradcheck` (importing the module
-# compiler.gradcheck by name first would make `compiler.gradcheck` the module).
-_SOURCES = {"SymnetError": ("errors", "SymnetError"), "compile": ("native", "compile"),
-            "gradcheck": ("gradcheck", "gradcheck"), "gradients": ("printing", "gradient_formulas"),
+# --help` and `--version` answer at once.
+_SOURCES = {"compile": ("native", "compile"), "gradients": ("printing", "gradient_formulas"),
             "load": ("pipeline", "load"), "parse": ("pipeline", "parse")}
 
 
@@ -22,5 +25,5 @@ def __getattr__(name):
     import importlib
     module, attribute = _SOURCES[name]
     value = getattr(importlib.import_module(f".{module}", __name__), attribute)
-    globals()[name] = value        # after the import, which set compiler.gradcheck to the module
+    globals()[name] = value
     return value

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import reference
 from .errors import SymnetError
 
 
@@ -31,6 +30,7 @@ def gradcheck(model, seed=0, batch=3, samples=24, eps=1e-6, simplify=True):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{what} must be a whole number of at least 1, got {value!r}")
     rng = np.random.default_rng(seed)
+    from . import reference     # sympy: loaded on use, so `import compiler` stays light
     inputs = reference.random_inputs(model, batch=batch, seed=seed)
     # Move away from the initial values so that zero-initialised biases and weights
     # do not sit on kinks (relu at 0) or symmetric points.

@@ -284,7 +284,7 @@ def gradcheck_arguments(parser):
 
 def gradcheck_command(args):
     """Compare each parameter's derived gradient with central differences."""
-    from compiler import gradcheck     # the function (compiler.gradcheck is also its module)
+    from compiler import gradcheck
     model = model_with_loss(args.file)
     checks, _ = gradcheck(model, seed=args.seed, batch=args.batch, samples=args.samples)
     rows = [("param", "shape", "checked", "max rel error", "")]
