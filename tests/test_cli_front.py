@@ -353,13 +353,18 @@ def test_a_closed_pipe_stops_quietly(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
+def python_c(script):
+    """`python -c script` in a fresh interpreter: what it imports is its own."""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+
+
 def test_an_llvmlite_too_old_is_one_line_before_anything_runs():
     """llvmlite before 0.46 cannot parse the IR symnet writes (opaque pointers): the
     command says so in one line, exit status 1, instead of failing in code generation."""
     script = ("import sys, llvmlite; llvmlite.__version__ = '0.44.0'; "
               "from symnet import cli; sys.exit(cli.main(['check', 'examples/linreg.nn']))")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+    result = python_c(script)
     assert result.returncode == 1
     assert result.stderr == ("error: symnet needs llvmlite 0.46 or newer; this is 0.44.0 "
                              "(pip install -U llvmlite)\n")
@@ -377,16 +382,14 @@ def test_ctrl_c_while_the_compiler_loads_exits_130_without_a_traceback():
               "sys.meta_path.insert(0, Interrupt)\n"
               "from symnet.__main__ import entry\n"
               "sys.exit(entry())\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+    result = python_c(script)
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "")
 
 
 def test_importing_symnet_loads_the_compiler_only_when_used():
     script = ("import sys, symnet; print('sympy' in sys.modules); "
               "print(sorted(symnet.gradients(symnet.load('examples/linreg.nn'))))")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+    result = python_c(script)
     assert result.stdout == "False\n['a', 'b']\n", result.stderr
 
 
@@ -403,8 +406,7 @@ def test_version_help_and_usage_errors_start_without_the_compiler():
               "print(sorted(m for m in ('sympy', 'networkx', 'llvmlite') if m in sys.modules))\n"
               "from compiler.native import VERSION\n"
               "print(VERSION.replace('symnet-', 'symnet '))\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+    result = python_c(script)
     lines = result.stdout.splitlines()
     assert lines[-2:] == ["[]", lines[0]], result.stderr
     assert lines[0].startswith("symnet 0.") and "usage: symnet train" in result.stdout
