@@ -1,4 +1,5 @@
-"""Training defaults shared by the compiler (checking `train` statements) and the CLI.
+"""Choices and defaults shared by the compiler and the CLI, in a module that imports
+nothing (the CLI's parser reads them without loading sympy).
 
 An optimizer takes its own keys (below) and batch, epochs and seed."""
 OPTIMIZERS = {
@@ -8,3 +9,6 @@ OPTIMIZERS = {
 }
 DEFAULT_BATCH = 64
 DEFAULT_EPOCHS = 5
+
+# How formulas print (compiler.printing; `symnet grad --format`).
+FORMULA_FORMATS = ("text", "unicode", "latex")

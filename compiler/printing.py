@@ -23,12 +23,12 @@ import sympy
 from sympy.concrete.expr_with_limits import ExprWithLimits
 
 from .autodiff import differentiate, grad_name
+from .defaults import FORMULA_FORMATS as FORMATS
 from .errors import SymnetError
 from .index_ir import fdiv
 from .ops import format_shape
 from .schedule import loop_ranges
 
-FORMATS = ("text", "unicode", "latex")
 # Fully inlined formulas larger than this (nodes of the expression tree, about 30
 # operations) are written with deltas instead.
 INLINE_LIMIT = 90

@@ -24,6 +24,7 @@ import tempfile
 
 import numpy as np
 
+from compiler.defaults import FORMULA_FORMATS
 from compiler.errors import Loc, SymnetError
 
 from .verb import Verb
@@ -145,8 +146,7 @@ def grad_arguments(parser):
     parser.add_argument("--chain", action="store_true",
                         help="each gradient as the chain rule's product of local derivatives")
     parser.add_argument("--wrt", metavar="NAME", help="only the gradient for this parameter")
-    # compiler.printing.FORMATS, written out: printing loads sympy, --help should not
-    parser.add_argument("--format", choices=("text", "unicode", "latex"), default="text",
+    parser.add_argument("--format", choices=FORMULA_FORMATS, default="text",
                         help="how to print formulas (default: text)")
     parser.add_argument("--at", metavar="NAME=VALUE,...",
                         help="also evaluate the loss and gradients here: every input "

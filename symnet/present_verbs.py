@@ -28,8 +28,6 @@ from runtime.progress import Progress
 from .cli import output_file
 from .verb import Verb
 
-USER_ERRORS = (CheckpointError, DataError)        # and runtime.export's ExportError
-
 
 def reporting(run):
     """Wrap a verb's run(args): the runtime's one-line errors become SymnetErrors."""
@@ -38,7 +36,7 @@ def reporting(run):
         from runtime.export import ExportError      # imports LLVM
         try:
             return run(args)
-        except (*USER_ERRORS, ExportError) as err:
+        except (CheckpointError, DataError, ExportError) as err:
             raise SymnetError(" ".join(str(err).split())) from None
     return wrapped
 
