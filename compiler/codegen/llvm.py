@@ -546,7 +546,9 @@ class KernelEmitter:
         return b.sitofp(value, self.ftype) if integer else value
 
     def splat_int(self, value, lanes):
-        """Any scalar in every lane."""
+        """Any scalar in every lane (a constant stays one: no instructions to emit)."""
+        if type(value) is ir.Constant and not isinstance(value.type, ir.VectorType):
+            return Splat(ir.VectorType(value.type, lanes), value.constant)
         undef = Splat(ir.VectorType(value.type, lanes), ir.Undefined)
         one = self.b.insert_element(undef, value, ir.Constant(I32, 0))
         return self.b.shuffle_vector(one, undef, Splat(ir.VectorType(I32, lanes), 0))
