@@ -14,6 +14,7 @@ Tensors are dense row-major arrays. Reads that interval analysis cannot prove in
 are clamped into the buffer and then zeroed (zero padding) — generated code never reads
 or writes outside its buffers; the runtime checks shapes before every call.
 """
+import functools
 import math
 from contextlib import contextmanager
 
@@ -310,6 +311,25 @@ class KernelEmitter:
                 self.sizes[name] = self.b.load(slot, typ=I64)
         return self.sizes[name]
 
+    # Index arithmetic folds constants as it is emitted: unrolled register tiles put
+    # lane and row numbers into the index expressions, and `add i64 0, %x`, once a
+    # fifth of LeNet-5's instructions, costs Python time to emit and LLVM time to parse.
+    def iadd(self, x, y):
+        cx, cy = _int_constant(x), _int_constant(y)
+        if cx is not None and cy is not None:
+            return ir.Constant(I64, cx + cy)
+        if cx == 0:
+            return y
+        return x if cy == 0 else self.b.add(x, y)
+
+    def imul(self, x, y):
+        cx, cy = _int_constant(x), _int_constant(y)
+        if cx is not None and cy is not None:
+            return ir.Constant(I64, cx * cy)
+        if cx == 1:
+            return y
+        return x if cy == 1 else self.b.mul(x, y)
+
     def int_expr(self, e, env):
         """An integer (index or size) expression as i64."""
         e = sympy.sympify(e)
@@ -319,14 +339,14 @@ class KernelEmitter:
         if e.is_Symbol:
             return env[e] if e in env else self.size(str(e))
         if e.is_Add:
-            out = self.int_expr(e.args[0], env)
-            for a in e.args[1:]:
-                out = b.add(out, self.int_expr(a, env))
-            return out
+            # The constant terms (the offset, a lane's number from env) added once, last.
+            terms = [self.int_expr(a, env) for a in e.args]
+            constant = ir.Constant(I64, sum(_int_constant(t) or 0 for t in terms))
+            return functools.reduce(self.iadd, [t for t in terms if _int_constant(t) is None] + [constant])
         if e.is_Mul:
             out = self.int_expr(e.args[0], env)
             for a in e.args[1:]:
-                out = b.mul(out, self.int_expr(a, env))
+                out = self.imul(out, self.int_expr(a, env))
             return out
         if e.is_Pow and e.exp.is_Integer and e.exp > 0:     # N**2: the size of x @ x.T
             base = out = self.int_expr(e.base, env)
@@ -441,7 +461,7 @@ class KernelEmitter:
                 i = self.b.select(self.b.icmp_signed("<", i, ir.Constant(I64, 0)), ir.Constant(I64, 0), i)
                 i = self.b.select(self.b.icmp_signed(">", i, hi), hi, i)
             stride = self.stride(shape, k)
-            offset = self.b.add(offset, self.b.mul(i, stride) if stride is not None else i)
+            offset = self.iadd(offset, self.imul(i, stride) if stride is not None else i)
         etype = I32 if self.m.tensors[tensor].dtype == "i32" else self.m.float
         return self.b.gep(self.pointers[tensor], [offset], inbounds=True, source_etype=etype), etype
 
@@ -511,7 +531,7 @@ class KernelEmitter:
         for k, (e, d) in enumerate(zip(access.index, shape)):
             i = self.int_expr(e, env)
             step = self.stride(shape, k)
-            offset = b.add(offset, b.mul(i, step) if step is not None else i)
+            offset = self.iadd(offset, self.imul(i, step) if step is not None else i)
             if k == len(shape) - 1:
                 rate = lane_step(sympy.sympify(e), variable)
                 iota = ir.Constant(ir.VectorType(I64, width), list(range(width)))
@@ -1338,6 +1358,11 @@ class KernelEmitter:
 def _i64(value):
     """An int or an i64 value as an i64 value."""
     return value if isinstance(value, ir.Value) else ir.Constant(I64, value)
+
+
+def _int_constant(value):
+    """The number an i64 value stands for when it is a constant, else None."""
+    return value.constant if type(value) is ir.Constant and value.type == I64 else None
 
 
 def _out_access(c):
