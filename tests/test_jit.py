@@ -331,6 +331,18 @@ def test_workers_compile_what_this_process_compiles(tmp_path, split_everything):
     assert payloads[0] == payloads[1]
 
 
+def test_parts_come_costliest_first_and_a_loop_costs_more_than_its_text(split_everything):
+    """The workers take parts in order, so the costliest goes first; LLVM's loop passes
+    make a short loop cost more than a long straight run of arithmetic."""
+    adds = "".join(f"  %a{k} = fadd float %a{k - 1}, %v\n" for k in range(1, 120))
+    straight = f"define float @straight(float %v) {{\n  %a0 = fadd float %v, %v\n{adds}  ret float %a119\n}}\n"
+    assert len(straight) > len(IR)          # longer than every function of IR together
+    parts = jit._split(IR + straight)
+    heads = [re.search(r"^define .*?@(\w+)\(", p, re.M).group(1) for p in parts]
+    assert heads[0] == "axpy" and sorted(heads) == ["axpy", "myexp", "mytanh", "straight"]
+    assert heads.index("straight") < heads.index("myexp")
+
+
 def test_modules_with_globals_stay_whole(split_everything):
     text = IR + CALLS + "\n@count = internal global i64 0\n"
     assert jit._split(text) == [text]

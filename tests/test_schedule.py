@@ -2,6 +2,8 @@
 path, native results against the NumPy reference on shapes that hit its edges: rows
 shorter than a vector, rows of several vectors with a masked tail, rows long enough to
 loop over vectors, zero padding, tiles that divide the extent or not."""
+import re
+
 import numpy as np
 import pytest
 
@@ -99,6 +101,16 @@ def test_an_epilogue_is_not_bound_by_the_products_guards():
 def test_no_vector_schedule_without_lanes():
     found = nests("examples/lenet5.nn", lanes=None)
     assert "wide" not in {n.strategy for n in found.values()}
+
+
+def test_index_arithmetic_folds_its_constants():
+    """Register tiles put row and lane numbers into index expressions: `0 + i*784` and
+    `-2 + ky + 16` fold as they are emitted (once a fifth of LeNet-5's instructions)."""
+    for name in ("pooling", "mlp"):
+        ir_text, *_ = compile_ir(load(f"examples/{name}.nn"), entries=("predict",))
+        assert ir_text.count("= add i64 ") > 50
+        constant = re.findall(r"= (?:add|mul) i64 -?\d+, -?\d+$|= add i64 0, |= mul i64 1, ", ir_text, re.M)
+        assert constant == [], name
 
 
 MODELS = {
