@@ -40,13 +40,16 @@ def _gc_paused(fn):
 
 
 @_gc_paused
-def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entries=None):
+def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entries=None,
+               stream=None):
     """(LLVM IR text, plain-data spec, kernels per entry, emitter) for a model.
 
     target: "cpu" (host LLVM), "ptx" (NVPTX; spec["launches"] lists the kernel
     launches of each entry) or "gpu-emulation" (the PTX kernels on the host).
     entries: the entry points to emit (default all); the spec lists all of them, so
-    the others can be compiled later into modules sharing the same buffer table."""
+    the others can be compiled later into modules sharing the same buffer table.
+    stream: a runtime.jit.PartStream that LLVM compiles the host CPU's functions from
+    while the rest are written (the returned text is the same module)."""
     optimizer = optimizer or model.train.get("optimizer", "sgd")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer '{optimizer}'; expected one of {', '.join(OPTIMIZERS)}")
@@ -61,6 +64,8 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entr
     else:
         from .codegen.llvm import LLVMEmitter
         emitter = LLVMEmitter(lowered.tensors, sizes, dtype, model.name)
+        if stream is not None:
+            emitter.stream_to(stream)
     wanted = [entry for entry in lowered.entries if entries is None or entry in entries]
     in_registers, scratch = {}, []
     if target == "cpu":
@@ -80,6 +85,8 @@ def compile_ir(model, optimizer=None, dtype="f32", target="cpu", arch=None, entr
     buffer_index = {name: k for k, name in enumerate(used)}
     for entry, entry_kernels in kernels.items():
         emitter.entry(entry, entry_kernels, buffer_index)
+    if emitter.stream is not None:
+        emitter.ship(final=True)
     spec = _spec(model, lowered, used, sizes, dtype, optimizer)
     spec["compiled"] = list(kernels)
     spec["written"] = _written(lowered, in_registers)
@@ -180,14 +187,21 @@ def compile(model, target="cpu", dtype="f32", optimizer=None, opt_level=2, cache
 
     def build(entries):
         """A module with these entry points: from the caches, else compiled."""
-        from runtime.jit import NativeLibrary
+        from runtime.jit import NativeLibrary, PartStream
         front = front_cache_path(model, target, dtype, optimizer, opt_level, entries) if cache else None
         library, spec = _load_front_cache(front, model.name)
         if library is None:
-            ir_text, spec, _, _ = compile_ir(model, optimizer, dtype, target, entries=entries)
-            kwargs = {} if cache else {"cache_dir": None}
-            library = NativeLibrary(ir_text, opt_level=opt_level, name=model.name,
-                                    cache_key_extra=VERSION, **kwargs)
+            # LLVM compiles the first kernels while the code generator writes the rest.
+            stream = PartStream(opt_level) if target == "cpu" else None
+            try:
+                ir_text, spec, _, _ = compile_ir(model, optimizer, dtype, target, entries=entries,
+                                                 stream=stream)
+                kwargs = {} if cache else {"cache_dir": None}
+                library = NativeLibrary(ir_text, opt_level=opt_level, name=model.name,
+                                        cache_key_extra=VERSION, parts=stream, **kwargs)
+            finally:
+                if stream is not None:
+                    stream.cancel()        # a mistake or a Ctrl-C midway: stop the workers
             _store_front_cache(front, spec, library.key)
         return library, spec
 

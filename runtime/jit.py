@@ -175,7 +175,7 @@ _GLOBAL = re.compile(r'(@("[^"]+"|[-\w.$]+)) = (?:global|constant) '
 _WORKER = "import sys; sys.path.insert(0, {root!r}); from runtime.jit import _serve; _serve({opt})"
 
 
-def _cost(body: list[str]) -> int:
+def function_cost(body: list[str]) -> int:
     """LLVM's time on a function, in characters of straight-line code: its text, and
     much more for each loop (the loop passes' work). Fitted on LeNet-5's functions (r^2
     0.90; by the text alone 0.62, which left the many small looping kernels in one part
@@ -184,7 +184,7 @@ def _cost(body: list[str]) -> int:
 
 
 def _split(ir_text: str) -> list[str]:
-    """The module as modules of whole functions, costliest first (`_cost`), cheap ones
+    """The module as modules of whole functions, costliest first (`function_cost`), cheap ones
     grouped; each
     declares the functions of the others, and internal functions become external so
     that MCJIT links calls across parts. A global variable (a number, a pointer, a string)
@@ -214,7 +214,7 @@ def _split(ir_text: str) -> list[str]:
             return [ir_text]
         bodies[m.group(2)] = (m.group(1), lines[i + 1:end + 1])
         i = end + 1
-    cost = {name: _cost(body) for name, (_, body) in bodies.items()}
+    cost = {name: function_cost(body) for name, (_, body) in bodies.items()}
     groups = []
     for name in sorted(bodies, key=cost.get, reverse=True):
         if not groups or sum(map(cost.get, groups[-1])) >= sum(cost.values()) // _PARTS:
@@ -260,9 +260,14 @@ def compile_objects(ir_text: str, opt_level: int = 2, jobs: int | None = None) -
     if len(parts) > 1:
         jobs = _default_jobs() if jobs is None else jobs
         try:
-            objects = (_compile_in_workers(parts, opt_level, jobs) if jobs else
-                       [_compile_part(part, opt_level) for part in parts])
-            if None not in objects:
+            if jobs:
+                stream = PartStream(opt_level, jobs, start_at=0)
+                for part in parts:
+                    stream.submit(part)
+                objects = stream.finish()
+            else:
+                objects = [_compile_part(part, opt_level) for part in parts]
+            if objects is not None:
                 return objects
         except RuntimeError:
             pass
@@ -270,45 +275,92 @@ def compile_objects(ir_text: str, opt_level: int = 2, jobs: int | None = None) -
     return [_compile_part(ir_text, opt_level)]
 
 
-def _compile_in_workers(parts: list[str], opt_level: int, jobs: int) -> list:
-    """Objects of `parts` (None where a part failed or no worker started). Each worker
-    process takes the next part in their order (`_split`'s: costliest first), so the
-    costliest function bounds the time."""
-    todo = list(reversed(range(len(parts))))
-    objects, lock = [None] * len(parts), threading.Lock()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    command = [sys.executable, "-c", _WORKER.format(root=root, opt=opt_level)]
+class PartStream:
+    """Parts of one module (each a module of whole functions, declaring the others)
+    compiled by worker processes as they are handed in, in that order: the code
+    generator hands in kernels as it finishes them, so LLVM works on the first while
+    the rest are written. The workers start once the parts' cost (`function_cost`)
+    reaches `start_at`; a module that stays smaller is left to compile whole, here."""
 
-    def drive():
+    def __init__(self, opt_level: int, jobs: int | None = None, start_at: int = _SPLIT_CHARS):
+        self.opt_level, self.start_at = opt_level, start_at
+        self.jobs = _default_jobs() if jobs is None else jobs
+        self.parts: list[str] = []
+        self.objects: list = []
+        self.cost = 0
+        self._todo: list[int] = []          # parts not yet handed to a worker, in order
+        self._ready = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._closed = self._failed = False
+
+    def submit(self, text: str, cost: int = 0) -> None:
+        with self._ready:
+            self.parts.append(text)
+            self.objects.append(None)
+            self._todo.append(len(self.parts) - 1)
+            self._ready.notify()
+        self.cost += cost
+        if self.jobs and not self._threads and self.cost >= self.start_at:
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            command = [sys.executable, "-c", _WORKER.format(root=root, opt=self.opt_level)]
+            self._threads = [threading.Thread(target=self._drive, args=(command,), daemon=True)
+                             for _ in range(self.jobs)]
+            for t in self._threads:
+                t.start()
+
+    def finish(self) -> list[bytes] | None:
+        """Every part's object, in order, once all are compiled; None when the workers
+        never started or a part failed (the module is then compiled whole, here)."""
+        self._close()
+        if not self._threads or self._failed or None in self.objects:
+            return None
+        return self.objects
+
+    def cancel(self) -> None:
+        """Hand out no more parts; returns when the workers have stopped."""
+        with self._ready:
+            self._todo.clear()
+        self._close()
+
+    def _close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+        try:
+            for t in self._threads:
+                t.join()
+        finally:
+            with self._ready:
+                self._todo.clear()      # interrupted: hand out no more parts
+
+    def _next(self) -> int | None:
+        """The next part to compile; None once the stream is closed and drained."""
+        with self._ready:
+            while not self._todo and not self._closed:
+                self._ready.wait()
+            return self._todo.pop(0) if self._todo and not self._failed else None
+
+    def _drive(self, command: list[str]) -> None:
         try:
             # A worker's errors are reported by compiling the module here: no stderr.
             with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL) as worker:
-                while True:
-                    with lock:
-                        if not todo:
-                            return
-                        k = todo.pop()
-                    data = parts[k].encode()
+                while (k := self._next()) is not None:
+                    data = self.parts[k].encode()
                     worker.stdin.write(len(data).to_bytes(8, "little") + data)
                     worker.stdin.flush()
                     head = worker.stdout.read(8)
                     if len(head) < 8:
                         break
-                    objects[k] = worker.stdout.read(int.from_bytes(head, "little"))
+                    self.objects[k] = worker.stdout.read(int.from_bytes(head, "little"))
+                else:
+                    return
         except OSError:
             pass
-        todo.clear()            # a part failed: the module is compiled whole, here
-
-    threads = [threading.Thread(target=drive, daemon=True) for _ in range(min(jobs, len(parts)))]
-    for t in threads:
-        t.start()
-    try:
-        for t in threads:
-            t.join()
-    finally:
-        todo.clear()            # interrupted: hand out no more parts
-    return objects
+        with self._ready:               # a part failed: the module is compiled whole, here
+            self._failed = True
+            self._todo.clear()
+            self._ready.notify_all()
 
 
 def _serve(opt_level: int) -> None:
@@ -403,11 +455,14 @@ class NativeLibrary:
     """IR text JIT-compiled in-process; functions stay valid while it lives.
 
     ``from_cache`` tells whether the machine code came from the disk cache; ``jobs``
-    is how many worker processes compile a large module (`compile_objects`)."""
+    is how many worker processes compile a large module (`compile_objects`); ``parts``
+    a PartStream of the same module's functions, already being compiled (dropped on a
+    cache hit)."""
 
     def __init__(self, ir_text: str, *, opt_level: int = 2,
                  cache_dir: str | None = _DEFAULT, name: str = "symnet",
-                 cache_key_extra: str = "", jobs: int | None = None):
+                 cache_key_extra: str = "", jobs: int | None = None,
+                 parts: PartStream | None = None):
         if not 0 <= opt_level <= 3:
             raise ValueError(f"opt_level must be 0..3, got {opt_level}")
         self.name, self.opt_level = name, opt_level
@@ -426,9 +481,14 @@ class NativeLibrary:
         payload = _read_entry(self.cache_path) if self.cache_path else None
         self.from_cache = payload is not None
         if payload is None:
-            objects = compile_objects(ir_text, opt_level, jobs)
+            # `parts`: this module's functions, streamed to LLVM while it was written.
+            objects = parts.finish() if parts is not None else None
+            if objects is None:
+                objects = compile_objects(ir_text, opt_level, jobs)
             payload = b"".join(len(o).to_bytes(8, "little") + o for o in objects)
             self._store(payload)
+        elif parts is not None:
+            parts.cancel()
         self._link(payload)
 
     @classmethod

@@ -343,6 +343,29 @@ def test_parts_come_costliest_first_and_a_loop_costs_more_than_its_text(split_ev
     assert heads.index("straight") < heads.index("myexp")
 
 
+def test_a_stream_too_small_to_split_compiles_whole_here(tmp_path):
+    """Workers start only once the parts handed in are worth splitting."""
+    stream = jit.PartStream(2, jobs=2)
+    stream.submit(IR, cost=len(IR))
+    assert stream.finish() is None and not stream._threads
+    _check(jit.NativeLibrary(IR, cache_dir=str(tmp_path), parts=stream))
+
+
+def test_a_streamed_part_that_fails_leaves_the_module_to_compile_whole(tmp_path):
+    """A part LLVM refuses (a code generator's bug) ends the stream; the library is then
+    compiled whole, here, which is also how such a bug's error would name its function."""
+    stream = jit.PartStream(2, jobs=2, start_at=0)
+    stream.submit("define i32 @broken() {\n  ret float 0.0\n}\n")
+    stream.submit(IR)
+    lib = jit.NativeLibrary(IR, cache_dir=str(tmp_path), parts=stream)
+    assert stream._threads and stream._failed
+    _check(lib)
+    again = jit.PartStream(2, jobs=2, start_at=0)
+    again.submit(IR)
+    assert jit.NativeLibrary(IR, cache_dir=str(tmp_path), parts=again).from_cache
+    assert again._todo == [] and all(not t.is_alive() for t in again._threads)
+
+
 def test_modules_with_globals_stay_whole(split_everything):
     text = IR + CALLS + "\n@count = internal global i64 0\n"
     assert jit._split(text) == [text]

@@ -112,6 +112,65 @@ def test_worker_processes_compile_what_this_process_compiles():
         assert np.array_equal(value, trained[1][1][name])
 
 
+def test_kernels_streamed_to_llvm_make_the_same_module():
+    """compile() hands finished functions to LLVM's workers while it writes the rest:
+    each part is a module LLVM accepts on its own, the module's text is the one written
+    without streaming, and the streamed objects train as the whole module does."""
+    model = load("examples/mlp.nn")
+    stream = jit.PartStream(2, jobs=0)
+    ir_text, spec, _, emitter = compile_ir(model, "sgd", entries=eager_entries(model), stream=stream)
+    assert ir_text == str(emitter.module) == compile_ir(model, "sgd", entries=eager_entries(model))[0]
+    assert len(stream.parts) > 2
+    for part in stream.parts:
+        jit._parse(part)                  # verifies: defined once, every callee declared
+    defined = [re.findall(r'^define [^@]*@"([^"]+)"', part, re.M) for part in stream.parts]
+    assert sorted(sum(defined, [])) == sorted(re.findall(r'^define [^@]*@"([^"]+)"', ir_text, re.M))
+    objects = [jit._compile_part(part, 2) for part in stream.parts]
+    library = jit.NativeLibrary(ir_text, cache_dir=None, jobs=0)
+    inputs = reference.random_inputs(model, batch=7, seed=3)
+    runs = []
+    for lib in (library, None):
+        if lib is None:
+            lib = jit.NativeLibrary.__new__(jit.NativeLibrary)
+            lib.name = "streamed"
+            lib._link(b"".join(len(o).to_bytes(8, "little") + o for o in objects))
+        program = Program(spec, lib, model.params)
+        runs.append([program.train_step(inputs) for _ in range(3)])
+    assert runs[0] == runs[1]
+
+
+def test_a_mistake_midway_stops_the_streaming_workers(monkeypatch, tmp_path):
+    """An error (or a Ctrl-C) while the code generator writes kernels leaves no LLVM
+    worker behind: its threads and processes end before the error reaches the caller."""
+    from compiler.codegen import llvm as codegen
+    monkeypatch.setenv("SYMNET_CACHE", str(tmp_path))
+    monkeypatch.setattr(codegen.LLVMEmitter, "PART_COST", 1)
+    original, made = codegen.LLVMEmitter.new_kernel, []
+
+    def new_kernel(self, kernel):
+        if len(made) == 6:
+            raise KeyboardInterrupt
+        made.append(kernel)
+        return original(self, kernel)
+
+    monkeypatch.setattr(codegen.LLVMEmitter, "new_kernel", new_kernel)
+    streams = []
+    monkeypatch.setattr(jit.PartStream, "__init__", _recording(jit.PartStream.__init__, streams))
+    before = set(threading.enumerate())
+    with pytest.raises(KeyboardInterrupt):
+        compile(load("examples/lenet5.nn"))
+    (stream,) = streams
+    assert stream._threads and stream.cost >= jit._SPLIT_CHARS     # the workers had started
+    assert set(threading.enumerate()) <= before
+
+
+def _recording(init, into):
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        into.append(self)
+    return recording
+
+
 def test_data_address_is_where_the_array_starts():
     """The quick way (a ctypes view) and NumPy's own agree, for read-only arrays, views
     into a larger array and empty arrays (the quick way refuses the last two kinds)."""

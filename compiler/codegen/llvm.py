@@ -16,6 +16,7 @@ or writes outside its buffers; the runtime checks shapes before every call.
 """
 import functools
 import math
+import re
 from contextlib import contextmanager
 
 import llvmlite.binding as llvm
@@ -31,6 +32,9 @@ I32 = ir.IntType(32)
 I1 = ir.IntType(1)
 PTR = ir.PointerType()
 FAST = ("reassoc", "contract", "nsz", "arcp")
+
+
+_LOCAL_DEFINE = re.compile(r"^define (?:(?:internal|private) )?")
 
 
 class Splat(ir.Constant):
@@ -63,6 +67,9 @@ class LLVMEmitter:
         self.tile_rows, self.registers = self.register_tile()
         self.emitted = {}       # kernel identity -> (function, buffers): entries share kernels
         self.row_functions = {}  # (nest identity, block?) -> a fused kernel's nest, out of line
+        # Streaming (`stream_to`): finished functions' text, those not yet handed on.
+        self.stream, self.written, self.pending, self.pending_cost = None, {}, [], 0
+        self.building = set()   # functions being written: not to be handed on yet
 
     def vector_lanes(self):
         """Floats per vector register of the host: 16 (f32) with AVX-512, 8 with AVX2."""
@@ -233,7 +240,11 @@ class LLVMEmitter:
         fn.attributes.add("noinline")
         for arg in fn.args[3:]:
             arg.add_attribute("noalias")
+        self.building.add(fn.name)
         KernelEmitter(self, fn, dict(zip(buffers, fn.args[3:])), kernel).emit()
+        self.building.discard(fn.name)
+        if self.stream is not None:
+            self.ship()
         return fn, buffers
 
     def intrinsic(self, name, nargs=1, typ=None):
@@ -264,7 +275,57 @@ class LLVMEmitter:
         return b.call(self.intrinsic("pow", 2, x.type), [x, y])
 
     def ir(self):
-        return str(self.module)
+        """The module's text: llvmlite's, reusing what `ship` already wrote."""
+        m = self.module
+        if not self.written or m.namedmetadata or m.metadata or m.get_identified_types():
+            return str(m)
+        lines = [f'; ModuleID = "{m.name}"', f'target triple = "{m.triple}"',
+                 f'target datalayout = "{m.data_layout}"', ""]
+        return "\n".join(lines + [self.written.get(v.name) or str(v) for v in m.globals.values()])
+
+    # ---- streaming to LLVM ---------------------------------------------------------------
+    # About a sixth of LeNet-5's module (runtime/jit.py's function_cost): parts large
+    # enough that a worker's start and the declarations are small beside them.
+    PART_COST = 512 * 1024
+
+    def stream_to(self, stream):
+        """Hand finished functions to `stream` (runtime.jit.PartStream) as modules of their
+        own while the rest is written, so that LLVM works meanwhile (the front end and
+        LLVM had taken about as long, one after the other). Only for modules of
+        functions: a global variable would have to be defined in one part alone."""
+        self.stream = stream
+
+    def ship(self, final=False):
+        """Submit the functions finished since the last call once they make a part (all
+        of them when final). Called after a kernel or a nest out of line: every function
+        with a body is finished then but the kernel being written (`building`); the
+        entry being written has no body yet."""
+        from runtime.jit import function_cost
+        for fn in self.module.functions:
+            if fn.blocks and fn.name not in self.written and fn.name not in self.building:
+                self.written[fn.name] = text = str(fn)
+                self.pending.append(fn.name)
+                self.pending_cost += function_cost(text.splitlines())
+        if self.pending and (final or self.pending_cost >= self.PART_COST):
+            self.stream.submit(self.part(set(self.pending)), self.pending_cost)
+            self.pending, self.pending_cost = [], 0
+
+    def part(self, names):
+        """A module defining the functions `names` and declaring every other one; internal
+        functions become external, so that the parts link."""
+        if any(not isinstance(v, ir.Function) for v in self.module.globals.values()):
+            raise NotImplementedError("streaming a module with global variables")
+        lines = [f'target triple = "{self.module.triple}"', ""]
+        for fn in self.module.functions:
+            if fn.name in names:
+                lines.append(_LOCAL_DEFINE.sub("define ", self.written[fn.name], count=1))
+            else:
+                # The prototype alone: llvmlite caches each instruction's text once
+                # written, so a function still being built must not be written whole.
+                head = []
+                fn.descr_prototype(head)
+                lines.append(_LOCAL_DEFINE.sub("declare ", head[0].rstrip("\n"), count=1))
+        return "\n".join(lines) + "\n"
 
 
 # Integer powers up to this one are multiplications, not pow(): exact signs on the GPU,
@@ -817,6 +878,8 @@ class KernelEmitter:
             inner.nest_at(nest, fn.args[1], block)
             inner.b.ret_void()
             self.m.row_functions[key] = fn
+            if self.m.stream is not None:
+                self.m.ship()
         self.b.call(self.m.row_functions[key], [self.fn.args[0], row] + [self.pointers[t] for t in buffers])
 
     def nest_at(self, nest, row, block):
