@@ -284,7 +284,7 @@ class LLVMEmitter:
         return "\n".join(lines + [self.written.get(v.name) or str(v) for v in m.globals.values()])
 
     # ---- streaming to LLVM ---------------------------------------------------------------
-    # About a sixth of LeNet-5's module (runtime/jit.py's function_cost): parts large
+    # About a ninth of LeNet-5's module (runtime/jit.py's function_cost): parts large
     # enough that a worker's start and the declarations are small beside them.
     PART_COST = 512 * 1024
 
