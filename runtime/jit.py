@@ -184,12 +184,11 @@ def function_cost(body: list[str]) -> int:
 
 
 def _split(ir_text: str) -> list[str]:
-    """The module as modules of whole functions, costliest first (`function_cost`), cheap ones
-    grouped; each
-    declares the functions of the others, and internal functions become external so
-    that MCJIT links calls across parts. A global variable (a number, a pointer, a string)
-    is defined in the first part and declared in the others; anything unexpected keeps
-    the module whole."""
+    """The module as modules of whole functions, costliest first (`function_cost`),
+    cheap ones grouped; each declares the functions of the others, and internal
+    functions become external so that MCJIT links calls across parts. A global variable
+    (a number, a pointer, a string) is defined in the first part and declared in the
+    others; anything unexpected keeps the module whole."""
     common, bodies, lines, i = [], {}, ir_text.splitlines(), 0
     globals_, declared = [], []
     while i < len(lines):
@@ -300,13 +299,13 @@ class PartStream:
             self._todo.append(len(self.parts) - 1)
             self._ready.notify()
         self.cost += cost
-        if self.jobs and not self._threads and self.cost >= self.start_at:
+        if self._threads or self.cost >= self.start_at:
+            # A worker per part handed in, up to `jobs`: no idle processes for few parts.
             root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             command = [sys.executable, "-c", _WORKER.format(root=root, opt=self.opt_level)]
-            self._threads = [threading.Thread(target=self._drive, args=(command,), daemon=True)
-                             for _ in range(self.jobs)]
-            for t in self._threads:
-                t.start()
+            while len(self._threads) < min(self.jobs, len(self.parts)):
+                self._threads.append(threading.Thread(target=self._drive, args=(command,), daemon=True))
+                self._threads[-1].start()
 
     def finish(self) -> list[bytes] | None:
         """Every part's object, in order, once all are compiled; None when the workers
