@@ -10,7 +10,8 @@ Why this shape:
   * Compiling a large model is slow, so its functions are compiled in parts, side by
     side in worker processes (llvmlite runs every LLVM call under one lock, so threads
     cannot), and the objects are linked by MCJIT. LLVM's memory stays in the workers,
-    out of the process that trains.
+    out of the process that trains. The parts can arrive as the code generator
+    finishes them (`PartStream`), so LLVM and the front end work at the same time.
   * Finished object code is cached on disk: a later process with the same key skips
     LLVM entirely and only links the cached objects.
   * This module must not import sympy: it is the runtime half that deployed
