@@ -176,12 +176,12 @@ _GLOBAL = re.compile(r'(@("[^"]+"|[-\w.$]+)) = (?:global|constant) '
 _WORKER = "import sys; sys.path.insert(0, {root!r}); from runtime.jit import _serve; _serve({opt})"
 
 
-def function_cost(body: list[str]) -> int:
+def function_cost(text: str) -> int:
     """LLVM's time on a function, in characters of straight-line code: its text, and
     much more for each loop (the loop passes' work). Fitted on LeNet-5's functions (r^2
     0.90; by the text alone 0.62, which left the many small looping kernels in one part
     that took half the time on its own)."""
-    return sum(map(len, body)) + 12_000 * sum(" = phi " in line for line in body) + 4_000
+    return len(text) + 12_000 * text.count(" = phi ") + 4_000
 
 
 def _split(ir_text: str) -> list[str]:
@@ -214,7 +214,7 @@ def _split(ir_text: str) -> list[str]:
             return [ir_text]
         bodies[m.group(2)] = (m.group(1), lines[i + 1:end + 1])
         i = end + 1
-    cost = {name: function_cost(body) for name, (_, body) in bodies.items()}
+    cost = {name: function_cost("\n".join(body)) for name, (_, body) in bodies.items()}
     groups = []
     for name in sorted(bodies, key=cost.get, reverse=True):
         if not groups or sum(map(cost.get, groups[-1])) >= sum(cost.values()) // _PARTS:

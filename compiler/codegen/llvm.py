@@ -23,6 +23,8 @@ import llvmlite.binding as llvm
 import llvmlite.ir as ir
 import sympy
 
+from runtime.jit import function_cost
+
 from .. import functions as F
 from ..index_ir import fdiv
 from ..schedule import lane_step, lane_stride, loop_ranges, vectorizable
@@ -67,8 +69,8 @@ class LLVMEmitter:
         self.tile_rows, self.registers = self.register_tile()
         self.emitted = {}       # kernel identity -> (function, buffers): entries share kernels
         self.row_functions = {}  # (nest identity, block?) -> a fused kernel's nest, out of line
-        # Streaming (`stream_to`): finished functions' text, those not yet handed on.
-        self.stream, self.written, self.pending, self.pending_cost = None, {}, [], 0
+        # Streaming (`stream_to`): functions handed on, those waiting to make a part.
+        self.stream, self.shipped, self.pending, self.pending_cost = None, set(), [], 0
         self.building = set()   # functions being written: not to be handed on yet
 
     def vector_lanes(self):
@@ -275,13 +277,8 @@ class LLVMEmitter:
         return b.call(self.intrinsic("pow", 2, x.type), [x, y])
 
     def ir(self):
-        """The module's text: llvmlite's, reusing what `ship` already wrote."""
-        m = self.module
-        if not self.written or m.namedmetadata or m.metadata or m.get_identified_types():
-            return str(m)
-        lines = [f'; ModuleID = "{m.name}"', f'target triple = "{m.triple}"',
-                 f'target datalayout = "{m.data_layout}"', ""]
-        return "\n".join(lines + [self.written.get(v.name) or str(v) for v in m.globals.values()])
+        # Quick after streaming: llvmlite keeps each instruction's text once written.
+        return str(self.module)
 
     # ---- streaming to LLVM ---------------------------------------------------------------
     # About a ninth of LeNet-5's module (runtime/jit.py's function_cost): parts large
@@ -300,12 +297,11 @@ class LLVMEmitter:
         of them when final). Called after a kernel or a nest out of line: every function
         with a body is finished then but the kernel being written (`building`); the
         entry being written has no body yet."""
-        from runtime.jit import function_cost
         for fn in self.module.functions:
-            if fn.blocks and fn.name not in self.written and fn.name not in self.building:
-                self.written[fn.name] = text = str(fn)
+            if fn.blocks and fn.name not in self.shipped and fn.name not in self.building:
+                self.shipped.add(fn.name)
                 self.pending.append(fn.name)
-                self.pending_cost += function_cost(text.splitlines())
+                self.pending_cost += function_cost(str(fn))
         if self.pending and (final or self.pending_cost >= self.PART_COST):
             self.stream.submit(self.part(set(self.pending)), self.pending_cost)
             self.pending, self.pending_cost = [], 0
@@ -318,7 +314,7 @@ class LLVMEmitter:
         lines = [f'target triple = "{self.module.triple}"', ""]
         for fn in self.module.functions:
             if fn.name in names:
-                lines.append(_LOCAL_DEFINE.sub("define ", self.written[fn.name], count=1))
+                lines.append(_LOCAL_DEFINE.sub("define ", str(fn), count=1))
             else:
                 # The prototype alone: llvmlite caches each instruction's text once
                 # written, so a function still being built must not be written whole.
