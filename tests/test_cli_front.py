@@ -251,7 +251,7 @@ def test_internal_errors_are_one_line_with_status_2(capsys, monkeypatch):
     def broken(model):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("compiler.graph.Model.summary", broken)
+    monkeypatch.setattr("compiler.model.Model.summary", broken)
     assert cli.main(["check", "examples/linreg.nn"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("internal error: RuntimeError: boom") and err.count("\n") == 1

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import compiler
 from compiler import reference
 from compiler.errors import SymnetError
-from compiler.graph import MAX_RANK, Model
+from compiler.model import MAX_RANK, Model
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = {p.stem: p.read_text() for p in sorted((ROOT / "examples").glob("*.nn"))}
@@ -332,7 +332,7 @@ def bug(name, text, reason, refused=None):
 @pytest.mark.parametrize("text, refused", [
     bug("dense_1e308", "input x[N, 4]\nh = dense(x, 1e308)\n",
         "huge layer width: numpy ValueError 'Maximum allowed dimension exceeded' from "
-        "graph.initial_values; bound units/filters/pieces in ops (e.g. < 2**31 and total "
+        "model.initial_values; bound units/filters/pieces in ops (e.g. < 2**31 and total "
         "parameter size) and raise SymnetError",
         refused="dense argument 'units' is too large"),
     bug("dense_20_digits", "input x[N, 4]\nh = dense(x, 99999999999999999999)\n",
@@ -345,7 +345,7 @@ def bug(name, text, reason, refused=None):
         "as above, maxout",
         refused="maxout argument 'units' is too large"),
     bug("param_745_GiB", "param w[99999999999] ~ zeros\n",
-        "MemoryError allocating a 745 GiB parameter in graph.initial_values: refuse "
+        "MemoryError allocating a 745 GiB parameter in model.initial_values: refuse "
         "parameters/consts above a size limit with a located SymnetError",
         refused="dimension must be between 1 and 2147483647, got 99999999999"),
     bug("dense_weights_14_TiB", "input x[N, 999999999999]\nh = dense(x, 2)\n",
@@ -382,7 +382,7 @@ def bug(name, text, reason, refused=None):
         "as above, onehot with k=0",
         refused="onehot argument 'k' must be at least 1, got 0"),
     bug("dense_symbolic_features", "input x[N, M]\nh = dense(x, 3)\n",
-        "dense on a symbolic feature size: TypeError in graph.initial_values (np.sqrt of a "
+        "dense on a symbolic feature size: TypeError in model.initial_values (np.sqrt of a "
         "sympy expression); dense/maxout/conv2d should require fixed feature sizes, like "
         "conv2d's 'needs fixed image sizes'",
         refused="dense needs a fixed number of input features, got [N, M]"),
