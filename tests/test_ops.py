@@ -299,3 +299,39 @@ def test_forward_value_matches_numpy(value_programs, name):
     native = program.forward(used)["o"]
     assert np.shape(native) == expected.shape, name
     np.testing.assert_allclose(native, expected, rtol=1e-12, atol=1e-12)
+
+
+# Reshapes whose source and target dims line up and whose do not, fixed and batched
+# (N = 3): each element must land where NumPy's row-major reshape puts it, and the
+# gradient must route each back (a loss weighting every element differently).
+RESHAPES = [((2, 3, 4), (4, 6)), ((4, 6), (2, 3, 4)), ((6, 4), (3, 8)), ((2, 12), (2, 3, 4)),
+            ((2, 3, 4), (2, 12)), ((2, 3, 4), (24,)), (("N", 4, 5), ("N", 20)),
+            (("N", 20), ("N", 5, 4)), (("N", 6), (-1, 3)), (("N", 4, 6), (-1, 8)),
+            (("N", 2, 3, 2), ("N", 3, 4))]
+
+
+@pytest.mark.parametrize("src,dst", RESHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_reshape_puts_each_element_where_numpy_does_and_routes_its_gradient_back(src, dst):
+    dims = lambda shape: ", ".join(map(str, shape))
+    model = parse(f"input x[{dims(src)}]\nparam w = 1\noutput o = reshape(x * w, [{dims(dst)}])\n"
+                  "loss sum(o * o * o)\n", "r.nn")
+    shape = tuple(3 if d == "N" else d for d in src)
+    x = np.random.default_rng(2).normal(size=shape)
+    expected = x.reshape(tuple(-1 if d == "N" else d for d in dst))
+    program = compile(model, dtype="f64", cache=False)
+    np.testing.assert_array_equal(program.forward({"x": x})["o"], expected)
+    loss, grads = program.value_and_grad({"x": x})
+    assert loss == pytest.approx(np.sum(x ** 3), rel=1e-12)
+    # d/dw sum((w x)^3) at w = 1 is 3 sum(x^3): every element's gradient came back once.
+    assert grads["w"] == pytest.approx(3 * np.sum(x ** 3), rel=1e-12)
+
+
+def test_flatten_gradient_reads_an_affine_index_not_a_modulo():
+    """grad of flatten(s[N, 16, 5, 5]) reads g[n, 25*c + 5*y + x]: the index stays below
+    400 for every c, y, x, so no modulo is needed (nor paid in every element's address)."""
+    from compiler.lower import lower
+    model = parse("input s[N, 16, 5, 5]\nloss sum(dense(flatten(s), 3))\n", "f.nn")
+    comps = lower(model, "sgd").entries["value_and_grad"]
+    index = [a.index for c in comps for a in c.accesses.values() if "flatten" in a.tensor
+             and c.out.startswith("grad:")]
+    assert index and all(not i.has(sympy.Mod) for ix in index for i in ix), index
