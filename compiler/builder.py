@@ -216,6 +216,10 @@ class Builder:
 
     def _lift(self, value, loc):
         """`value` as a node of this model: it may read this Builder's tensors only."""
+        if isinstance(value, (bool, np.bool_)):     # `x == y` compares the Python objects
+            raise SymnetError(f"{value!r} is not a model expression: comparisons of tensors "
+                              "(x == y, x < y) are not part of the language; step(x - y) "
+                              "is 1 where x > y", loc)
         owner = _builder_of([value], loc)
         if owner is not None and owner is not self:
             raise SymnetError(f"this expression reads tensors of {owner.describe()}, not of "

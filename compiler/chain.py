@@ -57,7 +57,8 @@ class Factor:
 
 def chain_formulas(model, wrt=None, simplify=True):
     """[(parameter, [Factor, ...])]: each parameter's gradient as a chain of factors,
-    from dJ/dT (the loss end) down to d(first result)/d(parameter)."""
+    from dJ/dT (the loss end) down to d(first result)/d(parameter); no factors for a
+    parameter the loss does not depend on (its gradient is 0)."""
     return [(p, factors) for p, factors, _ in _chains_and_deltas(model, wrt, simplify)]
 
 
@@ -68,6 +69,9 @@ def _chains_and_deltas(model, wrt, simplify):
         raise SymnetError(f"model '{model.name}' has no loss statement, so it has no chain rule")
     out = []
     for param in parameters_to_differentiate(model, wrt):
+        if not _reaches_loss(model, param):
+            out.append((param, [], []))
+            continue
         backward = differentiate(model, wrt=[param], simplify=simplify)
         inliner = Inliner(model, backward, deltas=True)
         factors = _chain(model, param, simplify, inliner)
@@ -88,6 +92,10 @@ def render_chains(model, wrt=None, fmt="text", simplify=True):
     every = []
     for param, factors, deltas in _chains_and_deltas(model, wrt, simplify):
         whole = Factor("J", param, sympy.S.Zero).label(fmt)
+        if not factors:
+            lines.append(f"{indent}{whole} = 0{'   ' + comment if comment else '  ('}the loss "
+                         f"does not depend on {param}{'' if comment else ')'}")
+            continue
         lines.append(indent + whole + " = " + times.join(f.label(fmt) for f in factors))
         for factor in factors:
             lines += [indent * 2 + line for line in factor.render(fmt).split("\n")]
@@ -123,13 +131,15 @@ def _chain(model, param, simplify, inliner):
     return [_clear_indices(model, f) for f in factors]
 
 
+def _reaches_loss(model, param):
+    return model.loss in nx.descendants(model.graph, param)
+
+
 def _paths_graph(model, param):
     """The subgraph of tensors on some path from `param` to the loss."""
     graph = model.graph
     nodes = (nx.descendants(graph, param) | {param}) & (nx.ancestors(graph, model.loss) |
                                                          {model.loss})
-    if model.loss not in nodes:
-        raise SymnetError(f"the loss of {model.name} does not depend on '{param}'")
     return graph.subgraph(nodes)
 
 

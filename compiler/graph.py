@@ -209,6 +209,7 @@ def _loss_stmt(b, s):
     if shape != ():
         tensor = b.materialize(value)
         count = sympy.Mul(*[sympy.sympify(d) for d in shape])
+        b.current_op = "mean"           # a loss of many values is their mean
         value = ops.reduce_axes(b, tensor, range(len(shape)), "sum", name, 1 / count, s.loc)
     tensor = value if isinstance(value, str) else b.materialize(value, name)
     if tensor != name and tensor.startswith(name + ".") and name not in b.tensors:
@@ -309,8 +310,10 @@ def evaluate(b, e):
         left, right = evaluate(b, e.left), evaluate(b, e.right)
         b.loc = e.loc
         if e.op == "@":
-            b.current_op = "matmul"
-            return ops.matmul(b, e.loc, left, right)
+            previous, b.current_op = b.current_op, "matmul"
+            result = ops.matmul(b, e.loc, left, right)
+            b.current_op = previous
+            return result
         return ops.elementwise(b, _ARITH[e.op], [left, right], e.loc, _OP_LABEL[e.op])
     if isinstance(e, S.Call):
         return _call(b, e)
@@ -434,8 +437,13 @@ def _argument(b, opname, name, kind, e):
         return e.id == "true"
     if kind == "pad":
         if isinstance(e, S.Str):
+            if e.value not in ("valid", "same"):
+                b.error(f'{where} must be "valid", "same" or an integer, got "{e.value}"', e.loc)
             return e.value
-        return _argument(b, opname, name, "int", e)
+        pad = _argument(b, opname, name, "int", e)
+        if pad < 0:
+            b.error(f"{where} must be at least 0, got {pad}", e.loc)
+        return pad
     if kind == "init":
         return _init_spec(b, e)
     if kind == "dims":

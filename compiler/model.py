@@ -210,6 +210,7 @@ class Builder:
         self.graph.add_node(name, kind="param", op="param", shape=tuple(shape), dtype="f32", loc=loc)
         self.locations[name] = loc
         self.params[name] = initial_values(name, shape, init, self.seed, loc)
+        self.env[name] = name           # later statements read it as h.W
         return name
 
     # ---- sizes ----------------------------------------------------------------------

@@ -88,6 +88,18 @@ def test_builder_errors_point_at_the_python_line():
     assert "F.dense(F.conv2d" in err.value.format()
 
 
+
+def test_a_comparison_of_tensors_is_refused_for_what_it_is():
+    """`x == y` on two tensors is Python comparing objects (False): it must not become the
+    model's name `false` ("unknown name 'false'")."""
+    b = Builder("cmp")
+    x, y = b.input("x", ["N", 2]), b.input("y", ["N", 2])
+    for make in (lambda: b.let("h", x == y), lambda: b.output("o", x != y),
+                 lambda: b.loss(np.bool_(True))):
+        with pytest.raises(SymnetError, match="is not a model expression: comparisons") as err:
+            make()
+        assert err.value.loc.filename == __file__
+
 def test_builder_errors_put_the_caret_under_the_call():
     b = Builder("bad")
     x = b.input("x", ["N", 3])

@@ -140,6 +140,47 @@ def test_output_copy_passes_gradients_through():
     assert all(c.rel_error < 1e-7 for c in checks)
 
 
+
+LAYER_PARAMS = """\
+input x[N, 3]
+h = dense(x, 4)
+k = h.b
+output w2 = h.W * 2
+output h.W
+loss mean(h) + 0.5 * sum(h.W ^ 2) + sum(k)
+"""
+
+
+def test_later_statements_read_the_parameters_a_layer_made():
+    """`h.W` names the parameter dense made (docs/language.md, Expressions): weight decay
+    is written with it, and it can be an output."""
+    model = parse(LAYER_PARAMS, "decay.nn")
+    params = {k: np.random.default_rng(3).normal(size=v.shape) for k, v in model.params.items()}
+    x = np.random.default_rng(4).normal(size=(5, 3))
+    program = compile(model, dtype="f64", cache=False)
+    program.set_params(params)
+    out = program.forward({"x": x})
+    np.testing.assert_array_equal(out["h.W"], params["h.W"])
+    np.testing.assert_array_equal(out["w2"], 2 * params["h.W"])
+    loss, grads = program.value_and_grad({"x": x})
+    W, b = params["h.W"], params["h.b"]
+    assert loss == pytest.approx(np.mean(x @ W + b) + 0.5 * np.sum(W ** 2) + np.sum(b), rel=1e-12)
+    # d/dW: mean(x @ W) gives the column sums of x over 4N; the decay gives W itself.
+    np.testing.assert_allclose(grads["h.W"], W + x.sum(axis=0)[:, None] / (4 * len(x)), rtol=1e-12)
+    np.testing.assert_allclose(grads["h.b"], np.full(4, 1 + 1 / 4), rtol=1e-12)
+    checks, _ = gradcheck(model, seed=0)
+    assert checks and all(c.rel_error < 1e-7 for c in checks)
+
+
+@pytest.mark.parametrize("loss", ["(y - x @ w) ^ 2", "(y - 2 * y) ^ 2"])
+def test_a_loss_of_many_values_is_labelled_their_mean(loss):
+    """`loss (y - x @ w) ^ 2` averages over the batch: `check` calls that step mean (the
+    matmul before it once leaked its label onto it)."""
+    model = parse(f"input x[N, 2]\ninput y[N]\nparam w[2] = [1, 2]\nloss {loss}\n", "mean.nn")
+    ops = {t: model.graph.nodes[t]["op"] for t in model.graph.nodes}
+    assert ops["loss"] == "mean" and ops["loss.pow"] == "pow"
+    assert [op for t, op in ops.items() if t.startswith("loss.matmul")] in ([], ["matmul"])
+
 # ---- i32 inputs: class labels are range-checked, other integers are not -----------------
 def test_classes_come_from_onehot_and_cross_entropy():
     onehot = parse("input y[N] : i32\nt = onehot(y, 7)\nloss mean(t * 2)\n", "o.nn")
@@ -190,7 +231,11 @@ def test_second_train_and_foreign_keys_raise_symnet_errors():
 
 
 # ---- op bodies and onehot ---------------------------------------------------------------
-OPS = {  # rank, index binding, dtype
+OPS = {  # rank, index binding, dtype, arguments
+    "negative_pad": ("input x[N, 1, 8, 8]\nh = conv2d(x, filters=2, size=3, pad=-1)\n", 2, 38,
+                     "conv2d argument 'pad' must be at least 0, got -1"),
+    "unknown_pad": ("input x[N, 1, 8, 8]\nh = conv2d(x, filters=2, size=3, pad=\"full\")\n", 2, 38,
+                    "conv2d argument 'pad' must be \"valid\", \"same\" or an integer, got \"full\""),
     "too_few_indices": ("input x[N, 2]\nop f(A)[n, j] = A[n]\no = f(x)\n",
                         2, 17, "A has shape [N, 2] (2 indices), indexed with 1"),
     "onehot_of_floats": ("input x[N, 4]\no = onehot(x, 3)\n", 2, 5,

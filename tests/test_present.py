@@ -311,6 +311,28 @@ def test_chain_errors_name_the_problem():
         chain_formulas(parse(EDGES))
 
 
+
+UNUSED_LAYER = ("input x[N, 2]\ninput t[N, 1]\ninput y[N] : i32\np = sigmoid(dense(x, 1))\n"
+                "logits = dense(x, 3)\nl2 = cross_entropy(logits, y)\n"
+                "loss binary_cross_entropy(p, t)\n")
+
+
+def test_a_parameter_the_loss_ignores_has_a_zero_chain_and_the_others_are_printed(tmp_path, capsys):
+    """docs/language.md's Losses example: logits feeds l2, which the loss does not use."""
+    model = parse(UNUSED_LAYER, "unused.nn")
+    chains = dict(chain_formulas(model))
+    assert chains["logits.W"] == [] and chains["logits.b"] == []
+    assert [f.bottom for f in chains["p.W"]][-1] == "p.W"
+    for fmt, zero in (("text", "dJ/dlogits.W = 0"), ("unicode", "∂J/∂logits.W = 0"),
+                      ("latex", r"\frac{\partial J}{\partial W_{\mathrm{logits}}} = 0")):
+        text = render_chains(model, fmt=fmt)
+        assert zero in text and "does not depend on logits.W" in text, fmt
+        assert ("W_{p}" if fmt == "latex" else "p.W") in text     # p's chain is there too
+    path = tmp_path / "unused.nn"
+    path.write_text(UNUSED_LAYER)
+    assert cli.main(["grad", str(path), "--chain"]) == 0
+    assert "dJ/dlogits.b = 0  (the loss does not depend on logits.b)" in capsys.readouterr().out
+
 # ---- plots ----------------------------------------------------------------------------
 def history(epochs=5, accuracy=True):
     return [{"epoch": e, "train_loss": 2.0 / e, "test_loss": 2.2 / e + 0.1,
