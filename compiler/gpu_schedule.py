@@ -10,6 +10,11 @@ that thread's cache lines. The head's strategy:
 
   thread  each thread computes whole output elements (a grid-stride loop over them),
           running a short reduction in a register: maps, pooling, a softmax's row;
+  rows    several short nests over the same rows (their first index) as one launch, a
+          thread per row computing every nest along its row in turn: cross-entropy's
+          maximum, exponentials, their sum and the picked logit (four launches were
+          one each). A nest joins when it reads what the launch writes only in its own
+          row, and each row stays short (ROW_STEPS);
   block   one block per output element: its threads split the reduction, each keeping
           a partial sum, then a tree in shared memory adds the partials (weight and
           bias gradients summed over the batch and the image: few outputs, long sums);
@@ -45,6 +50,7 @@ SLOTS = 1024                # blocks of BLOCK threads an H100/H200 runs at once 
 TREE = 30                   # a block reduction's fixed cost (its tree), in thread steps
 PART = 4 * BLOCK            # the fewest terms worth a block of their own in a split sum
 TK = 16                     # reduction chunk of a tile
+ROW_STEPS = 256             # the most steps (elements x terms) a rows launch gives a thread
 TILES = [(64, 64, 4, 4), (32, 32, 2, 2), (64, 16, 2, 2), (16, 16, 1, 1)]
                             # (TM, TN, RM, RN), (TM/RM) * (TN/RN) = BLOCK, most reuse first
 
@@ -70,7 +76,7 @@ class Tile:
 @dataclass
 class GPUKernel:
     head: object            # Comprehension
-    strategy: str           # "thread" | "block" | "tile" | "split" | "finish"
+    strategy: str           # "thread" | "rows" | "block" | "tile" | "split" | "finish"
     tails: list = field(default_factory=list)
     tile: Tile = None
     splits: int = 1         # split, a split tile, finish: parts of the terms per output
@@ -111,6 +117,8 @@ class GPUKernel:
             rows, cols = _extent(self.tile.rows, ranges), _extent(self.tile.cols, ranges)
             tiles = _product(_ceil(rows, self.tile.tm), _ceil(cols, self.tile.tn))
             return _product(tiles, self.splits) if self.splits > 1 else tiles
+        if self.strategy == "rows":
+            return _ceil(loop_ranges(self.head, tensors)[self.head.index[0]], BLOCK)
         elements = _elements(self.head, tensors)
         if self.strategy == "block":
             return int(elements) if elements.is_Integer else str(elements)
@@ -134,7 +142,11 @@ def gpu_schedule(comps, tensors):
     kernels = []
     for c in comps:
         last = kernels[-1] if kernels else None
-        if last is not None and c.reduce is None and _elementwise_fusible(last, c, tensors):
+        if last is not None and c.reduce is None and last.strategy != "rows" \
+                and _elementwise_fusible(last, c, tensors):
+            last.tails.append(c)
+        elif last is not None and _row_fusible(last, c, tensors):
+            last.strategy = "rows"
             last.tails.append(c)
         else:
             strategy, tile = choose_strategy(c, tensors)
@@ -168,6 +180,27 @@ def _elementwise_fusible(kernel, c, tensors):
         if any(a.tensor == c.out and tuple(a.index) != tuple(n.index) for a in n.accesses.values()):
             return False
     return True
+
+
+def _row_fusible(kernel, c, tensors):
+    """c can join a thread (or rows) launch as a thread per row: every nest runs over the
+    same rows (its first index, of one extent), reads what the launch writes only in its
+    own row, and a row takes at most ROW_STEPS steps at the nominal batch."""
+    if kernel.strategy not in ("thread", "rows") or choose_strategy(c, tensors)[0] != "thread":
+        return False
+    comps = kernel.comps + [c]
+    if not all(n.index for n in comps):
+        return False
+    rows = {sympy.sympify(loop_ranges(n, tensors)[n.index[0]]) for n in comps}
+    if len(rows) != 1:
+        return False
+    written = {n.out for n in comps} | {n.argmax for n in comps if n.argmax}
+    for n in comps:
+        if any(a.tensor in written and (not a.index or a.index[0] != n.index[0])
+               for a in n.accesses.values()):
+            return False
+    steps = sum(_elements(n, tensors, NOMINAL) * max(_terms(n, NOMINAL), 1) for n in comps)
+    return steps <= ROW_STEPS * _nominal(rows.pop(), NOMINAL)
 
 
 # ---- strategies ---------------------------------------------------------------------------
@@ -330,6 +363,8 @@ def format_gpu_schedule(kernels, tensors):
     lines = []
     for k, kernel in enumerate(kernels):
         how = kernel.strategy
+        if kernel.strategy == "rows":
+            how += f" (a thread per {kernel.head.index[0]}, each nest along its row in turn)"
         if kernel.tile is not None:
             t = kernel.tile
             how += (f" {t.tm}x{t.tn} (rows {', '.join(map(str, t.rows))}; columns "

@@ -94,9 +94,9 @@ def test_one_ptx_entry_per_launch_with_its_buffers_as_parameters(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_launch_grids_cover_the_work(name):
-    """A thread per element, a block per element, a block per part of an element's sum
-    (and a thread per element to add them), or a block per tile of the output (and
-    part of the reduction)."""
+    """A thread per element, a thread per row, a block per element, a block per part of
+    an element's sum (and a thread per element to add them), or a block per tile of the
+    output (and part of the reduction)."""
     _, spec, kernels, _ = compile_ir(model(name), target="ptx")
     buffers = {b["name"]: b for b in spec["buffers"]}
     for entry, launches in spec["launches"].items():
@@ -114,6 +114,11 @@ def test_launch_grids_cover_the_work(name):
                 blocks = eval_dim(launch["blocks"], sizes)
                 if kernel.strategy in ("thread", "finish"):
                     assert blocks == math.ceil(elements / BLOCK), launch
+                elif kernel.strategy == "rows":
+                    rows = eval_dim(buffers[kernel.head.out]["shape"][0], sizes)
+                    assert blocks == math.ceil(rows / BLOCK), launch
+                    assert all(eval_dim(buffers[c.out]["shape"][0], sizes) == rows
+                               for c in kernel.comps)
                 elif kernel.strategy == "block":
                     assert blocks == elements, launch
                 elif kernel.strategy == "split":
@@ -154,7 +159,8 @@ def test_lenet5_train_step_sums_long_reductions_by_block_and_updates_in_place():
     """Weight and bias gradients sum over the batch (and the image): a block each, or
     (the convolutions') several blocks each (c3.W: tiles split over the reduction) and a
     finishing launch; every parameter's Adam update runs in its gradient's (last)
-    launch (72 loop nests, 33 launches and 4 more for the split sums)."""
+    launch (72 loop nests: 30 launches, cross-entropy's four steps in one, and 4 more
+    for the split sums)."""
     _, spec, kernels, _ = compile_ir(model("lenet5"), "adam", target="ptx")
     step = kernels["train_step"]
     heads = {k.head.out: k for k in step}           # a split sum: its finishing launch
@@ -165,7 +171,7 @@ def test_lenet5_train_step_sums_long_reductions_by_block_and_updates_in_place():
     for p in ("f5.W", "f6.W"):
         assert heads[f"grad:{p}"].strategy == "tile"
         assert heads[f"grad:{p}"].tails[-1].out == p
-    assert len(step) == 37 and sum(len(k.comps) for k in step) == 72 + 4
+    assert len(step) == 34 and sum(len(k.comps) for k in step) == 72 + 4
 
 
 def test_shared_memory_and_barriers_only_where_blocks_cooperate():
@@ -200,6 +206,35 @@ def test_a_map_joins_a_launch_only_at_its_own_element():
     # The head reads a at i + 1: overwriting a at j would race with a neighbour.
     assert len(gpu_schedule.gpu_schedule([shifted_head, overwrite], tensors)) == 2
 
+
+
+def test_short_nests_over_the_same_rows_share_a_launch_with_a_thread_per_row():
+    """Cross-entropy's maximum, exponentials, their sum and the picked logit run over the
+    batch's rows: one launch, each thread a row. A nest joins only if it reads what the
+    launch writes in its own row, runs over as many rows, and keeps the rows short."""
+    from compiler.index_ir import Access, Comprehension, TensorInfo, access_symbol, index_symbols
+    _, _, kernels, _ = compile_ir(model("mlp"), target="ptx")
+    rows = [[c.out for c in k.comps] for k in kernels["evaluate"] if k.strategy == "rows"]
+    assert rows == [[f"loss.cross_entropy.{t}" for t in ("max", "exp", "sum", "picked")]]
+    n, k = index_symbols(["n", "k"])
+    tensors = {"a": TensorInfo("a", (8, 4)), "r": TensorInfo("r", (8,)), "e": TensorInfo("e", (8, 4)),
+               "q": TensorInfo("q", (4,)), "long": TensorInfo("long", (8, 300)),
+               "l": TensorInfo("l", (8,))}
+
+    def nest(out, reads, index, reduce=None):
+        symbols = {access_symbol(t): Access(t, at) for t, at in reads}
+        body = sympy.Add(*symbols)
+        if reduce:
+            return Comprehension(out, index, body, symbols, "max", (k,), (reduce,))
+        return Comprehension(out, index, body, symbols)
+    row_max = nest("r", [("a", (n, k))], (n,), reduce=4)
+    shifted = nest("e", [("a", (n, k)), ("r", (n,))], (n, k))
+    assert [x.strategy for x in gpu_schedule.gpu_schedule([row_max, shifted], tensors)] == ["rows"]
+    neighbour = nest("e", [("a", (n, k)), ("r", (n + 1,))], (n, k))      # another thread's row
+    columns = nest("q", [("r", (k,))], (k,))                              # rows of another extent
+    long_rows = nest("l", [("long", (n, k))], (n,), reduce=300)            # 300 steps a row
+    for other in (neighbour, columns, long_rows):
+        assert len(gpu_schedule.gpu_schedule([row_max, other], tensors)) == 2, other.out
 
 def test_f64_is_refused_for_the_ptx_target():
     with pytest.raises(ValueError, match=r"float32 \(dtype='f32'\)"):

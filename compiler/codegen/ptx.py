@@ -18,7 +18,7 @@ what lets the same kernels run, barriers and shared memory included, on the CPU.
 """
 import functools
 import math
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
@@ -162,7 +162,7 @@ class GPUKernelEmitter(KernelEmitter):
 
     # ---- kernel -----------------------------------------------------------------------------
     def emit(self):
-        {"thread": self.thread_strategy, "block": self.block_strategy,
+        {"thread": self.thread_strategy, "rows": self.rows_strategy, "block": self.block_strategy,
          "tile": self.tile_strategy, "split": self.split_strategy,
          "finish": self.finish_strategy}[self.kernel.strategy]()
         self.b.ret_void()
@@ -228,6 +228,32 @@ class GPUKernelEmitter(KernelEmitter):
         with self.each_element(c) as (_, env):
             self.point(c, env, guards)
             self.tails(env)
+
+    def rows_strategy(self):
+        """Each thread strides over rows (the head's first index) and computes every nest
+        of the launch along its row, one after the other: a nest reads what the launch
+        wrote only in its own row (gpu_schedule), so this thread wrote it before."""
+        b, block, head = self.b, ir.Constant(I64, BLOCK), self.kernel.head
+        self.enter(head)
+        rows = self.dim(self.ranges[head.index[0]])
+        with self.threads() as tid:
+            first = b.add(b.mul(self.special("ctaid"), block), tid)
+            with self.loop(rows, "row", start=first, step=b.mul(self.special("nctaid"), block)) as row:
+                for c in self.kernel.comps:
+                    guards = self.enter(c)
+                    with self.along_row(c, row) as env:
+                        self.point(c, env, guards)
+        self.enter(head)
+
+    @contextmanager
+    def along_row(self, c, row):
+        """Loops over c's elements in the row `row`; yields their index values. Every
+        element is stored, guards or not (a guard zeroes a term, it skips no element)."""
+        env = {c.index[0]: row}
+        with ExitStack() as stack:
+            for v in c.index[1:]:
+                env[v] = stack.enter_context(self.loop(self.dim(self.ranges[v]), str(v)))
+            yield env
 
     def block_strategy(self):
         """Each block strides over the head's elements; for each, its threads take every
