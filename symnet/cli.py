@@ -209,6 +209,8 @@ def parse_assignments(text):
             values[name] = float(value)
         except ValueError:
             raise SymnetError(f"--at: '{value}' is not a number (in '{item}')") from None
+        if not np.isfinite(values[name]):      # 1e400 became inf, and J = inf, status 0
+            raise SymnetError(f"--at: '{value}' is not a finite number (in '{item}')")
     return values
 
 

@@ -119,6 +119,11 @@ def test_grad_unknown_wrt_is_one_line_listing_parameters(capsys):
     ("x=one,y=2", "'one' is not a number"),
     ("x", "--at expects NAME=VALUE pairs"),
     ("x=1,y=2,x=3", "error: --at gives 'x' twice; give each name one value\n"),
+    # float() reads these as inf or nan: J = inf was printed with status 0
+    ("x=1e400,y=3", "error: --at: '1e400' is not a finite number (in 'x=1e400')\n"),
+    ("x=nan,y=3", "error: --at: 'nan' is not a finite number (in 'x=nan')\n"),
+    ("x=1,y=-inf", "error: --at: '-inf' is not a finite number (in 'y=-inf')\n"),
+    ("x=1,y=2,a=inf", "error: --at: 'inf' is not a finite number (in 'a=inf')\n"),
 ])
 def test_grad_at_mistakes(capsys, at, message):
     assert cli.main(["grad", "examples/linreg.nn", "--at", at]) == 1
