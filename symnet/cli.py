@@ -1,6 +1,6 @@
 """The `symnet` command line: one small function per verb.
 
-    symnet check FILE        the model's tensors, shapes and parameter count
+    symnet check FILE        the model's tensors, shapes and parameter count (or: summary)
     symnet grad FILE         the derived gradients as formulas (and values, with --at)
     symnet gradcheck FILE    derived gradients against finite differences
 
@@ -93,7 +93,8 @@ class Parser(argparse.ArgumentParser):
         wrong = re.match(r"argument command: invalid choice: '(.*?)' \(choose from", message)
         if wrong:
             verbs = list(all_verbs())
-            close = difflib.get_close_matches(wrong.group(1), verbs, n=1)
+            aliases = [a for verb in all_verbs().values() for a in verb.aliases]
+            close = difflib.get_close_matches(wrong.group(1), verbs + aliases, n=1)
             message = (f"unknown command '{wrong.group(1)}'"
                        + (f"; did you mean '{close[0]}'?" if close else "")
                        + f" (the commands are {', '.join(verbs)})")
@@ -120,7 +121,8 @@ def build_parser():
                         help="show the Python traceback of internal errors")
     verbs = parser.add_subparsers(title="commands", dest="command", required=True)
     for name, verb in all_verbs().items():
-        sub = verbs.add_parser(name, help=verb.help, description=verb.help, parents=[common])
+        sub = verbs.add_parser(name, aliases=verb.aliases, help=verb.help,
+                               description=verb.help, parents=[common])
         verb.arguments(sub)
         sub.set_defaults(verb=verb, verb_parser=sub)
     return parser
@@ -390,7 +392,7 @@ def model_with_loss(path, seed=0, consequence="so it has no gradient"):
 
 VERBS = {
     "check": Verb("check a model and print its tensors and parameter count",
-                  check_arguments, check_command),
+                  check_arguments, check_command, aliases=("summary",)),
     "grad": Verb("print the derived gradients of the loss as formulas",
                  grad_arguments, grad_command),
     "gradcheck": Verb("check the derived gradients against finite differences",

@@ -1,5 +1,6 @@
 """Tests for the front verbs of the command line: check, grad, gradcheck (symnet/cli.py)."""
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,21 @@ def test_check_counts_the_parameters_of_a_3_4_2_network(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Total learnable parameters: 26" in result.stdout
     assert "[N, 4]" in result.stdout and "relu" in result.stdout
+
+
+def test_summary_is_another_name_for_check(capsys):
+    """design.md names the verb check/summary; `summary` was an unknown command."""
+    assert cli.main(["check", "examples/mlp.nn"]) == 0
+    checked = capsys.readouterr()
+    assert cli.main(["summary", "examples/mlp.nn"]) == 0
+    assert capsys.readouterr() == checked and "Total learnable parameters: 109,386" in checked.out
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--help"])
+    assert exit.value.code == 0
+    assert re.search(r"^ +check \(summary\) +check a model", capsys.readouterr().out, re.M)
+    with pytest.raises(SystemExit):
+        cli.main(["sumary", "x.nn"])
+    assert "unknown command 'sumary'; did you mean 'summary'?" in capsys.readouterr().err
 
 
 # ---- grad ---------------------------------------------------------------------------
