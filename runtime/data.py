@@ -33,7 +33,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .files import write_atomically
+from .files import file_in_the_way, write_atomically
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -68,6 +68,9 @@ def _atomic_write(path, data: bytes) -> None:
     """Write ``data`` to a temporary file next to ``path``, then rename it over
     ``path`` so readers never see a half-written file."""
     path = Path(path)
+    blocker = file_in_the_way(path.parent)
+    if blocker:
+        raise DataError(f"{path}: cannot write ('{blocker}' is a file, not a folder)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)     # `-o out/maps.png`
         write_atomically(path, data)

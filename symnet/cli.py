@@ -26,6 +26,7 @@ import numpy as np
 
 from compiler.defaults import FORMULA_FORMATS
 from compiler.errors import Loc, SymnetError
+from runtime import files
 
 from .verb import Verb
 
@@ -367,6 +368,9 @@ def output_file(path, option, png=False, reads=()):
     if os.path.isdir(path):
         refuse(f"it is a folder; {option} needs a file name")
     folder = os.path.dirname(os.path.abspath(path))
+    blocker = files.file_in_the_way(folder)
+    if blocker:
+        refuse(f"'{blocker}' is a file, not a folder")
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:

@@ -381,12 +381,23 @@ def test_train_checks_its_output_paths_before_any_work(tmp_path):
             (["--plot", folder], f"cannot write '{folder}': --plot draws a PNG image; the name "
                                  "must end in .png"),
             (["--plot", tmp_path / "curves.pdf"], "the name must end in .png"),
-            (["--plot", file / "sub" / "c.png"], "cannot create its folder: Not a directory"),
+            (["--plot", file / "sub" / "c.png"], f"'{file / 'sub' / 'c.png'}': '{file}' is a "
+                                                 "file, not a folder"),
             # os.access says yes to root for /proc; writing a file there fails
             (["-o", "/proc/m.ckpt"], "cannot write '/proc/m.ckpt': its folder /proc is not writable")]:
         result = symnet("train", "examples/linreg.nn", "--epochs", 1, *flags)
         assert message in one_error_line(result)
         assert result.stdout == ""
+
+
+def test_an_output_inside_a_file_names_the_file(tmp_path):
+    """`-o some.nn/c.o` said only "cannot create its folder: File exists"."""
+    (tmp_path / "some.nn").write_text("")
+    out = tmp_path / "some.nn" / "c.o"
+    result = symnet("compile", "examples/linreg.nn", "--emit", "obj", "-o", out)
+    assert one_error_line(result) == (f"error: cannot write '{out}': '{tmp_path / 'some.nn'}' "
+                                      "is a file, not a folder")
+    assert result.stdout == "" and (tmp_path / "some.nn").read_text() == ""
 
 
 def test_an_output_named_dash_is_refused_not_written(tmp_path):

@@ -462,6 +462,14 @@ def test_png_round_trip_rgb(tmp_path):
     np.testing.assert_allclose(gray, img @ np.array([0.299, 0.587, 0.114]) / 255, atol=1e-6)
 
 
+def test_save_png_inside_a_file_names_the_file(tmp_path):
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(DataError) as err:
+        save_png(tmp_path / "plain" / "maps" / "m.png", np.zeros((2, 2)))
+    assert str(err.value) == (f"{tmp_path / 'plain' / 'maps' / 'm.png'}: cannot write "
+                              f"('{tmp_path / 'plain'}' is a file, not a folder)")
+
+
 def test_save_png_float_and_bad_shape(tmp_path):
     save_png(tmp_path / "f.png", np.array([[0.0, 0.5, 1.0, 2.0, -1.0]]))
     np.testing.assert_array_equal(read_png(tmp_path / "f.png")[0, :, 0], [0, 128, 255, 255, 0])
