@@ -287,8 +287,23 @@ def test_labels_outside_the_classes_are_refused_saying_how_to_mend_them(tmp_path
     low, high = min(labels), max(labels)
     assert one_error_line(result) == (
         f"error: CSV ({tmp_path / 'data.csv'}), training examples: labels range over "
-        f"{low}..{high}, but the model's output 'logits' has 3 classes (0..2){hint}")
+        f"{low}..{high}, but model three's input 'y' takes classes 0..2{hint}")
     assert result.stdout == ""          # refused before the plan is printed
+
+
+def test_labels_outside_the_classes_are_refused_without_an_output(tmp_path):
+    """Without an output the classes come from the loss (cross_entropy's 3): labels up to
+    11 were caught only by the first training step, naming no file."""
+    model = tmp_path / "cls.nn"
+    model.write_text("model cls\ninput x[N, 4]\ninput y[N] : i32\n"
+                     "loss cross_entropy(dense(x, 3), y)\n")
+    rows = np.c_[np.ones((12, 4)), np.arange(12)]
+    np.savetxt(tmp_path / "data.csv", rows, delimiter=",", fmt="%g")
+    result = symnet("train", model, "--data", tmp_path / "data.csv", "-q")
+    assert one_error_line(result) == (
+        f"error: CSV ({tmp_path / 'data.csv'}), training examples: labels range over 0..9, "
+        "but model cls's input 'y' takes classes 0..2")
+    assert result.stdout == ""          # refused before compiling and training
 
 
 @pytest.mark.parametrize("command, victim", [
