@@ -306,6 +306,32 @@ def test_labels_outside_the_classes_are_refused_without_an_output(tmp_path):
     assert result.stdout == ""          # refused before compiling and training
 
 
+def test_a_model_without_labels_trains_on_data_without_labels(tmp_path):
+    """The spec's custom model has one input: an .npz holding only x, or a CSV whose
+    every column is a feature, trains it (both were refused as missing labels)."""
+    x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    np.savez(tmp_path / "c4.npz", x=x)
+    np.savetxt(tmp_path / "c4.csv", x, delimiter=",", fmt="%.9g")
+    weights = {}
+    for name in ("c4.npz", "c4.csv"):
+        out = tmp_path / f"{name}.ckpt"
+        result = symnet("train", ROOT / "examples/custom.nn", "--data", tmp_path / name,
+                        "--epochs", "2", "-q", "-o", out)
+        assert result.returncode == 0, result.stderr
+        assert "50 training and 10 test examples" in result.stdout
+        weights[name] = np.load(out)["W"]
+    np.testing.assert_array_equal(weights["c4.npz"], weights["c4.csv"])  # the same 4 features
+    result = symnet("eval", ROOT / "examples/custom.nn", "--weights", tmp_path / "c4.csv.ckpt")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"on the test split of CSV \(.*c4.csv\): 10 examples\nloss [\d.]+\n$",
+                     result.stdout), result.stdout
+    np.savetxt(tmp_path / "c3.csv", x[:, :3], delimiter=",")
+    result = symnet("train", ROOT / "examples/custom.nn", "--data", tmp_path / "c3.csv")
+    assert one_error_line(result).endswith(
+        "has 3 ([3]); this model needs --data naming matching columns: a CSV of 4 column(s), "
+        "or an .npz holding x")
+
+
 @pytest.mark.parametrize("command, victim", [
     (["train", "{model}", "--data", "{data}", "-o", "{model}"], "model"),
     (["train", "{model}", "--data", "{data}", "-o", "{data}"], "data"),
