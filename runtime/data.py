@@ -33,7 +33,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .files import write_atomically
+from .files import file_in_the_way, write_atomically
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -68,6 +68,9 @@ def _atomic_write(path, data: bytes) -> None:
     """Write ``data`` to a temporary file next to ``path``, then rename it over
     ``path`` so readers never see a half-written file."""
     path = Path(path)
+    blocker = file_in_the_way(path.parent)
+    if blocker:
+        raise DataError(f"{path}: cannot write ('{blocker}' is a file, not a folder)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)     # `-o out/maps.png`
         write_atomically(path, data)
@@ -84,7 +87,8 @@ class Dataset:
     Image data is float32 in [0, 1], shaped [n, 1, H, W] (NCHW, one channel);
     other data keeps its own shape [n, features...].  Labels are int32 class
     indices when every one is a whole non-negative number, else float targets (a
-    regression); ``classes`` names the classes when known.
+    regression), or None where the data holds none (loaded with labels=False);
+    ``classes`` names the classes when known.
     """
 
     name: str
@@ -100,6 +104,8 @@ class Dataset:
         targets, which are not classes."""
         if self.classes:
             return len(self.classes)
+        if self.y_train is None or self.y_test is None:
+            return None
         if self.y_train.dtype.kind == "f" or self.y_test.dtype.kind == "f":
             return None
         top = max(self.y_train.max(initial=-1), self.y_test.max(initial=-1))
@@ -238,7 +244,9 @@ def _labels(y: np.ndarray, source) -> np.ndarray:
 
 def _line_up(x, y, source, what="examples"):
     """Refuse labels that are not 1-D or not one per example (0-d arrays included: an
-    .npz may hold anything), before they are sliced or converted."""
+    .npz may hold anything), before they are sliced or converted.  None: no labels."""
+    if y is None:
+        return
     if np.ndim(y) != 1:
         raise DataError(f"{source}: labels must be 1-D, got shape {list(np.shape(y))}")
     if np.ndim(x) < 1 or len(x) != len(y):
@@ -248,15 +256,18 @@ def _line_up(x, y, source, what="examples"):
 def _pair(x, y, source, what="examples"):
     """Check that inputs and labels line up; return (images as float, labels)."""
     _line_up(x, y, source, what)
-    return _as_images(_to_float(np.asarray(x), source)), _labels(y, source)
+    return (_as_images(_to_float(np.asarray(x), source)),
+            None if y is None else _labels(y, source))
 
 
 def _split_sixth(x, y, source):
-    """Use the last sixth (rounded down) of the examples as the test set."""
+    """Use the last sixth (rounded down) of the examples as the test set (y may be None)."""
     _line_up(x, y, source)
     n_test = len(x) // 6
     if n_test == 0:
         raise DataError(f"{source}: {len(x)} examples are too few to split off a test sixth (need 6)")
+    if y is None:
+        return x[:-n_test], None, x[-n_test:], None
     return x[:-n_test], y[:-n_test], x[-n_test:], y[-n_test:]
 
 
@@ -347,11 +358,13 @@ def _csv_problem(path, header) -> str:
     return "unreadable CSV data"
 
 
-def _read_csv(path):
+def _read_csv(path, labels=True):
     """Rows ``features..., label`` -> (float64 features [n, d], labels).
 
     A first line that is not all numbers is a header; if it names a column
     "label" (as Kaggle's Fashion-MNIST CSVs do), that column holds the labels.
+    With ``labels`` False and no "label" column, every column is a feature and the
+    labels are None (a model without a label input).
     """
     header = _csv_header(path)
     try:
@@ -367,10 +380,15 @@ def _read_csv(path):
         raise DataError(f"{path}: no data rows")
     if header and len(header) != data.shape[1]:
         raise DataError(f"{path}: header has {len(header)} columns, rows have {data.shape[1]}")
+    names = [h.lower() for h in header or []]
+    if "label" in names:
+        col = names.index("label")
+    elif labels:
+        col = data.shape[1] - 1
+    else:
+        return data, None
     if data.shape[1] < 2:
         raise DataError(f"{path}: rows need at least one feature and a label")
-    names = [h.lower() for h in header or []]
-    col = names.index("label") if "label" in names else data.shape[1] - 1
     return np.delete(data, col, axis=1), _labels(data[:, col], path)
 
 
@@ -384,14 +402,15 @@ def _scale_csv(*xs):
         return [_as_images((x / 255 if pixels else x).astype(np.float32)) for x in xs]
 
 
-def load_csv(path, test_path=None) -> Dataset:
-    """One CSV (last sixth becomes the test set) or a train/test pair."""
-    x, y = _read_csv(path)
+def load_csv(path, test_path=None, labels=True) -> Dataset:
+    """One CSV (last sixth becomes the test set) or a train/test pair; with
+    ``labels`` False every column is a feature unless one is called "label"."""
+    x, y = _read_csv(path, labels)
     if test_path is None:
         x_train, y_train, x_test, y_test = _split_sixth(x, y, path)
         name = f"CSV ({path})"
     else:
-        (x_train, y_train), (x_test, y_test) = (x, y), _read_csv(test_path)
+        (x_train, y_train), (x_test, y_test) = (x, y), _read_csv(test_path, labels)
         if x_test.shape[1] != x_train.shape[1]:
             raise DataError(f"{test_path}: {x_test.shape[1]} features per row, "
                             f"but {path} has {x_train.shape[1]}")
@@ -402,9 +421,10 @@ def load_csv(path, test_path=None) -> Dataset:
 
 # ------------------------------------------------------------------- NPZ
 
-def load_npz(path) -> Dataset:
-    """Arrays x_train, y_train, x_test, y_test - or x, y (last sixth is test).
-    An optional ``classes`` array of strings names the labels."""
+def load_npz(path, labels=True) -> Dataset:
+    """Arrays x_train, y_train, x_test, y_test - or x, y (last sixth is test); with
+    ``labels`` False x_train, x_test or x alone will do.  An optional ``classes``
+    array of strings names the labels."""
     _check_npz_magic(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -415,10 +435,14 @@ def load_npz(path) -> Dataset:
         parts = [arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]
     elif {"x", "y"} <= arrays.keys():
         parts = _split_sixth(arrays["x"], arrays["y"], path)
+    elif not labels and {"x_train", "x_test"} <= arrays.keys():
+        parts = [arrays["x_train"], None, arrays["x_test"], None]
+    elif not labels and "x" in arrays:
+        parts = _split_sixth(arrays["x"], None, path)
     else:
         found = ", ".join(sorted(arrays)) or "none"
-        raise DataError(f"{path}: missing keys: need x_train, y_train, x_test, y_test "
-                        f"(or x, y); found {found}")
+        need = "x_train, y_train, x_test, y_test (or x, y)" if labels else "x_train, x_test (or x)"
+        raise DataError(f"{path}: missing keys: need {need}; found {found}")
     x_train, y_train = _pair(parts[0], parts[1], path)
     x_test, y_test = _pair(parts[2], parts[3], path)
     classes = (_class_names(arrays["classes"], (y_train, y_test), path) if "classes" in arrays
@@ -449,7 +473,8 @@ def _class_names(classes: np.ndarray, labels, path) -> list[str]:
         raise DataError(f"{path}: classes must be a 1-D array of names, got shape "
                         f"{list(classes.shape)}")
     # Names for fewer classes than the labels use were ignored without a word.
-    top = max((int(y.max()) for y in labels if y.size and y.dtype.kind in "iu"), default=-1)
+    top = max((int(y.max()) for y in labels if y is not None and y.size and y.dtype.kind in "iu"),
+              default=-1)
     if top >= len(classes):
         raise DataError(f"{path}: classes names {len(classes)} class(es), but the labels go "
                         f"up to {top}: give one name for each class 0..{top}")
@@ -466,13 +491,13 @@ def load_embedded() -> Dataset:
 
 # ------------------------------------------------------------ resolution
 
-def _load_path(spec: str) -> Dataset:
+def _load_path(spec: str, labels: bool = True) -> Dataset:
     """A folder of IDX files, a .csv, a .npz, or "train.csv,test.csv"."""
     if "," in spec and not os.path.exists(spec):
         parts = [p.strip() for p in spec.split(",")]
         if len(parts) != 2 or not all(p.lower().endswith(".csv") for p in parts):
             raise DataError(f"{spec}: a pair must be written 'train.csv,test.csv'")
-        return load_csv(parts[0], parts[1])
+        return load_csv(parts[0], parts[1], labels)
     path = Path(spec)
     if path.is_dir():
         return load_idx_folder(path)
@@ -480,18 +505,18 @@ def _load_path(spec: str) -> Dataset:
         raise DataError(f"{spec}: no such file or folder")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return load_csv(path)
+        return load_csv(path, labels=labels)
     if suffix == ".npz":
-        return load_npz(path)
+        return load_npz(path, labels)
     raise DataError(f"{spec}: unsupported data file (expected a folder of IDX files, "
                     ".csv, .npz, or 'train.csv,test.csv')")
 
 
-def _from_env(label: str, classes: list[str]) -> Dataset:
+def _from_env(label: str, classes: list[str], labels: bool = True) -> Dataset:
     """Load whatever $SYMNET_DATA points at, naming it ``label``."""
     spec = os.environ[ENV_VAR]
     try:
-        ds = _load_path(spec)
+        ds = _load_path(spec, labels)
     except DataError as err:         # say where the path came from: no flag named it
         raise DataError(f"{err} (from ${ENV_VAR})") from None
     if ds.classes is None and ds.num_classes is not None and ds.num_classes <= len(classes):
@@ -500,7 +525,8 @@ def _from_env(label: str, classes: list[str]) -> Dataset:
     return ds
 
 
-def load_dataset(spec: str | os.PathLike | None = None, *, limit: int | None = None) -> Dataset:
+def load_dataset(spec: str | os.PathLike | None = None, *, limit: int | None = None,
+                 labels: bool = True) -> Dataset:
     """Load a dataset.
 
     ``spec`` is one of:
@@ -510,12 +536,15 @@ def load_dataset(spec: str | os.PathLike | None = None, *, limit: int | None = N
       "mnist"                 - $SYMNET_DATA (must be set);
       "embedded"              - the Fashion-MNIST subset in runtime/datasets/;
       a folder of IDX files, a .csv file, "train.csv,test.csv", or a .npz.
-    ``limit`` keeps only the first ``limit`` training examples.
+    ``limit`` keeps only the first ``limit`` training examples.  ``labels=False``
+    is for a model without a label input: a CSV's columns are then all features
+    (unless one is called "label"), an .npz needs only x (or x_train and x_test),
+    and y_train and y_test are None where the data holds no labels.
     """
     spec = None if spec is None else os.fspath(spec)
     if spec in (None, "", "fashion-mnist"):
         if os.environ.get(ENV_VAR):
-            ds = _from_env("fashion-mnist", FASHION_CLASSES)
+            ds = _from_env("fashion-mnist", FASHION_CLASSES, labels)
         elif DEBIAN_DIR.is_dir():
             ds = load_idx_folder(DEBIAN_DIR, f"fashion-mnist ({DEBIAN_DIR})", FASHION_CLASSES)
         else:
@@ -524,11 +553,11 @@ def load_dataset(spec: str | os.PathLike | None = None, *, limit: int | None = N
         if not os.environ.get(ENV_VAR):
             raise DataError(f"mnist: set ${ENV_VAR} to a folder holding the MNIST IDX files "
                             "(train-images-idx3-ubyte.gz, ...)")
-        ds = _from_env("mnist", DIGIT_CLASSES)
+        ds = _from_env("mnist", DIGIT_CLASSES, labels)
     elif spec == "embedded":
         ds = load_embedded()
     else:
-        ds = _load_path(spec)
+        ds = _load_path(spec, labels)
     return _limit(_same_shapes(ds), limit)
 
 
@@ -546,7 +575,8 @@ def _limit(ds: Dataset, limit: int | None) -> Dataset:
         return ds
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
         raise DataError(f"limit must be a positive integer, got {limit!r}")
-    return replace(ds, x_train=ds.x_train[:limit].copy(), y_train=ds.y_train[:limit].copy())
+    y_train = None if ds.y_train is None else ds.y_train[:limit].copy()
+    return replace(ds, x_train=ds.x_train[:limit].copy(), y_train=y_train)
 
 
 # --------------------------------------------------------------- batches

@@ -48,3 +48,12 @@ def _fsync_folder(folder):
         pass
     finally:
         os.close(fd)
+
+
+def file_in_the_way(folder):
+    """The nearest existing ancestor of `folder` (itself included) when it is not a
+    folder, else None: os.makedirs then fails with only "File exists"."""
+    folder = os.path.abspath(os.fspath(folder))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    return None if os.path.isdir(folder) else folder

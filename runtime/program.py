@@ -173,8 +173,9 @@ class Program:
             if key not in self.optimizer:
                 raise ProgramError(f"optimizer {self.spec['optimizer']} has no setting '{key}'; "
                                    f"it has {', '.join(self.optimizer)}")
-            try:
-                checked[key] = float(value)
+            try:        # not float("0.1") or float(True): a string or a bool is a mistake
+                checked[key] = math.nan if isinstance(value, (str, bytes, bool, np.bool_)) \
+                    else float(value)
             except (TypeError, ValueError):
                 checked[key] = math.nan
             if not math.isfinite(checked[key]):      # it would only make every step NaN

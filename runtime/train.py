@@ -110,7 +110,9 @@ def _shape_data(program, x, y):
 
 def check_labels(spec, y):
     """Refuse labels an i32 label input cannot take (2.5), and class labels outside
-    0..K-1 for a classifier (nothing to check otherwise)."""
+    0..K-1 for a classifier (nothing to check otherwise). K is the class count the
+    native code checks each step (spec["classes"], known with or without an output),
+    else the classifier's output width."""
     _, labels = input_roles(spec)
     y = np.asarray(y)
     if labels is not None and _buffer(spec, labels)["dtype"] == "i32" and y.dtype.kind == "f":
@@ -118,11 +120,11 @@ def check_labels(spec, y):
         if fractional.size:     # said here, with the data's name, not at the first step
             raise TrainingError(f"input '{labels}' must hold integers (class indices), got "
                                 f"{y.dtype} values such as {fractional[0]:g}")
-    k = num_classes(spec)
+    k = spec.get("classes", {}).get(labels) or num_classes(spec)
     if k is not None and len(y) and (y.min() < 0 or y.max() >= k):
         one_based = y.min() == 1 and y.max() == k          # numbered from 1, as in R or MATLAB
-        raise TrainingError(f"labels range over {y.min():g}..{y.max():g}, but the model's output "
-                            f"'{spec['outputs'][0]}' has {k} classes (0..{k - 1})"
+        raise TrainingError(f"labels range over {y.min():g}..{y.max():g}, but model "
+                            f"{spec['name']}'s input '{labels}' takes classes 0..{k - 1}"
                             + ("; class indices count from 0: subtract 1 from the labels"
                                if one_based else ""))
 

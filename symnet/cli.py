@@ -1,6 +1,6 @@
 """The `symnet` command line: one small function per verb.
 
-    symnet check FILE        the model's tensors, shapes and parameter count
+    symnet check FILE        the model's tensors, shapes and parameter count (or: summary)
     symnet grad FILE         the derived gradients as formulas (and values, with --at)
     symnet gradcheck FILE    derived gradients against finite differences
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from compiler.defaults import FORMULA_FORMATS
 from compiler.errors import Loc, SymnetError
+from runtime import files
 
 from .verb import Verb
 
@@ -93,7 +94,8 @@ class Parser(argparse.ArgumentParser):
         wrong = re.match(r"argument command: invalid choice: '(.*?)' \(choose from", message)
         if wrong:
             verbs = list(all_verbs())
-            close = difflib.get_close_matches(wrong.group(1), verbs, n=1)
+            aliases = [a for verb in all_verbs().values() for a in verb.aliases]
+            close = difflib.get_close_matches(wrong.group(1), verbs + aliases, n=1)
             message = (f"unknown command '{wrong.group(1)}'"
                        + (f"; did you mean '{close[0]}'?" if close else "")
                        + f" (the commands are {', '.join(verbs)})")
@@ -120,7 +122,8 @@ def build_parser():
                         help="show the Python traceback of internal errors")
     verbs = parser.add_subparsers(title="commands", dest="command", required=True)
     for name, verb in all_verbs().items():
-        sub = verbs.add_parser(name, help=verb.help, description=verb.help, parents=[common])
+        sub = verbs.add_parser(name, aliases=verb.aliases, help=verb.help,
+                               description=verb.help, parents=[common])
         verb.arguments(sub)
         sub.set_defaults(verb=verb, verb_parser=sub)
     return parser
@@ -209,6 +212,8 @@ def parse_assignments(text):
             values[name] = float(value)
         except ValueError:
             raise SymnetError(f"--at: '{value}' is not a number (in '{item}')") from None
+        if not np.isfinite(values[name]):      # 1e400 became inf, and J = inf, status 0
+            raise SymnetError(f"--at: '{value}' is not a finite number (in '{item}')")
     return values
 
 
@@ -363,6 +368,9 @@ def output_file(path, option, png=False, reads=()):
     if os.path.isdir(path):
         refuse(f"it is a folder; {option} needs a file name")
     folder = os.path.dirname(os.path.abspath(path))
+    blocker = files.file_in_the_way(folder)
+    if blocker:
+        refuse(f"'{blocker}' is a file, not a folder")
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
@@ -388,7 +396,7 @@ def model_with_loss(path, seed=0, consequence="so it has no gradient"):
 
 VERBS = {
     "check": Verb("check a model and print its tensors and parameter count",
-                  check_arguments, check_command),
+                  check_arguments, check_command, aliases=("summary",)),
     "grad": Verb("print the derived gradients of the loss as formulas",
                  grad_arguments, grad_command),
     "gradcheck": Verb("check the derived gradients against finite differences",

@@ -74,7 +74,8 @@ def add_data_argument(parser, default="fashion-mnist"):
     parser.add_argument("--data", metavar="NAME|PATH",
                         help=f"default: {default}; fashion-mnist (the Debian package's "
                              "files, else the embedded subset), embedded, mnist, a folder "
-                             "of IDX files, a .csv (features, then the label or target), "
+                             "of IDX files, a .csv (features, then the label or target if "
+                             "the model takes one), "
                              "train.csv,test.csv, or an .npz")
 
 
@@ -104,18 +105,20 @@ def compile_program(model, device="cpu", dtype="f32", optimizer=None, entries=No
 def load_data(spec, program, limit=None, trained_on=None):
     """The dataset, after checking that its examples fit the model's feature input:
     the default image data cannot feed linreg's x[N], and the message says what can
-    (and, for eval, what the checkpoint was trained on: `trained_on`)."""
-    data = load_dataset(spec, limit=limit)
+    (and, for eval, what the checkpoint was trained on: `trained_on`). A model without a
+    label input takes data without labels: every CSV column a feature, an .npz's x."""
     features, labels = input_roles(program.spec)
+    data = load_dataset(spec, limit=limit, labels=labels is not None)
     want = sample_shape(program.spec, features)
     have = list(data.x_train.shape[1:])
     if math.prod(want) != math.prod(have):
         count = math.prod(want)
+        matching = (f"a CSV of {count} feature column(s) then the target, or an .npz holding x and y"
+                    if labels else f"a CSV of {count} column(s), or an .npz holding x")
         raise SymnetError(
             f"model {program.spec['name']}'s input '{features}' takes {count} value(s) per "
             f"example, but {data.name} has {math.prod(have)} ({have}); this model needs "
-            f"--data naming matching columns: a CSV of {count} feature column(s) then the target, "
-            "or an .npz holding x and y"
+            f"--data naming matching columns: {matching}"
             + (f"; the checkpoint was trained on {trained_on}" if trained_on else ""))
     for part, y in (("training", data.y_train), ("test", data.y_test)):
         if labels is None or y is None:

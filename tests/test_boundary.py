@@ -354,11 +354,21 @@ def test_configure_refuses_unknown_settings(program):
     refused(lambda: program.configure(momentum=0.9), "has no setting 'momentum'", "lr")
 
 
-@pytest.mark.parametrize("value", ["fast", None, [0.1], np.nan, np.inf])
+@pytest.mark.parametrize("value", ["fast", None, [0.1], np.nan, np.inf, "0.1", b"0.1", True,
+                                   np.True_])
 def test_configure_refuses_values_that_are_not_finite_numbers(program, value):
+    """float() took the string "0.1" as 0.1 and True as 1.0."""
     before = dict(program.optimizer)
     refused(lambda: program.configure(lr=value), "'lr' must be a finite number")
     assert program.optimizer == before
+
+
+@pytest.mark.parametrize("value", [0.25, 1, np.float32(0.25), np.float64(0.25), np.int64(1)])
+def test_configure_takes_python_and_numpy_numbers(program, value):
+    before = program.optimizer["lr"]
+    program.configure(lr=value)
+    assert program.optimizer["lr"] == float(value)
+    program.configure(lr=before)        # the program is shared by the module's tests
 
 
 @pytest.mark.parametrize("setting, message", [

@@ -1,5 +1,6 @@
 """Tests for the front verbs of the command line: check, grad, gradcheck (symnet/cli.py)."""
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,21 @@ def test_check_counts_the_parameters_of_a_3_4_2_network(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Total learnable parameters: 26" in result.stdout
     assert "[N, 4]" in result.stdout and "relu" in result.stdout
+
+
+def test_summary_is_another_name_for_check(capsys):
+    """design.md names the verb check/summary; `summary` was an unknown command."""
+    assert cli.main(["check", "examples/mlp.nn"]) == 0
+    checked = capsys.readouterr()
+    assert cli.main(["summary", "examples/mlp.nn"]) == 0
+    assert capsys.readouterr() == checked and "Total learnable parameters: 109,386" in checked.out
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--help"])
+    assert exit.value.code == 0
+    assert re.search(r"^ +check \(summary\) +check a model", capsys.readouterr().out, re.M)
+    with pytest.raises(SystemExit):
+        cli.main(["sumary", "x.nn"])
+    assert "unknown command 'sumary'; did you mean 'summary'?" in capsys.readouterr().err
 
 
 # ---- grad ---------------------------------------------------------------------------
@@ -119,6 +135,11 @@ def test_grad_unknown_wrt_is_one_line_listing_parameters(capsys):
     ("x=one,y=2", "'one' is not a number"),
     ("x", "--at expects NAME=VALUE pairs"),
     ("x=1,y=2,x=3", "error: --at gives 'x' twice; give each name one value\n"),
+    # float() reads these as inf or nan: J = inf was printed with status 0
+    ("x=1e400,y=3", "error: --at: '1e400' is not a finite number (in 'x=1e400')\n"),
+    ("x=nan,y=3", "error: --at: 'nan' is not a finite number (in 'x=nan')\n"),
+    ("x=1,y=-inf", "error: --at: '-inf' is not a finite number (in 'y=-inf')\n"),
+    ("x=1,y=2,a=inf", "error: --at: 'inf' is not a finite number (in 'a=inf')\n"),
 ])
 def test_grad_at_mistakes(capsys, at, message):
     assert cli.main(["grad", "examples/linreg.nn", "--at", at]) == 1

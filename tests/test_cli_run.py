@@ -287,8 +287,49 @@ def test_labels_outside_the_classes_are_refused_saying_how_to_mend_them(tmp_path
     low, high = min(labels), max(labels)
     assert one_error_line(result) == (
         f"error: CSV ({tmp_path / 'data.csv'}), training examples: labels range over "
-        f"{low}..{high}, but the model's output 'logits' has 3 classes (0..2){hint}")
+        f"{low}..{high}, but model three's input 'y' takes classes 0..2{hint}")
     assert result.stdout == ""          # refused before the plan is printed
+
+
+def test_labels_outside_the_classes_are_refused_without_an_output(tmp_path):
+    """Without an output the classes come from the loss (cross_entropy's 3): labels up to
+    11 were caught only by the first training step, naming no file."""
+    model = tmp_path / "cls.nn"
+    model.write_text("model cls\ninput x[N, 4]\ninput y[N] : i32\n"
+                     "loss cross_entropy(dense(x, 3), y)\n")
+    rows = np.c_[np.ones((12, 4)), np.arange(12)]
+    np.savetxt(tmp_path / "data.csv", rows, delimiter=",", fmt="%g")
+    result = symnet("train", model, "--data", tmp_path / "data.csv", "-q")
+    assert one_error_line(result) == (
+        f"error: CSV ({tmp_path / 'data.csv'}), training examples: labels range over 0..9, "
+        "but model cls's input 'y' takes classes 0..2")
+    assert result.stdout == ""          # refused before compiling and training
+
+
+def test_a_model_without_labels_trains_on_data_without_labels(tmp_path):
+    """The spec's custom model has one input: an .npz holding only x, or a CSV whose
+    every column is a feature, trains it (both were refused as missing labels)."""
+    x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    np.savez(tmp_path / "c4.npz", x=x)
+    np.savetxt(tmp_path / "c4.csv", x, delimiter=",", fmt="%.9g")
+    weights = {}
+    for name in ("c4.npz", "c4.csv"):
+        out = tmp_path / f"{name}.ckpt"
+        result = symnet("train", ROOT / "examples/custom.nn", "--data", tmp_path / name,
+                        "--epochs", "2", "-q", "-o", out)
+        assert result.returncode == 0, result.stderr
+        assert "50 training and 10 test examples" in result.stdout
+        weights[name] = np.load(out)["W"]
+    np.testing.assert_array_equal(weights["c4.npz"], weights["c4.csv"])  # the same 4 features
+    result = symnet("eval", ROOT / "examples/custom.nn", "--weights", tmp_path / "c4.csv.ckpt")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"on the test split of CSV \(.*c4.csv\): 10 examples\nloss [\d.]+\n$",
+                     result.stdout), result.stdout
+    np.savetxt(tmp_path / "c3.csv", x[:, :3], delimiter=",")
+    result = symnet("train", ROOT / "examples/custom.nn", "--data", tmp_path / "c3.csv")
+    assert one_error_line(result).endswith(
+        "has 3 ([3]); this model needs --data naming matching columns: a CSV of 4 column(s), "
+        "or an .npz holding x")
 
 
 @pytest.mark.parametrize("command, victim", [
@@ -381,12 +422,23 @@ def test_train_checks_its_output_paths_before_any_work(tmp_path):
             (["--plot", folder], f"cannot write '{folder}': --plot draws a PNG image; the name "
                                  "must end in .png"),
             (["--plot", tmp_path / "curves.pdf"], "the name must end in .png"),
-            (["--plot", file / "sub" / "c.png"], "cannot create its folder: Not a directory"),
+            (["--plot", file / "sub" / "c.png"], f"'{file / 'sub' / 'c.png'}': '{file}' is a "
+                                                 "file, not a folder"),
             # os.access says yes to root for /proc; writing a file there fails
             (["-o", "/proc/m.ckpt"], "cannot write '/proc/m.ckpt': its folder /proc is not writable")]:
         result = symnet("train", "examples/linreg.nn", "--epochs", 1, *flags)
         assert message in one_error_line(result)
         assert result.stdout == ""
+
+
+def test_an_output_inside_a_file_names_the_file(tmp_path):
+    """`-o some.nn/c.o` said only "cannot create its folder: File exists"."""
+    (tmp_path / "some.nn").write_text("")
+    out = tmp_path / "some.nn" / "c.o"
+    result = symnet("compile", "examples/linreg.nn", "--emit", "obj", "-o", out)
+    assert one_error_line(result) == (f"error: cannot write '{out}': '{tmp_path / 'some.nn'}' "
+                                      "is a file, not a folder")
+    assert result.stdout == "" and (tmp_path / "some.nn").read_text() == ""
 
 
 def test_an_output_named_dash_is_refused_not_written(tmp_path):

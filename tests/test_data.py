@@ -226,6 +226,26 @@ def test_csv_pair(tmp_path):
     np.testing.assert_array_equal(ds.y_test, [2])
 
 
+def test_csv_without_labels_is_all_features(tmp_path):
+    """For a model without a label input (labels=False) the last column is a feature,
+    not a target: a 4-column CSV fed an x[N, 4] only as 3 features then a label."""
+    rows = np.arange(48.0).reshape(12, 4)
+    path = tmp_path / "d.csv"
+    np.savetxt(path, rows, delimiter=",", fmt="%g")
+    ds = load_dataset(str(path), labels=False)
+    np.testing.assert_array_equal(ds.x_train, rows[:10])
+    np.testing.assert_array_equal(ds.x_test, rows[10:])
+    assert ds.y_train is None and ds.y_test is None and ds.num_classes is None
+    assert load_dataset(str(path), labels=False, limit=3).x_train.shape == (3, 4)
+    assert load_dataset(str(path)).x_train.shape == (10, 3)       # labels=True: as before
+    path.write_text("a,label,b\n" + "".join(f"{i},{i % 2},{-i}\n" for i in range(6)))
+    ds = load_dataset(str(path), labels=False)     # a column called label is still one
+    np.testing.assert_array_equal(ds.x_train[:, 1], [0, -1, -2, -3, -4])
+    np.testing.assert_array_equal(ds.y_train, [0, 1, 0, 1, 0])
+    path.write_text("7\n" * 6)                     # one feature, nothing else
+    assert load_dataset(str(path), labels=False).x_train.shape == (5, 1)
+
+
 @pytest.mark.parametrize("text, message", [
     ("1,2,3\n4,5,6\n7,8\n", "line 3 has 2 columns, expected 3"),
     ("a,b,label\n1,2,3\n4,5,6,7\n", "line 3 has 4 columns, expected 3"),
@@ -273,6 +293,31 @@ def test_npz_xy_keys(tmp_path):
     np.testing.assert_array_equal(ds.x_train, x[:10])
     np.testing.assert_array_equal(ds.y_test, y[10:])
     assert ds.classes == ["a", "b", "c", "d"]
+
+
+def test_npz_without_labels_needs_only_x(tmp_path):
+    """labels=False: x alone (last sixth the test set), or x_train and x_test, will do;
+    labels present are still read."""
+    x = np.random.default_rng(2).random((12, 4)).astype(np.float32)
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x)
+    ds = load_dataset(str(path), labels=False)
+    np.testing.assert_array_equal(ds.x_train, x[:10])
+    np.testing.assert_array_equal(ds.x_test, x[10:])
+    assert ds.y_train is None and ds.y_test is None
+    with pytest.raises(DataError) as err:                   # a model with labels needs y
+        load_dataset(str(path))
+    assert str(err.value) == (f"{path}: missing keys: need x_train, y_train, x_test, y_test "
+                              "(or x, y); found x")
+    np.savez(path, x_train=x[:9], x_test=x[9:])
+    ds = load_dataset(str(path), labels=False)
+    assert ds.x_train.shape == (9, 4) and ds.x_test.shape == (3, 4) and ds.y_test is None
+    np.savez(path, x=x, y=np.arange(12) % 3)
+    np.testing.assert_array_equal(load_dataset(str(path), labels=False).y_test, [1, 2])
+    np.savez(path, images=x)
+    with pytest.raises(DataError) as err:
+        load_dataset(str(path), labels=False)
+    assert str(err.value) == f"{path}: missing keys: need x_train, x_test (or x); found images"
 
 
 def test_npz_classes_must_name_every_label(tmp_path):
@@ -460,6 +505,14 @@ def test_png_round_trip_rgb(tmp_path):
     np.testing.assert_array_equal(read_png(tmp_path / "c.png"), img)
     gray = load_image(tmp_path / "c.png")
     np.testing.assert_allclose(gray, img @ np.array([0.299, 0.587, 0.114]) / 255, atol=1e-6)
+
+
+def test_save_png_inside_a_file_names_the_file(tmp_path):
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(DataError) as err:
+        save_png(tmp_path / "plain" / "maps" / "m.png", np.zeros((2, 2)))
+    assert str(err.value) == (f"{tmp_path / 'plain' / 'maps' / 'm.png'}: cannot write "
+                              f"('{tmp_path / 'plain'}' is a file, not a folder)")
 
 
 def test_save_png_float_and_bad_shape(tmp_path):

@@ -168,7 +168,8 @@ def test_input_roles():
 
 def test_labels_out_of_range_are_refused(small):
     program = compile(example("mlp"))
-    with pytest.raises(TrainingError, match="10 classes"):
+    with pytest.raises(TrainingError, match=r"^labels range over 10\.\.10, but model mlp's "
+                                            r"input 'y' takes classes 0\.\.9$"):
         train(program, SimpleNamespace(x_train=small.x_train[:10], y_train=np.full(10, 10),
                                        x_test=None, y_test=None), epochs=1, quiet=True)
 
