@@ -454,10 +454,11 @@ def _relayout(ctx, loc, x, shape, hint):
             # here, they spare sympy's Mod its slow search for them (0.06 s of LeNet-5).
             rest = sympy.Add(*[t for t in sympy.Add.make_args(linear) if not (t / (s * d)).is_integer])
             quotient = fdiv(rest, s) if s != 1 else rest
-            top = _largest(rest, dict(zip(variables, dst_shape)))
+            top, bound = _largest(rest, dict(zip(variables, dst_shape))), sympy.sympify(s * d)
             # No modulo where the rest stays below s*d: the gradient of flatten reads
             # [n, 25*c + 5*y + x], an affine access, not a modulo.
-            index.append(quotient if top is not None and top < s * d else sympy.Mod(quotient, d))
+            below = top is not None and bound.is_Integer and top < int(bound)
+            index.append(quotient if below else sympy.Mod(quotient, d))
         r, acc = read(src_name, index)
         return Comprehension(dst_name, variables, r, acc)
 

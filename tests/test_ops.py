@@ -307,7 +307,7 @@ def test_forward_value_matches_numpy(value_programs, name):
 RESHAPES = [((2, 3, 4), (4, 6)), ((4, 6), (2, 3, 4)), ((6, 4), (3, 8)), ((2, 12), (2, 3, 4)),
             ((2, 3, 4), (2, 12)), ((2, 3, 4), (24,)), (("N", 4, 5), ("N", 20)),
             (("N", 20), ("N", 5, 4)), (("N", 6), (-1, 3)), (("N", 4, 6), (-1, 8)),
-            (("N", 2, 3, 2), ("N", 3, 4))]
+            (("N", 2, 3, 2), ("N", 3, 4)), (("N", 4), (4, "N"))]
 
 
 @pytest.mark.parametrize("src,dst", RESHAPES, ids=lambda s: "x".join(map(str, s)))
