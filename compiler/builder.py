@@ -231,6 +231,12 @@ class Builder:
         loc = _caller_loc()
         return Expr(S.Name(_name(name, loc, "size"), loc), self)
 
+    def tensor(self, name):
+        """A tensor defined before, by name: one a layer made, `b.tensor("h.W")` (the
+        text's `h.W`, for weight decay), or any other."""
+        loc = _caller_loc()
+        return Expr(S.Name(_name(name, loc, "tensor name"), loc), self)
+
     @staticmethod
     def _dims(dims, loc):
         """What the text's [N, 784] allows: integers and names."""

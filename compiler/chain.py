@@ -96,13 +96,17 @@ def render_chains(model, wrt=None, fmt="text", simplify=True):
             lines.append(f"{indent}{whole} = 0{'   ' + comment if comment else '  ('}the loss "
                          f"does not depend on {param}{'' if comment else ')'}")
             continue
-        lines.append(indent + whole + " = " + times.join(f.label(fmt) for f in factors))
+        inner = indent * 2
+        if len(factors) == 1:           # the factor is dJ/dparam itself: no product to show
+            inner = indent
+        else:
+            lines.append(indent + whole + " = " + times.join(f.label(fmt) for f in factors))
         for factor in factors:
-            lines += [indent * 2 + line for line in factor.render(fmt).split("\n")]
+            lines += [inner + line for line in factor.render(fmt).split("\n")]
         if deltas:
-            lines.append(f"{comment}{indent * 2}where δT = dJ/dT for the named tensors T:")
+            lines.append(f"{comment}{inner}where δT = dJ/dT for the named tensors T:")
             for delta in deltas:
-                lines += [indent * 3 + line for line in delta.render(fmt).split("\n")]
+                lines += [inner + indent + line for line in delta.render(fmt).split("\n")]
         every += factors
     for read in outside_reads_of(model, [(f.expr, dict(f.ranges)) for f in every], fmt):
         lines.append(f"{comment}  (reads outside a tensor are 0: {read})")

@@ -45,10 +45,16 @@ class GpuCheck:
 
 def relative_error(actual, expected, allowance=0.0):
     """The largest difference, less `allowance`, relative to the largest magnitude
-    expected."""
+    expected. Infinities and NaNs agree where both sides have the same (an overflow on
+    both sides is no difference); anywhere else the error is infinite."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     if actual.shape != expected.shape:
         return float("inf")
+    finite = np.isfinite(expected)
+    same = (actual == expected) | (np.isnan(actual) & np.isnan(expected))
+    if not np.all(finite | same) or not np.all(np.isfinite(actual[finite])):
+        return float("inf")
+    actual, expected = actual[finite], expected[finite]
     scale = float(np.max(np.abs(expected), initial=0.0)) or 1.0
     difference = float(np.max(np.abs(actual - expected), initial=0.0))
     return max(difference - allowance, 0.0) / scale
@@ -80,7 +86,7 @@ def gpucheck(model, batches=BATCHES, seed=0, optimizer=None, adam_eps=ADAM_EPS):
                 compare(f"grad {name}", batch, value, expected_grads[name])
         if "train_step" in entries:
             if eps is not None:
-                largest = max(float(np.max(np.abs(g), initial=0.0)) for g in expected_grads.values())
+                largest = _largest(expected_grads.values())
                 for program in (gpu, cpu):
                     program.configure(eps=max(eps, adam_eps * largest))
             start = cpu.get_params()
@@ -91,7 +97,13 @@ def gpucheck(model, batches=BATCHES, seed=0, optimizer=None, adam_eps=ADAM_EPS):
             for name, value in gpu.get_params().items():
                 # The change, not the sum; each side's new parameters are rounded to
                 # float32, so they may differ by one unit in the last place.
-                ulp = ULP * float(np.max(np.abs(expected[name]), initial=0.0))
+                ulp = ULP * _largest([expected[name]])
                 compare(f"step of {name}", batch, value - start[name], expected[name] - start[name], ulp)
     eps_raised = eps is not None and "train_step" in entries
     return GpuCheck(list(comparisons.values()), sanitizer_report(gpu), eps_raised)
+
+
+def _largest(arrays):
+    """The largest finite magnitude in any of the arrays (0 if none)."""
+    return max((float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0)) for a in map(np.asarray, arrays)),
+               default=0.0)

@@ -205,7 +205,10 @@ class Builder:
         if name in self.defined_at:
             self.error(f"{self.current_op} names its parameter '{name}', but '{name}' is "
                        f"already defined at line {self.defined_at[name].line}", loc)
-        name = self.unique(name)
+        if name in self.tensors:        # h = dense(x) + dense(x) made h_2.W; so would h_2 = dense(x)
+            self.error(f"{self.current_op} names its parameter '{name}', but the layer at line "
+                       f"{self.locations[name].line} already made '{name}'; give this "
+                       "statement another name", loc)
         self.tensors[name] = TensorInfo(name, tuple(shape), "f32", "param")
         self.graph.add_node(name, kind="param", op="param", shape=tuple(shape), dtype="f32", loc=loc)
         self.locations[name] = loc

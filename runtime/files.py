@@ -12,7 +12,10 @@ def write_atomically(path, data, mode=0o666, durable=False):
     removed on any failure, Ctrl-C included; OSError propagates for the caller to word.
     mode: permissions before the umask (not mkstemp's 0o600). durable: fsync the file
     and its folder, so the new file survives a power cut (checkpoints)."""
-    path = os.path.abspath(os.fspath(path))
+    path = os.fspath(path)
+    if path.endswith(("/", os.sep)):     # abspath would drop the slash and write the file
+        raise IsADirectoryError(21, "a file name cannot end in '/'", path)
+    path = os.path.abspath(path)
     folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)

@@ -174,8 +174,8 @@ class Program:
                 raise ProgramError(f"optimizer {self.spec['optimizer']} has no setting '{key}'; "
                                    f"it has {', '.join(self.optimizer)}")
             try:        # not float("0.1") or float(True): a string or a bool is a mistake
-                checked[key] = math.nan if isinstance(value, (str, bytes, bool, np.bool_)) \
-                    else float(value)
+                text_or_bool = isinstance(value, (str, bytes)) or np.asarray(value).dtype.kind in "bSU"
+                checked[key] = math.nan if text_or_bool else float(value)
             except (TypeError, ValueError):
                 checked[key] = math.nan
             if not math.isfinite(checked[key]):      # it would only make every step NaN

@@ -367,6 +367,8 @@ def output_file(path, option, png=False, reads=()):
         refuse(f"{option} draws a PNG image; the name must end in .png")
     if os.path.isdir(path):
         refuse(f"it is a folder; {option} needs a file name")
+    if path.endswith(("/", os.sep)):    # abspath drops the slash: `-o mlp.nn/` wrote mlp.nn
+        refuse(f"a name ending in '/' is a folder's; {option} needs a file name")
     folder = os.path.dirname(os.path.abspath(path))
     blocker = files.file_in_the_way(folder)
     if blocker:

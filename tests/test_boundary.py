@@ -355,7 +355,7 @@ def test_configure_refuses_unknown_settings(program):
 
 
 @pytest.mark.parametrize("value", ["fast", None, [0.1], np.nan, np.inf, "0.1", b"0.1", True,
-                                   np.True_])
+                                   np.True_, np.array("0.1"), np.array(True), np.str_("0.1")])
 def test_configure_refuses_values_that_are_not_finite_numbers(program, value):
     """float() took the string "0.1" as 0.1 and True as 1.0."""
     before = dict(program.optimizer)
@@ -363,7 +363,8 @@ def test_configure_refuses_values_that_are_not_finite_numbers(program, value):
     assert program.optimizer == before
 
 
-@pytest.mark.parametrize("value", [0.25, 1, np.float32(0.25), np.float64(0.25), np.int64(1)])
+@pytest.mark.parametrize("value", [0.25, 1, np.float32(0.25), np.float64(0.25), np.int64(1),
+                                   np.array(0.25)])
 def test_configure_takes_python_and_numpy_numbers(program, value):
     before = program.optimizer["lr"]
     program.configure(lr=value)

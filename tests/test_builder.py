@@ -100,6 +100,20 @@ def test_a_comparison_of_tensors_is_refused_for_what_it_is():
             make()
         assert err.value.loc.filename == __file__
 
+
+def test_a_layers_parameter_is_read_by_name_as_in_the_text():
+    text = parse("input x[N, 3]\ninput y[N] : i32\nh = dense(x, 4)\n"
+                 "loss cross_entropy(h, y) + 0.001 * sum(h.W ^ 2)\n", "decay.nn")
+    b = Builder("decay")
+    x, y = b.input("x", ["N", 3]), b.input("y", ["N"], "i32")
+    h = b.let("h", F.dense(x, 4))
+    b.loss(F.cross_entropy(h, y) + 0.001 * F.sum(b.tensor("h.W") ** 2))
+    built = b.build()
+    inputs = reference.random_inputs(text, batch=5, seed=1)
+    assert reference.value_and_grad(built, inputs)[0] == reference.value_and_grad(text, inputs)[0]
+    with pytest.raises(SymnetError, match="'h.W!' is not a tensor name"):
+        b.tensor("h.W!")
+
 def test_builder_errors_put_the_caret_under_the_call():
     b = Builder("bad")
     x = b.input("x", ["N", 3])

@@ -18,6 +18,7 @@ import pytest
 from compiler.pipeline import load
 from runtime import checkpoint
 from runtime.data import DEBIAN_DIR, FASHION_CLASSES, load_dataset, save_png
+from runtime.files import write_atomically
 from symnet import cli, run_verbs
 from repository import ROOT
 
@@ -440,6 +441,21 @@ def test_an_output_inside_a_file_names_the_file(tmp_path):
                                       "is a file, not a folder")
     assert result.stdout == "" and (tmp_path / "some.nn").read_text() == ""
 
+
+
+@pytest.mark.parametrize("verb", [["compile"], ["train", "--data", "docs/tutorial/study.csv"]])
+def test_an_output_ending_in_a_slash_never_replaces_the_file_before_it(tmp_path, verb):
+    """`-o linreg.nn/`: the slash was dropped and the model's source replaced (status 0)."""
+    model = tmp_path / "linreg.nn"
+    shutil.copy("examples/linreg.nn", model)
+    source = model.read_text()
+    result = symnet(verb[0], model, *verb[1:], "-o", f"{model}/")
+    assert one_error_line(result) == (f"error: cannot write '{model}/': a name ending in '/' "
+                                      "is a folder's; -o needs a file name")
+    assert model.read_text() == source
+    with pytest.raises(IsADirectoryError):
+        write_atomically(f"{model}/", b"checkpoint")
+    assert model.read_text() == source
 
 def test_an_output_named_dash_is_refused_not_written(tmp_path):
     """`-o -` would make a file called '-' in the current folder."""

@@ -90,6 +90,10 @@ def test_positional_alpha_in_a_fn_has_the_right_gradient():
 
 # ---- names: layer parameters, outputs ---------------------------------------------------
 NAMES = {  # a name is defined once, a layer's included
+    # the second layer of h's statement makes h_2.W: h_2's own layer silently got h_2.W_2
+    "layer_names_clash": ("input x[N, 3]\nh = dense(x, 2) + dense(x, 2)\nh_2 = dense(x, 5)\n", 3, 7,
+                          "dense names its parameter 'h_2.W', but the layer at line 2 already "
+                          "made 'h_2.W'; give this statement another name"),
     "dotted_name_after_layer": ("input x[N, 3]\nh = dense(x, 2)\nh.W = x * 3\noutput o = h.W\n",
                                 3, 1, "'h.W' is already defined at line 2"),
     "dotted_name_before_layer": ("input x[N, 3]\nh.W = x * 3\nh = dense(x, 2)\n", 3, 5,

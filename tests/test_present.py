@@ -333,6 +333,16 @@ def test_a_parameter_the_loss_ignores_has_a_zero_chain_and_the_others_are_printe
     assert cli.main(["grad", str(path), "--chain"]) == 0
     assert "dJ/dlogits.b = 0  (the loss does not depend on logits.b)" in capsys.readouterr().out
 
+
+def test_a_parameter_read_by_the_loss_itself_has_no_product_to_show():
+    """Weight decay reads h.W in the loss statement: its chain is the one factor dJ/dh.W,
+    printed once, not as `dJ/dh.W = dJ/dh.W`."""
+    model = parse("input x[N, 3]\nh = dense(x, 4)\nloss mean(h) + 0.5 * sum(h.W ^ 2)\n", "wd.nn")
+    assert [(f.top, f.bottom) for f in dict(chain_formulas(model))["h.W"]] == [("J", "h.W")]
+    lines = render_chains(model).split("\n")
+    assert [line for line in lines if "dJ/dh.W" in line] == [
+        "  dJ/dh.W = 1.0*h.W[n, i] + Sum(x[n', n]*δh[n', i], (n', 0, N - 1))"]
+
 # ---- plots ----------------------------------------------------------------------------
 def history(epochs=5, accuracy=True):
     return [{"epoch": e, "train_loss": 2.0 / e, "test_loss": 2.2 / e + 0.1,
