@@ -157,7 +157,7 @@ class Builder:
             if dims == tuple(range(len(e.shape))) and self.shape(tensor) == e.shape:
                 return tensor
         out = self.new_tensor(name or (self.target + "." + e.label), e.shape)
-        variables = index_symbols(index_names(len(e.shape)))
+        variables = index_symbols(index_names(e.shape))
         accesses = {s: ops.Access(t, tuple(0 if d is None else variables[d] for d in dims))
                     for s, (t, dims) in e.reads.items()}
         self.emit(Comprehension(out, variables, e.expr, accesses), label=label or e.label)
@@ -261,8 +261,14 @@ def check_size(b, shape, what, loc):
         b.error(f"{what} {format_shape(shape)} has {count} elements, more than {MAX_SIZE}", loc)
 
 
-def index_names(rank):
-    return ["n", "i", "j", "k", "l", "m"][:rank] if rank <= 6 else [f"i{k}" for k in range(rank)]
+def index_names(shape):
+    """Loop variables over a shape: n for a batch (a symbolic first size), then i, j, k...
+    (a weight-shaped [3, 4] is [i, j], not [n, i])."""
+    rank = len(shape)
+    if rank > 6:
+        return [f"i{k}" for k in range(rank)]
+    batch = rank and not isinstance(shape[0], int) and not sympy.sympify(shape[0]).is_Integer
+    return (["n"] if batch else []) + ["i", "j", "k", "l", "m"][:rank - batch]
 
 
 # ---- initial values ------------------------------------------------------------------

@@ -341,7 +341,7 @@ def test_a_parameter_read_by_the_loss_itself_has_no_product_to_show():
     assert [(f.top, f.bottom) for f in dict(chain_formulas(model))["h.W"]] == [("J", "h.W")]
     lines = render_chains(model).split("\n")
     assert [line for line in lines if "dJ/dh.W" in line] == [
-        "  dJ/dh.W = 1.0*h.W[n, i] + Sum(x[n', n]*δh[n', i], (n', 0, N - 1))"]
+        "  dJ/dh.W = 1.0*h.W[i, j] + Sum(x[n, i]*δh[n, j], (n, 0, N - 1))"]
 
 # ---- plots ----------------------------------------------------------------------------
 def history(epochs=5, accuracy=True):
