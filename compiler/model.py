@@ -267,8 +267,9 @@ def index_names(shape):
     rank = len(shape)
     if rank > 6:
         return [f"i{k}" for k in range(rank)]
-    batch = rank and not isinstance(shape[0], int) and not sympy.sympify(shape[0]).is_Integer
-    return (["n"] if batch else []) + ["i", "j", "k", "l", "m"][:rank - batch]
+    if rank and not sympy.sympify(shape[0]).is_Integer:
+        return ["n"] + ["i", "j", "k", "l", "m"][:rank - 1]
+    return ["i", "j", "k", "l", "m", "o"][:rank]
 
 
 # ---- initial values ------------------------------------------------------------------
