@@ -93,8 +93,8 @@ def render_chains(model, wrt=None, fmt="text", simplify=True):
     for param, factors, deltas in _chains_and_deltas(model, wrt, simplify):
         whole = Factor("J", param, sympy.S.Zero).label(fmt)
         if not factors:
-            lines.append(f"{indent}{whole} = 0{'   ' + comment if comment else '  ('}the loss "
-                         f"does not depend on {param}{'' if comment else ')'}")
+            note = f"the loss does not depend on {param}"
+            lines.append(f"{whole} = 0   % {note}" if fmt == "latex" else f"{indent}{whole} = 0  ({note})")
             continue
         inner = indent * 2
         if len(factors) == 1:           # the factor is dJ/dparam itself: no product to show

@@ -145,25 +145,26 @@ def gpu_schedule(comps, tensors):
         if last is not None and c.reduce is None and last.strategy != "rows" \
                 and _elementwise_fusible(last, c, tensors):
             last.tails.append(c)
-        elif last is not None and _row_fusible(last, c, tensors):
+            continue
+        strategy, tile = choose_strategy(c, tensors)
+        if last is not None and strategy == "thread" and _row_fusible(last, c, tensors):
             last.strategy = "rows"
             last.tails.append(c)
+            continue
+        splits = 1
+        if strategy == "block":
+            splits = split_count(c, tensors)
+        elif strategy == "tile":
+            splits = tile_split_count(c, tile, tensors)
+        if splits > 1:
+            scratch = f"split:{c.out}:{splits}"
+            tensors[scratch] = TensorInfo(scratch, (int(_elements(c, tensors)) * splits,),
+                                          "f32", "aux")
+            kernels.append(GPUKernel(c, "split" if strategy == "block" else "tile",
+                                     tile=tile, splits=splits, scratch=scratch))
+            kernels.append(GPUKernel(c, "finish", splits=splits, scratch=scratch))
         else:
-            strategy, tile = choose_strategy(c, tensors)
-            splits = 1
-            if strategy == "block":
-                splits = split_count(c, tensors)
-            elif strategy == "tile":
-                splits = tile_split_count(c, tile, tensors)
-            if splits > 1:
-                scratch = f"split:{c.out}:{splits}"
-                tensors[scratch] = TensorInfo(scratch, (int(_elements(c, tensors)) * splits,),
-                                              "f32", "aux")
-                kernels.append(GPUKernel(c, "split" if strategy == "block" else "tile",
-                                         tile=tile, splits=splits, scratch=scratch))
-                kernels.append(GPUKernel(c, "finish", splits=splits, scratch=scratch))
-            else:
-                kernels.append(GPUKernel(c, strategy, [], tile))
+            kernels.append(GPUKernel(c, strategy, [], tile))
     return kernels
 
 
@@ -183,10 +184,11 @@ def _elementwise_fusible(kernel, c, tensors):
 
 
 def _row_fusible(kernel, c, tensors):
-    """c can join a thread (or rows) launch as a thread per row: every nest runs over the
-    same rows (its first index, of one extent), reads what the launch writes only in its
-    own row, and a row takes at most ROW_STEPS steps at the nominal batch."""
-    if kernel.strategy not in ("thread", "rows") or choose_strategy(c, tensors)[0] != "thread":
+    """c, a nest a thread would compute, can join a thread (or rows) launch as a thread
+    per row: every nest runs over the same rows (its first index, of one extent), reads
+    what the launch writes only in its own row, and a row takes at most ROW_STEPS steps
+    at the nominal batch."""
+    if kernel.strategy not in ("thread", "rows"):
         return False
     comps = kernel.comps + [c]
     if not all(n.index for n in comps):

@@ -209,8 +209,9 @@ def _loss_stmt(b, s):
     if shape != ():
         tensor = b.materialize(value)
         count = sympy.Mul(*[sympy.sympify(d) for d in shape])
-        b.current_op = "mean"           # a loss of many values is their mean
+        previous, b.current_op = b.current_op, "mean"     # a loss of many values is their mean
         value = ops.reduce_axes(b, tensor, range(len(shape)), "sum", name, 1 / count, s.loc)
+        b.current_op = previous
     tensor = value if isinstance(value, str) else b.materialize(value, name)
     if tensor != name and tensor.startswith(name + ".") and name not in b.tensors:
         _rename(b, tensor, name)

@@ -316,6 +316,14 @@ class PartStream:
             return None
         return self.objects
 
+    def abandon(self) -> None:
+        """Give up streaming this module (the parts cannot make it): finish() says None,
+        and the module is compiled whole."""
+        with self._ready:
+            self._failed = True
+            self._todo.clear()
+            self._ready.notify_all()
+
     def cancel(self) -> None:
         """Hand out no more parts; returns when the workers have stopped."""
         with self._ready:
@@ -357,10 +365,7 @@ class PartStream:
                     return
         except OSError:
             pass
-        with self._ready:               # a part failed: the module is compiled whole, here
-            self._failed = True
-            self._todo.clear()
-            self._ready.notify_all()
+        self.abandon()                  # a part failed: the module is compiled whole, here
 
 
 def _serve(opt_level: int) -> None:

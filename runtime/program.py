@@ -174,7 +174,7 @@ class Program:
                 raise ProgramError(f"optimizer {self.spec['optimizer']} has no setting '{key}'; "
                                    f"it has {', '.join(self.optimizer)}")
             try:        # not float("0.1") or float(True): a string or a bool is a mistake
-                text_or_bool = isinstance(value, (str, bytes)) or np.asarray(value).dtype.kind in "bSU"
+                text_or_bool = np.asarray(value).dtype.kind in "bSU"     # also inside arrays
                 checked[key] = math.nan if text_or_bool else float(value)
             except (TypeError, ValueError):
                 checked[key] = math.nan

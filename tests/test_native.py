@@ -164,6 +164,30 @@ def test_a_mistake_midway_stops_the_streaming_workers(monkeypatch, tmp_path):
     assert set(threading.enumerate()) <= before
 
 
+
+def test_a_module_that_gains_a_global_midway_compiles_whole(monkeypatch):
+    """Parts stream out before a global variable appears; a part cannot define it for the
+    others, so the stream is abandoned and the module compiles whole, and runs."""
+    from compiler.codegen import llvm as codegen
+    import llvmlite.ir as ir
+    monkeypatch.setattr(codegen.LLVMEmitter, "PART_COST", 1)
+    original = codegen.LLVMEmitter.new_kernel
+
+    def new_kernel(self, kernel):
+        if self.shipped and "marker" not in self.module.globals:
+            ir.GlobalVariable(self.module, ir.IntType(32), "marker").initializer = ir.Constant(ir.IntType(32), 7)
+        return original(self, kernel)
+    monkeypatch.setattr(codegen.LLVMEmitter, "new_kernel", new_kernel)
+    streams = []
+    monkeypatch.setattr(jit.PartStream, "__init__", _recording(jit.PartStream.__init__, streams))
+    model = load("examples/mlp.nn")
+    inputs = reference.random_inputs(model, batch=5, seed=2)
+    loss = compile(model, cache=False).train_step(inputs)
+    stream = streams[0]             # the code generator's (compile_objects makes its own)
+    assert stream.parts and stream.finish() is None            # parts went out, then gave up
+    monkeypatch.setattr(codegen.LLVMEmitter, "new_kernel", original)
+    assert loss == compile(model, cache=False).train_step(inputs)
+
 def _recording(init, into):
     def recording(self, *args, **kwargs):
         init(self, *args, **kwargs)

@@ -303,7 +303,8 @@ def test_forward_value_matches_numpy(value_programs, name):
 
 # Reshapes whose source and target dims line up and whose do not, fixed and batched
 # (N = 3): each element must land where NumPy's row-major reshape puts it, and the
-# gradient must route each back (a loss weighting every element differently).
+# gradient must route each back (dJ/dw sums each element's gradient times its own x, so
+# a gradient routed to another element shows).
 RESHAPES = [((2, 3, 4), (4, 6)), ((4, 6), (2, 3, 4)), ((6, 4), (3, 8)), ((2, 12), (2, 3, 4)),
             ((2, 3, 4), (2, 12)), ((2, 3, 4), (24,)), (("N", 4, 5), ("N", 20)),
             (("N", 20), ("N", 5, 4)), (("N", 6), (-1, 3)), (("N", 4, 6), (-1, 8)),

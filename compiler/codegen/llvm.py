@@ -289,7 +289,8 @@ class LLVMEmitter:
         """Hand finished functions to `stream` (runtime.jit.PartStream) as modules of their
         own while the rest is written, so that LLVM works meanwhile (the front end and
         LLVM had taken about as long, one after the other). Only for modules of
-        functions: a global variable would have to be defined in one part alone."""
+        functions: a module that gains a global variable (which one part alone must
+        define) abandons the stream and compiles whole."""
         self.stream = stream
 
     def ship(self, final=False):
@@ -297,6 +298,10 @@ class LLVMEmitter:
         of them when final). Called after a kernel or a nest out of line: every function
         with a body is finished then but the kernel being written (`building`); the
         entry being written has no body yet."""
+        if any(not isinstance(v, ir.Function) for v in self.module.globals.values()):
+            self.stream.abandon()       # a global must be defined in one part alone
+            self.stream = None
+            return
         for fn in self.module.functions:
             if fn.blocks and fn.name not in self.shipped and fn.name not in self.building:
                 self.shipped.add(fn.name)
@@ -309,8 +314,6 @@ class LLVMEmitter:
     def part(self, names):
         """A module defining the functions `names` and declaring every other one; internal
         functions become external, so that the parts link."""
-        if any(not isinstance(v, ir.Function) for v in self.module.globals.values()):
-            raise NotImplementedError("streaming a module with global variables")
         lines = [f'target triple = "{self.module.triple}"', ""]
         for fn in self.module.functions:
             if fn.name in names:
