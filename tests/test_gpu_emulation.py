@@ -12,7 +12,7 @@ import pytest
 
 from compiler import compile, gpu_schedule, parse, reference
 from compiler.codegen.gpu_emulation import EmulatedKernelEmitter, sanitizer_report
-from compiler.codegen.llvm import KernelEmitter
+from compiler.codegen.kernel import KernelEmitter
 from compiler.gpucheck import gpucheck, relative_error
 from compiler.native import compile_ir
 from test_ptx import NAMES, assert_close, model

@@ -33,7 +33,8 @@ import llvmlite.ir as ir
 import sympy
 
 from ..gpu_schedule import BLOCK
-from .llvm import I64, PTR, KernelEmitter, LLVMEmitter
+from .kernel import I64, PTR, KernelEmitter
+from .llvm import LLVMEmitter
 from .ptx import GPUKernelEmitter, PTXEmitter
 
 GRID = 3

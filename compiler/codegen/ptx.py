@@ -25,9 +25,9 @@ import llvmlite.ir as ir
 import sympy
 
 from ..gpu_schedule import BLOCK
-from .llvm import FAST, I64, PTR, KernelEmitter, LLVMEmitter
+from .kernel import FAST, I32, I64, PTR, KernelEmitter
+from .llvm import LLVMEmitter
 
-I32 = ir.IntType(32)
 ARCHES = ("sm_80", "sm_90")
 PTX_VERSION = "+ptx80"
 SHARED = 3                        # NVPTX's address space of shared memory
