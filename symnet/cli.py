@@ -252,11 +252,15 @@ def print_values(model, values, point, wrt, simplify, fmt="text"):
     (with --format latex as `%` comments, like the headings: no equations)."""
     from compiler import reference
     inputs, params = point
-    loss, grads = reference.value_and_grad(model, inputs, params, simplify=simplify)
+    with np.errstate(all="ignore"):     # an overflow is said below, not warned about
+        loss, grads = reference.value_and_grad(model, inputs, params, simplify=simplify)
     where = ", ".join(f"{name}={format_number(v)}" for name, v in values.items())
     lines = [f"at {where} (inputs as a batch of one):", f"  J = {format_number(loss)}"]
     lines += [f"  dJ/d{name} = {format_array(grads[name], indent=len(name) + 9)}"
               for name in wrt]
+    shown = [loss] + [grads[name] for name in wrt]
+    if not all(np.all(np.isfinite(v)) for v in shown):
+        lines.append("  (inf or nan: the values overflow float64 at this point)")
     comment = "% " if fmt == "latex" else ""
     print("\n".join(comment + line for line in "\n".join(lines).split("\n")))
 

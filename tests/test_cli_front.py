@@ -146,6 +146,22 @@ def test_grad_at_mistakes(capsys, at, message):
     assert message in capsys.readouterr().err
 
 
+def test_grad_at_a_point_that_overflows_says_so_without_warnings(capfd):
+    """(1e200 * 1e200)^2 is past float64: J = inf is true, and said in words; NumPy's
+    RuntimeWarnings (naming lambdify's generated code) were printed on stderr."""
+    assert cli.main(["grad", "examples/linreg.nn", "--at", "x=1e200,y=1,a=1e200"]) == 0
+    out, err = capfd.readouterr()
+    assert "  J = inf\n  dJ/da = inf\n  dJ/db = inf\n" in out
+    assert out.endswith("  (inf or nan: the values overflow float64 at this point)\n")
+    assert err == ""
+
+
+def test_grad_at_a_finite_point_has_no_overflow_note(capsys):
+    assert cli.main(["grad", "examples/linreg.nn", "--at", "x=1e100,y=1"]) == 0
+    out = capsys.readouterr().out
+    assert "J = 1.6e+199\n" in out and "overflow" not in out     # (0.4 * 1e100)^2
+
+
 @pytest.mark.parametrize("label", ["12", "10", "-1"])
 def test_grad_at_class_labels_must_be_classes_of_the_model(capsys, label):
     """softmax_regression has 10 classes; another label would drop the loss's target term."""
