@@ -70,16 +70,18 @@ def export_library(ir_text, spec, params, out_dir, buffers, opt_level=2, progres
 
 
 def _build(cc, name, layout, params, files, entry_object, out_dir, report):
-    """Compile and link in a scratch folder, then copy the results into out_dir."""
+    """Compile and link in a scratch folder, then copy the results into out_dir. The
+    scratch files' names hold a '-', which no model's C name does: a model named
+    "entry" or "wrapper" must not link its object over an input of the link."""
     with tempfile.TemporaryDirectory(prefix="symnet-export-") as work:
         for filename, text in files.items():
             _write(os.path.join(work, filename), text.encode())
-        _write(os.path.join(work, "entry.o"), entry_object)
-        _write(os.path.join(work, "wrapper.c"), wrapper(layout, params).encode())
+        _write(os.path.join(work, "symnet-entry.o"), entry_object)
+        _write(os.path.join(work, "symnet-wrapper.c"), wrapper(layout, params).encode())
         report("compiling the C wrapper")
-        _run(cc, "-O2", "-fPIC", "-c", "wrapper.c", "-o", "wrapper.o", cwd=work)
+        _run(cc, "-O2", "-fPIC", "-c", "symnet-wrapper.c", "-o", "symnet-wrapper.o", cwd=work)
         report("linking")
-        _run(cc, "-r", "-o", f"{name}.o", "entry.o", "wrapper.o", cwd=work)
+        _run(cc, "-r", "-o", f"{name}.o", "symnet-entry.o", "symnet-wrapper.o", cwd=work)
         _run(cc, "-shared", "-o", f"lib{name}.so", f"{name}.o", "-lm", cwd=work)
         written = {}
         for filename in [f"lib{name}.so", f"{name}.o", *files]:
@@ -368,7 +370,9 @@ machine that runs it if that CPU is older.
 def _run(*command, cwd):
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
-        detail = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+        # The line that says what went wrong, not gcc's closing "compilation terminated."
+        lines = result.stderr.strip().splitlines() or ["unknown error"]
+        detail = next((line for line in lines if "error" in line), lines[-1])
         raise ExportError(f"{command[0]} failed while exporting: {detail}")
 
 
