@@ -52,6 +52,7 @@ def export_library(ir_text, spec, params, out_dir, buffers, opt_level=2, progres
         raise ExportError(f"{out_dir} is a file; -o names the folder to write the library into")
     layout = Layout(spec, buffers)
     name = layout.name
+    _check_replaceable(out_dir, name)
     report("compiling the model")
     entry_object = emit_object(_predict_only(ir_text, spec, f"{name}_symnet_predict"), opt_level)
     files = {f"{name}.h": header(layout), "example.c": example(layout),
@@ -67,6 +68,27 @@ def export_library(ir_text, spec, params, out_dir, buffers, opt_level=2, progres
         if created:                 # a failed export leaves no empty folder behind
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
+
+
+def _check_replaceable(out_dir, name):
+    """Refuse before anything is built to replace a file that an export did not write:
+    `-o .` in a project would put the example's Makefile over the project's own."""
+    marks = {f"lib{name}.so": f"{name}_symnet_predict", f"{name}.o": f"{name}_symnet_predict",
+             f"{name}.h": "exported by symnet", "example.c": "/* example.c: run the exported ",
+             "Makefile": makefile(name).splitlines()[0], "README.txt": "exported by symnet"}
+    for filename, mark in marks.items():
+        path = os.path.join(out_dir, filename)
+        if not os.path.lexists(path):
+            continue
+        try:
+            data = _read(path)
+        except OSError:             # a folder, a dangling link: not an export's file either
+            data = b""
+        if not filename.endswith((".so", ".o")):
+            data = data.split(b"\n", 1)[0]        # the generated text's first line
+        if mark.encode() not in data:
+            raise ExportError(f"{path} exists and symnet export did not write it; -o names "
+                              "a folder for the library: choose a new one")
 
 
 def _build(cc, name, layout, params, files, entry_object, out_dir, report):

@@ -258,3 +258,28 @@ def test_a_failing_c_compiler_is_reported_by_its_error_line(tmp_path):
     message = str(error.value)
     assert message.startswith(f"{shutil.which('cc')} failed while exporting: ")
     assert "missing.c" in message and "compilation terminated" not in message
+
+
+def test_export_does_not_replace_a_file_it_did_not_write(tmp_path, capsys):
+    """`-o .` in a project put the example's Makefile over the project's own Makefile
+    (and README.txt); now refused before anything is written. An export's own files are
+    replaced by the next export, of this model or another."""
+    (tmp_path / "Makefile").write_text("all:\n\techo my project\n")
+    (tmp_path / "README.txt").write_text("my notes\n")
+    assert cli.main(["export", "examples/custom.nn", "-o", str(tmp_path), "-q"]) == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path}/Makefile exists and symnet export "
+                                       "did not write it; -o names a folder for the library: "
+                                       "choose a new one\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile", "README.txt"]
+    assert (tmp_path / "Makefile").read_text() == "all:\n\techo my project\n"
+    (tmp_path / "Makefile").unlink()
+    assert cli.main(["export", "examples/custom.nn", "-o", str(tmp_path), "-q"]) == 1
+    assert "README.txt exists and symnet export did not write it" in capsys.readouterr().err
+    (tmp_path / "README.txt").unlink()
+    (tmp_path / "custom.o").write_bytes(b"\x7fELF someone else's object")
+    assert cli.main(["export", "examples/custom.nn", "-o", str(tmp_path), "-q"]) == 1
+    assert "custom.o exists and symnet export did not write it" in capsys.readouterr().err
+    (tmp_path / "custom.o").unlink()
+    for model in ("examples/custom.nn", "examples/custom.nn", "examples/perceptron.nn"):
+        assert cli.main(["export", model, "-o", str(tmp_path), "-q"]) == 0
+    assert (tmp_path / "README.txt").read_text().startswith("perceptron, exported by symnet")
