@@ -107,6 +107,10 @@ def load(path, *, expect_hash=None, expect_params=None):
         if a.dtype.kind not in "biuf":
             raise CheckpointError(f"{path}: parameter '{name}' holds {a.dtype} values, "
                                   "not real numbers")
+        bad = a.size - np.count_nonzero(np.isfinite(a))
+        if bad:                         # eval printed loss nan; train blamed the learning rate
+            raise CheckpointError(f"{path}: parameter '{name}' holds nan or inf ({bad:,} of "
+                                  f"{a.size:,} values); a checkpoint's weights must be finite")
     model = meta.get("model")
     if expect_params is not None:
         _compare(path, model, stored, {n: list(s) for n, s in expect_params.items()})

@@ -164,13 +164,15 @@ def _read_maybe_gzip(path) -> bytes:
         raise DataError(f"{path}: corrupt or truncated gzip data") from None
 
 
-def read_idx(path) -> np.ndarray:
+def read_idx(path, ndims: Sequence[int] | None = None) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzip-compressed or raw.
 
     Layout: two zero bytes, a type code (0x08 ubyte, 0x09 byte, 0x0B short,
     0x0C int, 0x0D float, 0x0E double), the number of dimensions, each
     dimension as a big-endian uint32, then the values (big-endian, C order).
-    Returns a native-endian array with exactly those dimensions.
+    Returns a native-endian array with exactly those dimensions.  ``ndims``,
+    when given, are the numbers of dimensions the caller accepts (labels: 1);
+    another is refused before the header's sizes are read as dimensions.
     """
     data = _read_maybe_gzip(path)
     if not data:
@@ -178,6 +180,9 @@ def read_idx(path) -> np.ndarray:
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number 0x{data[:4].hex() or 'empty'})")
     ndim, start = data[3], 4 + 4 * data[3]
+    if ndims is not None and ndim not in ndims:
+        raise DataError(f"{path}: its magic number 0x{data[:4].hex()} declares {ndim} "
+                        f"dimension(s), expected {' or '.join(map(str, ndims))}")
     if len(data) < start:
         raise DataError(f"{path}: truncated IDX header ({ndim} dimensions declared)")
     dims = struct.unpack(f">{ndim}I", data[4:start])
@@ -290,11 +295,7 @@ def _find_idx(folder: Path, split: str, kind: str) -> Path:
 
 def _load_idx_split(folder: Path, split: str):
     ipath, lpath = _find_idx(folder, split, "images"), _find_idx(folder, split, "labels")
-    x, y = read_idx(ipath), read_idx(lpath)
-    if x.ndim not in (3, 4):
-        raise DataError(f"{ipath}: expected images shaped [n, rows, cols], got {list(x.shape)}")
-    if y.ndim != 1:
-        raise DataError(f"{lpath}: expected labels shaped [n], got {list(y.shape)}")
+    x, y = read_idx(ipath, ndims=(3, 4)), read_idx(lpath, ndims=(1,))   # [n, rows, cols], [n]
     if len(x) != len(y):
         raise DataError(f"{lpath}: {len(y)} labels but {ipath.name} has {len(x)} images")
     return _pair(x, y, lpath, "images")

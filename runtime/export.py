@@ -52,6 +52,7 @@ def export_library(ir_text, spec, params, out_dir, buffers, opt_level=2, progres
         raise ExportError(f"{out_dir} is a file; -o names the folder to write the library into")
     layout = Layout(spec, buffers)
     name = layout.name
+    _check_replaceable(out_dir, name)
     report("compiling the model")
     entry_object = emit_object(_predict_only(ir_text, spec, f"{name}_symnet_predict"), opt_level)
     files = {f"{name}.h": header(layout), "example.c": example(layout),
@@ -69,17 +70,40 @@ def export_library(ir_text, spec, params, out_dir, buffers, opt_level=2, progres
         raise
 
 
+def _check_replaceable(out_dir, name):
+    """Refuse before anything is built to replace a file that an export did not write:
+    `-o .` in a project would put the example's Makefile over the project's own."""
+    marks = {f"lib{name}.so": f"{name}_symnet_predict", f"{name}.o": f"{name}_symnet_predict",
+             f"{name}.h": "exported by symnet", "example.c": "/* example.c: run the exported ",
+             "Makefile": makefile(name).splitlines()[0], "README.txt": "exported by symnet"}
+    for filename, mark in marks.items():
+        path = os.path.join(out_dir, filename)
+        if not os.path.lexists(path):
+            continue
+        try:
+            data = _read(path)
+        except OSError:             # a folder, a dangling link: not an export's file either
+            data = b""
+        if not filename.endswith((".so", ".o")):
+            data = data.split(b"\n", 1)[0]        # the generated text's first line
+        if mark.encode() not in data:
+            raise ExportError(f"{path} exists and symnet export did not write it; -o names "
+                              "a folder for the library: choose a new one")
+
+
 def _build(cc, name, layout, params, files, entry_object, out_dir, report):
-    """Compile and link in a scratch folder, then copy the results into out_dir."""
+    """Compile and link in a scratch folder, then copy the results into out_dir. The
+    scratch files' names hold a '-', which no model's C name does: a model named
+    "entry" or "wrapper" must not link its object over an input of the link."""
     with tempfile.TemporaryDirectory(prefix="symnet-export-") as work:
         for filename, text in files.items():
             _write(os.path.join(work, filename), text.encode())
-        _write(os.path.join(work, "entry.o"), entry_object)
-        _write(os.path.join(work, "wrapper.c"), wrapper(layout, params).encode())
+        _write(os.path.join(work, "symnet-entry.o"), entry_object)
+        _write(os.path.join(work, "symnet-wrapper.c"), wrapper(layout, params).encode())
         report("compiling the C wrapper")
-        _run(cc, "-O2", "-fPIC", "-c", "wrapper.c", "-o", "wrapper.o", cwd=work)
+        _run(cc, "-O2", "-fPIC", "-c", "symnet-wrapper.c", "-o", "symnet-wrapper.o", cwd=work)
         report("linking")
-        _run(cc, "-r", "-o", f"{name}.o", "entry.o", "wrapper.o", cwd=work)
+        _run(cc, "-r", "-o", f"{name}.o", "symnet-entry.o", "symnet-wrapper.o", cwd=work)
         _run(cc, "-shared", "-o", f"lib{name}.so", f"{name}.o", "-lm", cwd=work)
         written = {}
         for filename in [f"lib{name}.so", f"{name}.o", *files]:
@@ -368,7 +392,9 @@ machine that runs it if that CPU is older.
 def _run(*command, cwd):
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
-        detail = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+        # The line that says what went wrong, not gcc's closing "compilation terminated."
+        lines = result.stderr.strip().splitlines() or ["unknown error"]
+        detail = next((line for line in lines if "error" in line), lines[-1])
         raise ExportError(f"{command[0]} failed while exporting: {detail}")
 
 

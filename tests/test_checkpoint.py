@@ -170,6 +170,31 @@ def test_weights_that_are_not_real_numbers(tmp_path, mlp, value, kind):
                                "not real numbers")
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_weights_that_are_not_finite(tmp_path, mlp, capsys, bad):
+    """eval printed `loss nan` and `accuracy 10.00%`, run printed nan probabilities, and
+    train --weights stopped at its first step blaming the learning rate; now each says
+    what is wrong with the checkpoint, in one line, before anything runs."""
+    from symnet import cli
+    params = mlp.get_params()
+    params["h2.b"][[3, 7]] = bad
+    path = tmp_path / "bad.npz"
+    checkpoint.save(path, params, model_name="mlp", model_hash=mlp.model_hash)
+    message = (f"{path}: parameter 'h2.b' holds nan or inf (2 of 64 values); a checkpoint's "
+               "weights must be finite")
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.restore(path, mlp)
+    assert str(info.value) == message
+    assert np.isfinite(mlp.get_params()["h2.b"]).all()          # left as it was
+    model = os.path.join(ROOT, "examples", "mlp.nn")
+    for argv in (["eval", model, "--data", "embedded"],
+                 ["run", model, "--input", os.path.join(ROOT, "docs", "tutorial", "shirt.png")],
+                 ["train", model, "--data", "embedded", "--epochs", "1", "-q"]):
+        assert cli.main([*argv, "--weights", str(path)]) == 1
+        captured = capsys.readouterr()
+        assert captured.err == f"error: {message}\n" and captured.out == ""
+
+
 def test_metadata_extra_that_is_not_a_mapping(tmp_path, mlp):
     """`extra` must be a dict (or None): anything else would break every reader of
     meta["extra"] (eval and run look up the class names there)."""

@@ -104,6 +104,23 @@ def test_idx_folder_label_count_mismatch(tmp_path):
         load_dataset(str(tmp_path))
 
 
+@pytest.mark.parametrize("name, magic, message", [
+    # A labels file whose magic says 4 dimensions: its first labels were read as sizes,
+    # and the error asked for 12,839,910,217,213,817,236,546,860,000 bytes.
+    ("t10k-labels-idx1-ubyte.gz", b"\0\0\x08\x04", "magic number 0x00000804 declares 4 "
+                                                   "dimension(s), expected 1"),
+    ("train-images-idx3-ubyte.gz", b"\0\0\x08\x01", "magic number 0x00000801 declares 1 "
+                                                    "dimension(s), expected 3 or 4"),
+])
+def test_idx_folder_file_of_the_wrong_rank(tmp_path, name, magic, message):
+    make_idx_folder(tmp_path)
+    raw = gzip.decompress((tmp_path / name).read_bytes())
+    (tmp_path / name).write_bytes(gzip.compress(magic + raw[4:]))
+    with pytest.raises(DataError) as info:
+        load_dataset(str(tmp_path))
+    assert str(info.value) == f"{tmp_path / name}: its {message}"
+
+
 def test_idx_folder_missing_file(tmp_path):
     make_idx_folder(tmp_path)
     (tmp_path / "train-labels-idx1-ubyte.gz").unlink()

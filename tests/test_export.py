@@ -234,3 +234,52 @@ def test_a_failed_build_leaves_no_folder_it_made(tmp_path, monkeypatch, capsys):
     (old / "notes.txt").write_text("mine")
     assert cli.main(["export", "examples/perceptron.nn", "-o", str(old), "-q"]) == 1
     assert [p.name for p in old.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("name", ["entry", "wrapper"])
+def test_a_model_named_like_a_scratch_file_exports(tmp_path, name):
+    """The build linked `cc -r -o entry.o entry.o wrapper.o` in its scratch folder: a
+    model named entry or wrapper failed with 'cc failed while exporting: compilation
+    terminated.'"""
+    source = tmp_path / f"{name}.nn"
+    source.write_text(f"model {name}\ninput x[N, 3]\noutput y = relu(x)\n")
+    assert cli.main(["export", str(source), "-o", str(tmp_path / "lib"), "-q"]) == 0
+    library = ctypes.CDLL(str(tmp_path / "lib" / f"lib{name}.so"))
+    x, y = np.array([-1, 2, -3], np.float32), np.full(3, np.nan, np.float32)
+    assert getattr(library, f"{name}_predict")(ctypes.c_void_p(x.ctypes.data),
+                                               ctypes.c_void_p(y.ctypes.data)) == 0
+    assert y.tolist() == [0, 2, 0]
+
+
+def test_a_failing_c_compiler_is_reported_by_its_error_line(tmp_path):
+    """Not by gcc's last line, 'compilation terminated.', which says nothing."""
+    with pytest.raises(export.ExportError) as error:
+        export._run(shutil.which("cc"), "-c", "missing.c", cwd=tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{shutil.which('cc')} failed while exporting: ")
+    assert "missing.c" in message and "compilation terminated" not in message
+
+
+def test_export_does_not_replace_a_file_it_did_not_write(tmp_path, capsys):
+    """`-o .` in a project put the example's Makefile over the project's own Makefile
+    (and README.txt); now refused before anything is written. An export's own files are
+    replaced by the next export, of this model or another."""
+    (tmp_path / "Makefile").write_text("all:\n\techo my project\n")
+    (tmp_path / "README.txt").write_text("my notes\n")
+    assert cli.main(["export", "examples/custom.nn", "-o", str(tmp_path), "-q"]) == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path}/Makefile exists and symnet export "
+                                       "did not write it; -o names a folder for the library: "
+                                       "choose a new one\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile", "README.txt"]
+    assert (tmp_path / "Makefile").read_text() == "all:\n\techo my project\n"
+    (tmp_path / "Makefile").unlink()
+    assert cli.main(["export", "examples/custom.nn", "-o", str(tmp_path), "-q"]) == 1
+    assert "README.txt exists and symnet export did not write it" in capsys.readouterr().err
+    (tmp_path / "README.txt").unlink()
+    (tmp_path / "custom.o").write_bytes(b"\x7fELF someone else's object")
+    assert cli.main(["export", "examples/custom.nn", "-o", str(tmp_path), "-q"]) == 1
+    assert "custom.o exists and symnet export did not write it" in capsys.readouterr().err
+    (tmp_path / "custom.o").unlink()
+    for model in ("examples/custom.nn", "examples/custom.nn", "examples/perceptron.nn"):
+        assert cli.main(["export", model, "-o", str(tmp_path), "-q"]) == 0
+    assert (tmp_path / "README.txt").read_text().startswith("perceptron, exported by symnet")
