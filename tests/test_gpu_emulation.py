@@ -13,7 +13,7 @@ import pytest
 from compiler import compile, gpu_schedule, parse, reference
 from compiler.codegen.gpu_emulation import EmulatedKernelEmitter, sanitizer_report
 from compiler.codegen.kernel import KernelEmitter
-from compiler.gpucheck import gpucheck, relative_error
+from compiler.gpucheck import ROUNDING, gpucheck, relative_error
 from compiler.native import compile_ir
 from test_ptx import NAMES, assert_close, model
 
@@ -303,6 +303,60 @@ def test_an_overflow_on_both_sides_is_no_difference():
     check = gpucheck(model, batches=(5,))
     assert check.report is None
     assert all(c.passes() for c in check.comparisons), [(c.name, c.errors) for c in check.comparisons]
+
+# h.b drops out of c = h - mean(h, axis=0): its gradient is 0 in exact arithmetic, and
+# what each side computes is the rounding noise of a sum that cancels, in its own order.
+CANCELLING = """model cancel
+input x[N, 8]
+h = dense(x, 6)
+c = h - mean(h, axis=0)
+output o = tanh(c)
+loss mean(o ^ 2)
+"""
+
+
+def test_gpucheck_takes_cancellation_for_rounding():
+    """grad h.b differs between GPU and CPU by the size of the values themselves (a flat
+    1e-4 failed it); against float64 the CPU's own float32 result errs as much, and the
+    GPU no more than ROUNDING times that, so it passes, and so does the step of h.b
+    (lr times a gradient that is noise)."""
+    check = gpucheck(parse(CANCELLING, "cancel.nn"), batches=(5,))
+    values = {c.name: c for c in check.comparisons}
+    bias = values["grad h.b"]
+    assert bias.errors[5] > 0.1 and bias.passes()
+    gpu_error, cpu_error = bias.rounding[5]
+    assert cpu_error > 0.1 and gpu_error <= ROUNDING * cpu_error
+    assert all(c.passes() for c in check.comparisons), [(c.name, c.errors) for c in check.comparisons]
+    assert [c.name for c in check.comparisons if c.rounding] == ["grad h.b"]   # float64 asked once
+
+
+@pytest.mark.parametrize("value", ["o", "grad h.W", "grad h.b"])
+def test_gpucheck_fails_a_wrong_gpu_value(value, monkeypatch):
+    """One element of one GPU value off by 1e-3 of the largest magnitude of its kind
+    (outputs, gradients) fails, also where the value is cancellation noise (grad h.b):
+    float64 clears rounding, not an error the CPU does not make."""
+    from compiler import gpucheck as module
+
+    def perturbed(model, target="cpu", **options):
+        program = compile(model, target=target, **options)
+        if target == "gpu-emulation":
+            forward, value_and_grad = program.forward, program.value_and_grad
+
+            def off(values):
+                values = {k: np.array(v, copy=True) for k, v in values.items()}
+                values[value.removeprefix("grad ")].flat[3] += 1e-3 * max(
+                    float(np.max(np.abs(v))) for v in values.values())
+                return values
+            program.forward = lambda inputs: off(forward(inputs)) if value == "o" else forward(inputs)
+            program.value_and_grad = lambda inputs: ((lambda loss, grads: (loss, off(grads)))(
+                *value_and_grad(inputs)) if value != "o" else value_and_grad(inputs))
+        return program
+    monkeypatch.setattr(module, "compile", perturbed)
+    check = gpucheck(parse(CANCELLING, "cancel.nn"), batches=(5,))
+    # a step is allowed its gradient's rounding only where that gradient passed
+    step = ["step of h.b"] if value == "grad h.b" else []
+    assert [c.name for c in check.comparisons if not c.passes()] == [value, *step]
+
 
 def test_a_second_symbolic_size_schedules_for_the_gpu():
     """The GPU schedule weighs strategies at a nominal size: for every size the model
