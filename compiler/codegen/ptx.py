@@ -1,6 +1,7 @@
 """The same loop nests for NVIDIA GPUs: LLVM IR for nvptx64-nvidia-cuda, then PTX text.
 
-Only what differs from the CPU emitter is here:
+Only what differs from the CPU's module emitter (llvm.py) is here; a kernel's values,
+reads and loops come from the shared core (kernel.py):
   * each launch of the GPU schedule (compiler/gpu_schedule.py: a head loop nest and
     its elementwise tails) is one `.entry` kernel; grid and block indices replace the
     outer loops, by the head's strategy: a thread per element, a block per element
