@@ -530,6 +530,25 @@ def test_graphs_compute_what_separate_launches_compute():
         np.testing.assert_array_equal(graphed.get_params()[name], value)
 
 
+def test_graphs_under_cuda_bindings_11s_cuGraphInstantiate():
+    """cuda-bindings 11.x (which a CUDA 12 driver runs) names the call with flags
+    cuGraphInstantiateWithFlags; its cuGraphInstantiate takes a log buffer and its size
+    (a TypeError for (graph, flags)). 12.x and later export only cuGraphInstantiate."""
+    class Bindings11(FakeDriver):
+        def cuGraphInstantiate(self, graph, log_buffer, buffer_size):
+            raise AssertionError("cuda-bindings 11.x: not the call with flags")
+
+        def cuGraphInstantiateWithFlags(self, graph, flags):
+            return FakeDriver.cuGraphInstantiate(self, graph, flags)
+    spec, ptx = ptx_for("linreg", optimizer="sgd")
+    driver = Bindings11(host_kernels("linreg", "sgd"))
+    program = CudaProgram(spec, ptx, model("linreg").params, device=CudaDevice(driver))
+    program.use_graphs = True
+    x = np.array([0.0, 1.0, 2.0], np.float32)
+    program.train_step({"x": x, "y": 2 * x - 1})
+    assert driver.instantiated == 1
+
+
 def test_the_profiles_wait_kernel_passes_ptxas(tmp_path):
     """CudaDevice.timed_run's symnet_wait is PTX written by hand: ptxas checks it for
     both architectures, as it does the generated kernels."""
