@@ -325,7 +325,11 @@ class Graph:
             node.sharedMemBytes = 0
             node.kernelParams = addresses.ctypes.data
             previous = [device.call("cuGraphAddKernelNode", self.graph, previous, len(previous), node)]
-        self.executable = device.call("cuGraphInstantiate", self.graph, 0)
+        # cuda-bindings 11.x's cuGraphInstantiate takes a log buffer instead of flags; its
+        # cuGraphInstantiateWithFlags (which 12.x and later no longer export) is the same call
+        with_flags = "cuGraphInstantiateWithFlags"
+        instantiate = with_flags if hasattr(device.driver, with_flags) else "cuGraphInstantiate"
+        self.executable = device.call(instantiate, self.graph, 0)
 
     def launch(self):
         """Queue the whole graph on the default stream, in order with copies."""

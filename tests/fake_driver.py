@@ -8,6 +8,7 @@ import enum
 import functools
 import itertools
 import re
+import threading
 import time
 
 import llvmlite.binding as llvm
@@ -24,7 +25,9 @@ class FakeDriver:
     host: device memory is host memory, and a module's kernels are the emulation
     backend's compiled kernels, called once per block of each launch's grid.
     It refuses what a real driver would refuse: copies outside an allocation, kernel
-    pointers into no allocation, memory calls without a current context."""
+    pointers into no allocation, calls that need a current context without one (as
+    on a GPU, the current context is the calling thread's: cuCtxSetCurrent binds it to
+    that thread only)."""
 
     class CUresult(enum.IntEnum):
         CUDA_SUCCESS = 0
@@ -60,10 +63,15 @@ class FakeDriver:
         self.devices = devices
         self.fail = fail or {}          # call name -> the CUresult it returns instead
         self.allocations = {}           # address -> ctypes buffer
-        self.context = None
+        self._current = threading.local()  # .context: each thread's current context
         self.grids = []                 # (kernel, blocks) of every launch
         self.waits = []                 # the nanoseconds of each symnet_wait launch
         self.instantiated = 0           # graphs instantiated
+
+    @property
+    def context(self):
+        """The calling thread's current context, None before it sets one."""
+        return getattr(self._current, "context", None)
 
     def _reply(self, call, *values, status=CUresult.CUDA_SUCCESS):
         status = self.fail.get(call, status)
@@ -98,11 +106,11 @@ class FakeDriver:
         return self._reply("cuDevicePrimaryCtxRetain", ("context", device))
 
     def cuCtxSetCurrent(self, context):
-        self.context = context
+        self._current.context = context
         return self._reply("cuCtxSetCurrent")
 
     def cuCtxSynchronize(self):
-        return self._reply("cuCtxSynchronize")
+        return self._reply("cuCtxSynchronize", status=0 if self.context else 201)
 
     def cuDeviceGetName(self, length, device):
         return self._reply("cuDeviceGetName", b"Fake GPU".ljust(length, b"\0"))
@@ -122,6 +130,8 @@ class FakeDriver:
         entries = {kernel: params.count(".param") for kernel, params in ENTRY.findall(text)}
         if not entries:
             return self._reply("cuModuleLoadData", None, status=218)
+        if self.context is None:                     # a module is loaded into the current one
+            return self._reply("cuModuleLoadData", None, status=201)
         # runtime/cuda.py's symnet_wait only waits, on a GPU: nothing to do here
         kernels = {**self.module_kernels(text), "symnet_wait": lambda *args: None}
         return self._reply("cuModuleLoadData", {name: (name, kernels.get(name), count)
@@ -180,6 +190,8 @@ class FakeDriver:
     def cuEventRecord(self, event, stream):
         if stream != 0 or event[0] != "event":
             return self._reply("cuEventRecord", status=1)
+        if self.context is None:                     # stream 0: the current context's
+            return self._reply("cuEventRecord", status=201)
         event[1] = time.perf_counter()
         return self._reply("cuEventRecord")
 
@@ -196,6 +208,8 @@ class FakeDriver:
         if (gy, gz, by, bz, shared, stream, extra) != (1, 1, 1, 1, 0, 0, 0) or not 0 < gx \
                 or bx != BLOCK:
             return self._reply("cuLaunchKernel", status=1)
+        if self.context is None:                     # stream 0: the current context's
+            return self._reply("cuLaunchKernel", status=201)
         return self._launch("cuLaunchKernel", function, gx, self._arguments(function, params))
 
     def _arguments(self, function, params):
@@ -241,6 +255,8 @@ class FakeDriver:
     def cuGraphLaunch(self, executable, stream):
         if stream != 0:
             return self._reply("cuGraphLaunch", status=1)
+        if self.context is None:                     # stream 0: the current context's
+            return self._reply("cuGraphLaunch", status=201)
         for function, gx, args in executable[1]:
             status = self._launch("cuGraphLaunch", function, gx, args)
             if status[0]:

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -528,6 +529,64 @@ def test_graphs_compute_what_separate_launches_compute():
     assert driver.instantiated == 2 * 3             # batch sizes 5 and 3; three entries each
     for name, value in plain.get_params().items():
         np.testing.assert_array_equal(graphed.get_params()[name], value)
+
+
+def test_graphs_under_cuda_bindings_11s_cuGraphInstantiate():
+    """cuda-bindings 11.x (which a CUDA 12 driver runs) names the call with flags
+    cuGraphInstantiateWithFlags; its cuGraphInstantiate takes a log buffer and its size
+    (a TypeError for (graph, flags)). 12.x and later export only cuGraphInstantiate."""
+    class Bindings11(FakeDriver):
+        def cuGraphInstantiate(self, graph, log_buffer, buffer_size):
+            raise AssertionError("cuda-bindings 11.x: not the call with flags")
+
+        def cuGraphInstantiateWithFlags(self, graph, flags):
+            return FakeDriver.cuGraphInstantiate(self, graph, flags)
+    spec, ptx = ptx_for("linreg", optimizer="sgd")
+    driver = Bindings11(host_kernels("linreg", "sgd"))
+    program = CudaProgram(spec, ptx, model("linreg").params, device=CudaDevice(driver))
+    program.use_graphs = True
+    x = np.array([0.0, 1.0, 2.0], np.float32)
+    program.train_step({"x": x, "y": 2 * x - 1})
+    assert driver.instantiated == 1
+
+
+def test_each_thread_makes_the_context_current_before_its_calls():
+    """A context is current in one thread only (cuCtxSetCurrent binds it to the calling
+    thread, as the fake does): a program made in one thread runs in others, each call
+    the first of its thread, every group of calls making the context current there
+    first; a launch from a thread that never did is refused."""
+    program, driver = fake_program("lenet5", "sgd")
+    inputs = reference.random_inputs(model("lenet5"), batch=5, seed=1)
+    expected, params = program.forward(inputs)["logits"], program.get_params()
+    results, errors = [], []
+
+    def graphed():
+        program.use_graphs = True
+        return program.train_step(inputs)
+    calls = [lambda: program.forward(inputs)["logits"], lambda: program.train_step(inputs),
+             lambda: program.profile("train_step", inputs, repeats=1), graphed,
+             program.get_params, lambda: program.set_params(params),
+             program.reset_optimizer, program.device.synchronize]
+
+    def first_in_its_thread(call):
+        try:
+            results.append(call())
+        except Exception as exc:         # reported by the main thread
+            errors.append(exc)
+    for call in calls:
+        thread = threading.Thread(target=first_in_its_thread, args=(call,))
+        thread.start()
+        thread.join()
+    assert not errors, errors
+    np.testing.assert_array_equal(results[0], expected)
+    assert program.steps == 0           # reset_optimizer, after three steps
+    (function, grid, addresses, _, _), *_ = program._last["launches"]["train_step"]
+    refused = []
+    stranger = threading.Thread(target=lambda: refused.append(driver.cuLaunchKernel(
+        function, grid, 1, 1, BLOCK, 1, 1, 0, 0, addresses.ctypes.data, 0)[0]))
+    stranger.start()
+    stranger.join()
+    assert refused == [driver.CUresult.CUDA_ERROR_INVALID_CONTEXT]
 
 
 def test_the_profiles_wait_kernel_passes_ptxas(tmp_path):
