@@ -109,9 +109,8 @@ def adjoint(c, symbol, access, dout, target, tensors):
         return None
     reads = dict(c.accesses)
     if c.reduce is None and not (c.body.is_Symbol or c.body.is_Number) and c.body.has(*reads):
-        # Reuse the stored output where the derivative repeats the body: s (1 - s).
         out_symbol = access_symbol(c.out)
-        replaced = local.subs(c.body, out_symbol)
+        replaced = in_terms_of_output(local, c.body, out_symbol)
         if replaced != local:
             local = replaced
             reads[out_symbol] = Access(c.out, c.index)
@@ -134,6 +133,17 @@ def adjoint(c, symbol, access, dout, target, tensors):
     return Comprehension(target, tuple(new_index), term, new_reads,
                          "sum" if remaining else None, remaining,
                          tuple(extents[v] for v in remaining), tuple(guards), group=c.group)
+
+
+def in_terms_of_output(local, body, out):
+    """A map's local derivative reading its stored output `out` where it can: s (1 - s)
+    where it repeats the body (a sigmoid), and relu's step(z) as step(out), since
+    relu(z) > 0 exactly where z > 0: the textbook's "1 where h > 0", read from h
+    instead of recomputing z."""
+    local = local.subs(body, out)
+    if isinstance(body, F.relu):
+        local = local.subs(F.step(body.args[0]), F.step(out))
+    return local
 
 
 def solve_access(index, shape, variables, extents):

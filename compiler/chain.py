@@ -21,7 +21,7 @@ import sympy
 from sympy.printing.pretty.pretty import PrettyPrinter
 from sympy.printing.pretty.stringpict import prettyForm
 
-from .autodiff import differentiate
+from .autodiff import differentiate, in_terms_of_output
 from .errors import SymnetError
 from .index_ir import access_symbol
 from .schedule import loop_ranges
@@ -195,7 +195,7 @@ def _local_derivative(model, top, bottom):
         reads = {s: _read(a.tensor, a.index) for s, a in c.accesses.items()}
         if c.reduce is None and c.body.has(*c.accesses):
             out = access_symbol(c.out)
-            local = local.subs(c.body, out)         # s*(1 - s), as the backward code does
+            local = in_terms_of_output(local, c.body, out)     # as the backward code does
             reads[out] = _read(c.out, c.index)
         if c.reduce == "max":                  # the window's maximum passes the gradient
             local *= F.eq(_read(c.argmax, c.index), c.window_position)

@@ -134,6 +134,37 @@ def test_sigmoid_derivative_is_s_times_one_minus_s():
         assert float(textbook.subs(z, value)) == pytest.approx(float(plain.subs(z, value)), rel=1e-14)
 
 
+def test_relu_derivative_is_read_from_the_layer_output_and_equals_backprop_by_hand():
+    """relu'(z) = step(z) is step(h) for h = relu(z): the backward pass reads h (not the
+    product h.matmul and b, to recompute z) and its gradients equal backpropagation
+    written in NumPy with the mask z > 0, at pre-activations with exact zeros and both
+    signs (a zero pre-activation passes no gradient, as step(0) = 0)."""
+    model = parse("input x[N, 3]\ninput y[N, 2]\nparam W[3, 4] = [[1, -1, 0, 2], [0, 1, -1, 1], [1, 0, 0, -1]]\n"
+                  "param b[4] = [0, 0, 0.5, -2]\nparam V[4, 2] ~ normal(0, 1)\n"
+                  "h = relu(x @ W + b)\noutput o = h @ V\nloss mse(o, y)\n", "r.nn")
+    bodies = {c.out: (str(c.body), {a.tensor for a in c.accesses.values()})
+              for c in differentiate(model).comps}
+    assert bodies["grad:h.matmul"] == ("_grad:h*step(_h)", {"grad:h", "h"})
+    assert bodies["grad:b"] == ("_grad:h*step(_h)", {"grad:h", "h"})
+    x = np.array([[1, 1, 1], [0, 0, 0], [2, -1, 0.5], [-1, 2, 3]], float)
+    y = np.arange(8, dtype=float).reshape(4, 2) / 4
+    inputs = {"x": x, "y": y}
+    loss, grads = reference.value_and_grad(model, inputs)
+    W, b, V = (np.asarray(model.params[n], float) for n in ("W", "b", "V"))
+    z = x @ W + b                                   # holds exact zeros (x = 0, b = 0)
+    assert (z == 0).any() and (z > 0).any() and (z < 0).any()
+    h = np.maximum(z, 0)
+    d_o = 2 * (h @ V - y) / y.size                  # mse: the mean over every element
+    d_z = (d_o @ V.T) * (z > 0)
+    assert loss == pytest.approx(np.mean((h @ V - y) ** 2), rel=1e-12)
+    np.testing.assert_allclose(grads["V"], h.T @ d_o, rtol=1e-12)
+    np.testing.assert_allclose(grads["W"], x.T @ d_z, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(grads["b"], d_z.sum(0), rtol=1e-12, atol=1e-15)
+    native = compile(model, dtype="f64", cache=False).value_and_grad(inputs)[1]
+    for name in grads:
+        np.testing.assert_allclose(native[name], grads[name], rtol=1e-12, atol=1e-15)
+
+
 def test_elementwise_max_ties_route_to_one_operand():
     model = parse("param a[3] = [1, 2, 3]\nparam b[3] = [1, 5, 0]\nloss sum(max(a, b))\n", "t.nn")
     _, grads = reference.value_and_grad(model, {})

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from compiler import compile, load, parse, reference
+from compiler.autodiff import differentiate
 from compiler.lower import lower
 from compiler.native import compile_ir
 from compiler.schedule import schedule
@@ -59,11 +60,14 @@ def test_the_update_runs_on_the_weight_gradient_in_registers(optimizer, updated)
     step, grad = found["train_step"]["grad:h1.W"], found["value_and_grad"]["grad:h1.W"]
     assert [e.out for e in step.epilogue] == updated and not step.store
     assert not grad.epilogue and grad.store
-    # The forward product keeps its bias + ReLU in registers but is still stored where
-    # the backward pass reads it (ReLU's derivative), and only there.
+    # The forward product keeps its bias + ReLU in registers and is never stored: the
+    # backward pass reads ReLU's derivative from h1 (step(h1), autodiff.in_terms_of_output).
     assert [e.out for e in found["train_step"]["h1.dense"].epilogue] == ["h1"]
-    assert found["train_step"]["h1.dense"].store and found["predict"]["h1.dense"].store
-    assert not found["train_step"]["logits.dense"].store
+    for entry in ("train_step", "predict"):
+        assert not found[entry]["h1.dense"].store and found[entry]["h1.dense"].epilogue
+        assert not found[entry]["logits.dense"].store
+    assert "h1.dense" not in {t for c in differentiate(load("examples/mlp.nn")).comps
+                              for t in c.reads}
 
 
 def test_an_epilogue_reads_the_product_only_at_its_own_point():
