@@ -4,8 +4,9 @@
     python benchmarks/bench.py --quick              # few repetitions, no torch.compile
     python benchmarks/bench.py --cases mlp-step-64 matmul-1024
 
-Peers: NumPy written by hand, PyTorch eager and torch.compile (when torch imports;
-otherwise their columns show "-"). Every peer starts from symnet's initial weights, and
+Peers: NumPy written by hand, PyTorch eager and torch.compile, JAX (one jitted SGD step),
+tinygrad (TinyJit) and PyTensor (compiled functions, C backend), each when its library
+imports (otherwise its column shows "-"). Every peer starts from symnet's initial weights, and
 the first call's loss (or output) of each peer is checked against symnet's, so the
 table compares the same computation. Times are per call: warm-up first, then the peers
 are timed in interleaved rounds (so drift on a shared machine hits them alike), each
@@ -16,6 +17,7 @@ Nothing here asserts a timing: the script prints, and the issue's targets are li
 at the end as met or not met from the medians of this run.
 """
 import argparse
+import functools
 import gc
 import os
 import platform
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +45,29 @@ try:
 except (ImportError, OSError):
     torch = None
 
-PEERS = ["symnet", "numpy", "torch", "torch.compile"]
+try:                                # XLA on the CPU, float32 (x64 stays off)
+    import jax
+    import jax.numpy as jnp
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_enable_x64", False)
+except (ImportError, OSError, RuntimeError):
+    jax = None
+
+try:                                # its CPU device compiles generated C with clang when first used
+    import tinygrad
+    from tinygrad import Context as TinyContext, Device as TinyDevice, Tensor as TinyTensor, TinyJit
+    from tinygrad.helpers import NUM_CPU_THREADS as TINY_THREADS
+except (ImportError, OSError):
+    tinygrad = None
+
+try:                                # its C backend compiles generated C with the system's cc
+    import pytensor
+    import pytensor.tensor as pt
+    pytensor.config.linker = "cvm"  # the C backend, for inner graphs too (PyTensor 3 defaults to Numba)
+except (ImportError, OSError):
+    pytensor = None
+
+PEERS = ["symnet", "numpy", "torch", "torch.compile", "jax", "tinygrad", "pytensor"]
 ROUNDS = 5
 
 
@@ -66,16 +91,36 @@ def machine_lines():
         f"versions: Python {platform.python_version()}, {VERSION}, numpy {np.__version__}, "
         f"sympy {sympy.__version__}, llvmlite {llvmlite.__version__} (LLVM "
         f"{'.'.join(map(str, llvm.llvm_version_info))}), "
-        f"torch {torch.__version__ if torch else '- (not importable)'}",
+        f"torch {torch.__version__ if torch else '- (not importable)'}, "
+        f"jax {jax.__version__ if jax else '- (not importable)'}, "
+        f"tinygrad {version_of('tinygrad') if tinygrad else '- (not importable)'}, "
+        f"pytensor {pytensor.__version__ if pytensor else '- (not importable)'}",
         f"OPENBLAS_CORETYPE: {coretype or 'unset'}"
         + (" (pins OpenBLAS's kernels: unset it to measure NumPy at its best)" if coretype else ""),
         f"OpenBLAS core in use: {openblas_core()}; "
         f"torch threads: {torch.get_num_threads() if torch else '-'}; "
         f"symnet threads: {default_threads()} (batches below {PARALLEL_MIN_BATCH} on one), "
         f"vector lanes (f32): {vector_width(4)}",
+        f"jax threads: {f'XLA, every core it may use ({len(os.sched_getaffinity(0))})' if jax else '-'}; "
+        f"tinygrad threads: {TINY_THREADS.value if tinygrad else '-'}; "
+        f"pytensor: {pytensor_blas() if pytensor else '-'}",
         load_average(),
     ]
     return lines
+
+
+def version_of(package):
+    from importlib.metadata import version
+    return version(package)
+
+
+def pytensor_blas():
+    """What PyTensor's C backend multiplies matrices with: a BLAS it links, or NumPy."""
+    with warnings.catch_warnings():          # "PyTensor could not link to a BLAS installation"
+        warnings.simplefilter("ignore")
+        flags = pytensor.config.blas__ldflags
+    return (f"BLAS {flags}" if flags else "no BLAS to link, its matrix products call NumPy's C API") + \
+        f", elementwise loops on {'OpenMP' if pytensor.config.openmp else 'one thread'}"
 
 
 def load_average():
@@ -323,6 +368,165 @@ def torch_predict(model, compiled):
     return predict
 
 
+# ---- JAX ----------------------------------------------------------------------------------
+def jax_params(p):
+    """symnet's initial weights as a pytree (a dict) of float32 arrays on the CPU."""
+    return {k: jnp.asarray(v, dtype=jnp.float32) for k, v in p.items()}
+
+
+def jax_dense(p, name, x, relu):
+    out = x @ p[f"{name}.W"] + p[f"{name}.b"]
+    return jax.nn.relu(out) if relu else out
+
+
+def jax_conv_relu(p, name, x, pad):
+    """conv2d, stride 1, NCHW input and OIHW filters (symnet's layouts), then ReLU."""
+    out = jax.lax.conv_general_dilated(x, p[f"{name}.W"], window_strides=(1, 1),
+                                       padding=((pad, pad), (pad, pad)),
+                                       dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return jax.nn.relu(out + p[f"{name}.b"][None, :, None, None])
+
+
+def jax_max_pool2(x):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+
+def jax_mlp(p, x):
+    return jax_dense(p, "logits", jax_dense(p, "h2", jax_dense(p, "h1", x, True), True), False)
+
+
+def jax_lenet(p, x):
+    x = jax_max_pool2(jax_conv_relu(p, "c1", x, 2))
+    x = jax_max_pool2(jax_conv_relu(p, "c3", x, 0))
+    x = x.reshape(x.shape[0], -1)
+    return jax_dense(p, "logits", jax_dense(p, "f6", jax_dense(p, "f5", x, True), True), False)
+
+
+def jax_callable(model, mode, params, x, y):
+    """The whole SGD step (forward, value_and_grad, update) as one jitted function of the
+    parameters' pytree, which it donates; the prediction jitted too. Every call blocks
+    until the result is computed (JAX dispatches asynchronously)."""
+    net = model.jax
+    state = {"params": jax_params(params)}
+    jx, jy = jax.device_put(x), jax.device_put(y)
+    if mode == "predict":
+        predict = jax.jit(net)
+        return lambda: predict(state["params"], jx).block_until_ready()
+
+    def loss_of(p, x, y):
+        logp = jax.nn.log_softmax(net(p, x), axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
+
+    lr = jnp.float32(model.lr)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(p, x, y):
+        loss, grads = jax.value_and_grad(loss_of)(p, x, y)
+        return jax.tree.map(lambda w, g: w - lr * g, p, grads), loss
+
+    def call():
+        state["params"], loss = step(state["params"], jx, jy)
+        return loss.block_until_ready()
+    return call
+
+
+# ---- tinygrad -----------------------------------------------------------------------------
+def tiny_layers(model, p, names):
+    """symnet's initial weights into tinygrad's nn.Linear / nn.Conv2d (Linear's weight is [out, in])."""
+    for layer, name in zip(model, names):
+        W = p[f"{name}.W"]
+        layer.weight = TinyTensor(W.T.copy() if W.ndim == 2 else W.copy())
+        layer.bias = TinyTensor(p[f"{name}.b"].copy())
+    return model
+
+
+class TinyMLP:
+    def __init__(self, p):
+        from tinygrad import nn
+        self.layers = tiny_layers([nn.Linear(784, 128), nn.Linear(128, 64), nn.Linear(64, 10)], p,
+                                  ["h1", "h2", "logits"])
+
+    def __call__(self, x):
+        h1, h2, out = self.layers
+        return out(h2(h1(x).relu()).relu())
+
+
+class TinyLeNet:
+    def __init__(self, p):
+        from tinygrad import nn
+        self.layers = tiny_layers([nn.Conv2d(1, 6, 5, padding=2), nn.Conv2d(6, 16, 5), nn.Linear(400, 120),
+                                   nn.Linear(120, 84), nn.Linear(84, 10)], p, ["c1", "c3", "f5", "f6", "logits"])
+
+    def __call__(self, x):
+        c1, c3, f5, f6, out = self.layers
+        x = c3(c1(x).relu().max_pool2d(2)).relu().max_pool2d(2).flatten(1)
+        return out(f6(f5(x).relu()).relu())
+
+
+def tinygrad_callable(model, mode, params, x, y):
+    """The step (forward, loss, backward, nn.optim.SGD) under TinyJit, which captures the
+    kernels on its second call and replays them from the third; the prediction likewise.
+    Each call waits for the CPU device to finish (its queues run asynchronously)."""
+    from tinygrad import nn
+    net = model.tinygrad(params)
+    tx, ty = TinyTensor(x).realize(), TinyTensor(y).realize()
+    device = TinyDevice[tx.device]
+    if mode == "predict":
+        predict = TinyJit(lambda x: net(x).realize())
+
+        def call_predict():
+            out = predict(tx)
+            device.synchronize()
+            return out
+        return call_predict
+    opt = nn.optim.SGD(nn.state.get_parameters(net), lr=model.lr)
+
+    @TinyJit
+    def step(x, y):
+        with TinyContext(TRAINING=1):
+            opt.zero_grad()
+            loss = net(x).sparse_categorical_crossentropy(y).backward()
+            return loss.realize(*opt.schedule_step())   # the loss before the update, and the update
+
+    def call():
+        loss = step(tx, ty)
+        device.synchronize()
+        return loss
+    return call
+
+
+# ---- PyTensor -----------------------------------------------------------------------------
+PYTENSOR_MODE = "FAST_RUN"    # with linker "cvm": each node's generated C compiled by the system's cc
+
+
+def pytensor_mlp(p, x):
+    def dense(h, name, relu):
+        out = h @ p[f"{name}.W"] + p[f"{name}.b"]
+        return pt.maximum(out, 0) if relu else out
+    return dense(dense(dense(x, "h1", True), "h2", True), "logits", False)
+
+
+def pytensor_callable(model, mode, params, x, y):
+    """pytensor.function for the step (the loss, with updates=SGD's from pytensor.grad) and
+    another for the logits, compiled by the C backend; parameters are shared variables."""
+    shared = {k: pytensor.shared(v.astype(np.float32), name=k) for k, v in params.items()}
+    tx = pt.tensor("x", dtype="float32", shape=(None,) + x.shape[1:])
+    logits = model.pytensor(shared, tx)
+    with warnings.catch_warnings():          # "Using NumPy C-API based implementation for BLAS"
+        warnings.simplefilter("ignore")
+        if mode == "predict":
+            predict = pytensor.function([tx], logits, mode=PYTENSOR_MODE)
+            return lambda: predict(x)
+        ty = pt.ivector("y")
+        logp = pt.special.log_softmax(logits, axis=-1)
+        loss = -pt.mean(logp[pt.arange(ty.shape[0]), ty])
+        grads = pytensor.grad(loss, list(shared.values()))
+        lr = np.float32(model.lr)
+        step = pytensor.function([tx, ty], loss, mode=PYTENSOR_MODE,
+                                 updates=[(w, w - lr * g) for w, g in zip(shared.values(), grads)])
+    return lambda: step(x, y)
+
+
 # ---- cases --------------------------------------------------------------------------------
 @dataclass
 class Row:
@@ -348,12 +552,20 @@ class Model:
     torch: object              # params -> torch module
     example_shape: tuple
     lr: float                  # SGD's step size: every peer trains with plain SGD
+    jax: object = None         # (params pytree, x) -> logits
+    tinygrad: object = None    # params -> tinygrad model
+    pytensor: object = None    # (shared params, x) -> logits; None: PyTensor lacks a piece
+    missing: str = ""          # why a peer has no version of this model
 
 
-MODELS = {"mlp": Model("MLP", "examples/mlp.nn", numpy_mlp, torch_mlp, (784,), 0.1),
+MODELS = {"mlp": Model("MLP", "examples/mlp.nn", numpy_mlp, torch_mlp, (784,), 0.1,
+                       jax=jax_mlp, tinygrad=TinyMLP, pytensor=pytensor_mlp),
           # the language spec's LeNet-5 trains with sgd(lr=0.05); the example file may
           # default to another optimizer, so the optimizer is fixed here
-          "lenet": Model("LeNet-5", "examples/lenet5.nn", numpy_lenet, torch_lenet, (1, 28, 28), 0.05)}
+          "lenet": Model("LeNet-5", "examples/lenet5.nn", numpy_lenet, torch_lenet, (1, 28, 28), 0.05,
+                         jax=jax_lenet, tinygrad=TinyLeNet,
+                         missing="pytensor: none, PyTensor 3 has no conv2d over channels and no "
+                                 "pooling (pytensor.tensor.conv and signal.pool were removed)")}
 _programs = {}
 
 
@@ -387,18 +599,27 @@ def model_case(name, mode, n, args):
     fns = {"symnet": (lambda: prog.train_step(inputs)) if mode == "step" else (lambda: prog.forward(inputs)),
            "numpy": (lambda: net.step(x, y)) if mode == "step" else (lambda: net.predict(x))}
     calls = 2 if mode == "step" else 1
-    first = {peer: [fn() for _ in range(calls)] for peer, fn in fns.items()}
-    notes = []
+    first = {peer: [plain(fn()) for _ in range(calls)] for peer, fn in fns.items()}
+    notes = [model.missing] if model.missing else []
+    builders = {}
     if torch is not None:
         tx, ty = torch.from_numpy(x), torch.from_numpy(y).long()
         for peer in ("torch", "torch.compile") if not args.quick else ("torch",):
-            try:                              # torch.compile needs a C++ toolchain, and more
-                fn = torch_callable(model, mode, params, tx, ty, compiled=peer == "torch.compile")
-                first[peer] = [fn() for _ in range(calls)]
-                fns[peer] = fn
-            except Exception as e:
-                first_line = (str(e).splitlines() or [""])[0][:80]
-                notes.append(f"{peer} failed: {type(e).__name__}: {first_line}")
+            builders[peer] = functools.partial(torch_callable, model, mode, params, tx, ty,
+                                               compiled=peer == "torch.compile")
+    for peer, module, build in (("jax", jax, jax_callable), ("tinygrad", tinygrad, tinygrad_callable),
+                                ("pytensor", pytensor, pytensor_callable)):
+        if module is not None and getattr(model, peer) is not None:
+            builders[peer] = functools.partial(build, model, mode, params, x, y)
+    for peer, build in builders.items():
+        try:                                  # torch.compile, tinygrad, pytensor need a C compiler
+            fn = build()
+            first[peer] = [plain(fn()) for _ in range(calls)]
+            fns[peer] = fn
+        except Exception as e:
+            first_line = (str(e).splitlines() or [""])[0][:80]
+            hint = " (its CPU device compiles with clang: is it installed?)" if peer == "tinygrad" else ""
+            notes.append(f"{peer} failed: {type(e).__name__}: {first_line}{hint}")
     notes += disagreements(first, mode)
     label = f"{model.label} {'step' if mode == 'step' else 'predict'}, batch {n}"
     return Row(label, "time", measure(fns, args.budget), "; ".join(notes))
@@ -413,15 +634,23 @@ def torch_callable(model, mode, params, tx, ty, compiled):
     return lambda: predict(tx)
 
 
+def plain(v):
+    """A loss or logits as float64 NumPy, copied at once: tinygrad's TinyJit and PyTensor
+    may write the next call's result into the same buffer."""
+    v = v["logits"] if isinstance(v, dict) else v
+    if torch is not None and isinstance(v, torch.Tensor):
+        v = v.detach().numpy()                # torch's loss is a tensor that requires grad
+    elif tinygrad is not None and isinstance(v, TinyTensor):
+        v = v.numpy()
+    return np.array(v, dtype=np.float64)
+
+
 def disagreements(first, mode):
-    """Peers whose first results (losses of a step, logits of a prediction) differ from symnet's."""
-    def plain(v):                             # torch's loss is a tensor that requires grad
-        v = v.detach() if hasattr(v, "detach") else v
-        return np.asarray(v["logits"] if isinstance(v, dict) else v, dtype=np.float64)
-    values = {peer: [plain(v) for v in results] for peer, results in first.items()}
+    """Peers whose first results (losses of a step, logits of a prediction; plain() arrays)
+    differ from symnet's."""
     what = "losses" if mode == "step" else "logits"
-    return [f"{peer}'s first {what} differ from symnet's" for peer, results in values.items()
-            if not all(np.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(results, values["symnet"]))]
+    return [f"{peer}'s first {what} differ from symnet's" for peer, results in first.items()
+            if not all(np.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(results, first["symnet"]))]
 
 
 MATMUL_MODEL = """model matmul

@@ -1,5 +1,10 @@
 """Smoke test of benchmarks/bench.py: quick cases run, print their tables, and the peers
-compute the same losses and logits as symnet. Timings are never asserted."""
+compute the same losses and logits as symnet. Timings are never asserted.
+
+JAX, tinygrad and PyTensor are optional peers that CI does not install: the tests hide
+them (as one hides torch) except the one that checks them, which runs where any is
+installed and is skipped elsewhere."""
+import importlib.util
 import os
 import re
 import subprocess
@@ -8,8 +13,10 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEADER = "| case | symnet | numpy | torch | torch.compile | vs numpy | vs torch | vs torch.compile |"
+HEADER = ("| case | symnet | numpy | torch | torch.compile | jax | tinygrad | pytensor | vs numpy | vs torch "
+          "| vs torch.compile | vs jax | vs tinygrad | vs pytensor |")
 TIME = re.compile(r"^\d+\.\d+ (us|ms)$")
+OPTIONAL = ("jax", "tinygrad", "pytensor")          # each compiles its programs: slow to start
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +24,21 @@ def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("symnet-cache"))
 
 
-def run_bench(cache, cases, extra_path=None):
+def hide(tmp_path, *packages):
+    """A directory whose packages shadow the installed ones and fail to import."""
+    for name in packages:
+        blocker = tmp_path / name
+        blocker.mkdir()
+        (blocker / "__init__.py").write_text(f"raise ImportError('{name} hidden by the test')\n")
+    return str(tmp_path)
+
+
+def run_bench(cache, cases, extra_path=None, timeout=60):
     env = {**os.environ, "SYMNET_CACHE": cache}
     if extra_path:
         env["PYTHONPATH"] = os.pathsep.join([extra_path, env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "benchmarks/bench.py", "--quick", "--cases", *cases],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -36,8 +52,8 @@ def row_cells(output, label):
     raise AssertionError(f"no row '{label}' in:\n{output}")
 
 
-def test_quick_cases_print_the_table_with_symnet_and_numpy_times(cache):
-    out = run_bench(cache, ["mlp-predict-1", "mlp-step-1"])
+def test_quick_cases_print_the_table_with_symnet_and_numpy_times(cache, tmp_path):
+    out = run_bench(cache, ["mlp-predict-1", "mlp-step-1"], extra_path=hide(tmp_path, *OPTIONAL))
     assert out.count(HEADER) == 2                          # the median and the minimum tables
     assert re.search(r"^machine: .+, \d+ cores", out, re.M)
     assert re.search(r"^OPENBLAS_CORETYPE: ", out, re.M)
@@ -49,15 +65,30 @@ def test_quick_cases_print_the_table_with_symnet_and_numpy_times(cache):
     assert "- MLP predict batch 1: >= 3x PyTorch eager: " in out
 
 
-def test_without_torch_its_columns_show_a_dash(cache, tmp_path):
-    blocker = tmp_path / "torch"                           # shadows any installed torch
-    blocker.mkdir()
-    (blocker / "__init__.py").write_text("raise ImportError('torch hidden by the test')\n")
-    out = run_bench(cache, ["mlp-predict-1"], extra_path=str(tmp_path))
-    assert "torch - (not importable)" in out
+def test_without_torch_and_the_optional_peers_their_columns_show_a_dash(cache, tmp_path):
+    out = run_bench(cache, ["mlp-predict-1"], extra_path=hide(tmp_path, "torch", *OPTIONAL))
+    for peer in ("torch",) + OPTIONAL:
+        assert f"{peer} - (not importable)" in out
     cells = row_cells(out, "MLP predict, batch 1")
     assert TIME.match(cells["symnet"])
     assert cells["torch"] == cells["torch.compile"] == cells["vs torch"] == "-"
+    assert all(cells[peer] == cells[f"vs {peer}"] == "-" for peer in OPTIONAL)
+
+
+INSTALLED = [peer for peer in OPTIONAL if importlib.util.find_spec(peer) is not None]
+
+
+@pytest.mark.skipif(not INSTALLED, reason="none of JAX, tinygrad, PyTensor is installed")
+def test_installed_optional_peers_agree_with_symnet_and_are_timed(cache, tmp_path):
+    """A training step (its first two losses: before and after the update) and a
+    prediction, for each optional peer that is installed; torch is hidden to save time."""
+    out = run_bench(cache, ["mlp-step-1", "mlp-predict-1"], extra_path=hide(tmp_path, "torch"), timeout=300)
+    assert "differ from symnet" not in out, out
+    for label in ("MLP step, batch 1", "MLP predict, batch 1"):
+        cells = row_cells(out, label)
+        for peer in INSTALLED:
+            assert TIME.match(cells[peer]), f"{peer} has no time:\n{out}"
+            assert re.match(r"^\d+\.\d\dx$", cells[f"vs {peer}"])
 
 
 def test_kernel_profile_lists_every_kernel_of_the_step(cache):
