@@ -52,11 +52,16 @@ class Comparison:
     def passes(self):
         return all(e <= TOLERANCE or self.is_rounding(b) for b, e in self.errors.items())
 
+    def allowed(self, batch):
+        """How far the GPU may err against float64: ROUNDING times the CPU's own error,
+        or TOLERANCE."""
+        return max(TOLERANCE, ROUNDING * self.rounding.get(batch, (0.0, 0.0))[1])
+
     def is_rounding(self, batch):
         """Whether a difference over TOLERANCE is float32 rounding: the GPU is as close
         to float64 as the CPU is (ROUNDING times), or within TOLERANCE of it."""
-        gpu, cpu = self.rounding.get(batch, (float("nan"), 0.0))
-        return gpu <= max(TOLERANCE, ROUNDING * cpu)       # NaN fails
+        gpu = self.rounding.get(batch, (float("nan"), 0.0))[0]
+        return gpu <= self.allowed(batch)       # NaN fails
 
 
 @dataclass
@@ -125,8 +130,7 @@ def gpucheck(model, batches=BATCHES, seed=0, optimizer=None, adam_eps=ADAM_EPS):
                             lambda: exact_grad()[1][name])
                 if batch in c.rounding and c.is_rounding(batch):
                     # |gpu - cpu| <= |gpu - f64| + |cpu - f64|, each as allowed above
-                    gpu_error, cpu_error = c.rounding[batch]
-                    spread[name] = (max(TOLERANCE, ROUNDING * cpu_error) + cpu_error) \
+                    spread[name] = (c.allowed(batch) + c.rounding[batch][1]) \
                         * _largest([expected_grads[name]])
         if "train_step" in entries:
             if eps is not None:
