@@ -195,7 +195,7 @@ class KernelEmitter:
         b = self.b
         difference = sympy.expand(g.lhs - g.rhs)
         slope = int(sympy.diff(difference, variable))
-        at_first = self.int_expr(difference, {**env, variable: _i64(first)})
+        at_first = self.int_expr(difference, {**env, variable: as_i64(first)})
         steps = ir.Constant(ir.VectorType(I64, lanes), [slope * k for k in range(lanes)])
         values = b.add(self.splat_int(at_first, lanes), steps)
         return b.icmp_signed(op, values, self.splat_int(ir.Constant(I64, 0), lanes))
@@ -286,10 +286,10 @@ class KernelEmitter:
         padding, the row's tail) are never touched and read as 0."""
         variable, first, lanes = self.vector
         b, shape = self.b, self.m.tensors[access.tensor].shape
-        env = {**env, variable: _i64(first)}
+        env = {**env, variable: as_i64(first)}
         if self.packed and access == self.packed[0]:     # B[i, j] from the panel's copy
             _, copy, base = self.packed
-            chunk = b.udiv(b.sub(_i64(first), base), ir.Constant(I64, lanes))
+            chunk = b.udiv(b.sub(as_i64(first), base), ir.Constant(I64, lanes))
             at = b.add(b.mul(self.int_expr(access.index[0], env), ir.Constant(I64, len(self.columns))),
                        chunk)
             vtype = ir.VectorType(self.m.float, lanes)
@@ -368,7 +368,7 @@ class KernelEmitter:
             variable, first, lanes = self.vector
             values = Splat(ir.VectorType(I64, lanes), ir.Undefined)
             for lane in range(lanes):
-                at = self.int_expr(e, {**env, variable: b.add(_i64(first), ir.Constant(I64, lane))})
+                at = self.int_expr(e, {**env, variable: b.add(as_i64(first), ir.Constant(I64, lane))})
                 values = b.insert_element(values, at, ir.Constant(I32, lane))
             return b.sitofp(values, self.ftype)
         if not e.is_Symbol and integer:
@@ -606,7 +606,7 @@ class KernelEmitter:
         self.b.store(self.b.trunc(position, I32), ptr)
 
 
-def _i64(value):
+def as_i64(value):
     """An int or an i64 value as an i64 value."""
     return value if isinstance(value, ir.Value) else ir.Constant(I64, value)
 
@@ -614,7 +614,6 @@ def _i64(value):
 def _int_constant(value):
     """The number an i64 value stands for when it is a constant, else None."""
     return value.constant if type(value) is ir.Constant and value.type == I64 else None
-
 
 
 def _interval(e, ranges):

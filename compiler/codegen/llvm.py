@@ -24,7 +24,7 @@ from runtime.jit import function_cost
 
 from ..index_ir import Access
 from ..schedule import vectorizable
-from .kernel import FAST, I1, I32, I64, PTR, KernelEmitter, Splat, _i64
+from .kernel import FAST, I1, I32, I64, PTR, KernelEmitter, Splat, as_i64
 
 _LOCAL_DEFINE = re.compile(r"^define (?:(?:internal|private) )?")
 
@@ -618,7 +618,7 @@ class CPUKernelEmitter(KernelEmitter):
                         b.store(b.select(better, position, b.load(where[k, r], typ=itype)), where[k, r])
             self.loops(list(c.rindex), env, body, guards)
             for k, r in members:
-                at = {**envs[r], last: _i64(starts[k])}
+                at = {**envs[r], last: as_i64(starts[k])}
                 if c.argmax:
                     self.masked_store(b.load(where[k, r], typ=itype), self.address(c.argmax, c.index, at)[0],
                                       starts[k], extent)
@@ -660,7 +660,7 @@ class CPUKernelEmitter(KernelEmitter):
             value = self.term(c, env, guards)
             if c.accumulate:
                 value = b.fadd(self.vector_read(_out_access(c), env), value, flags=FAST)
-            ptr, _ = self.address(c.out, c.index, {**env, last: _i64(first)})
+            ptr, _ = self.address(c.out, c.index, {**env, last: as_i64(first)})
             self.masked_store(value, ptr, first, extent)
             self.vector, self.ftype = None, self.m.float
         self.chunks(extent, str(last), chunk)
@@ -802,7 +802,7 @@ class CPUKernelEmitter(KernelEmitter):
         out = {}
         for sym in shifts:
             low = self.vector_read(c.accesses[sym], env)
-            self.vector = (variable, b.add(_i64(first), ir.Constant(I64, lanes)), lanes)
+            self.vector = (variable, b.add(as_i64(first), ir.Constant(I64, lanes)), lanes)
             high = self.vector_read(c.accesses[sym], env)
             self.vector = (variable, first, lanes)
             out[sym] = [low] + [b.shuffle_vector(low, high, ir.Constant(ir.VectorType(I32, lanes),
