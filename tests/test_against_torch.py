@@ -13,10 +13,10 @@ out symnet's, and the test's docstring says so. Skipped where torch is not insta
 import numpy as np
 import pytest
 
-from compiler import compile, parse
-
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
+
+from compiler import compile, parse     # noqa: E402 (after the skip: sympy is slow to load)
 
 RTOL = {"f64": 1e-12, "f32": 2e-6}
 
