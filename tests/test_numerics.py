@@ -169,6 +169,26 @@ def test_elu_gradient_of_a_large_input_is_one(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_sqrt_gradient_at_zero_is_inf_and_elsewhere_exact(dtype):
+    """d sqrt(u)/du = 1 / (2 sqrt(u)): inf at u = 0, as in float64 and the reference.
+    float32 gave NaN there: LLVM's reciprocal-square-root estimate for x / sqrt(u),
+    allowed by `arcp`, refines it by a Newton step that makes 0 * inf."""
+    model = compiler.parse("input z[N, 4]\nparam b[4] ~ normal(0, 1)\n"
+                           "loss sum(sqrt(z + b) * 3)\n", "sqrt.nn")
+    program = compiler.compile(model, dtype=dtype, cache=False)
+    program.set_params({"b": np.zeros(4)})
+    z = np.array([[0.0, 1e-6, 2.25, 1e4]], program.dtype)
+    _, grads = program.value_and_grad({"z": z})
+    with np.errstate(divide="ignore"):
+        expected = 1.5 / np.sqrt(z[0].astype(np.float64))
+    assert np.isposinf(grads["b"][0])
+    np.testing.assert_allclose(grads["b"][1:], expected[1:], rtol=1e-6)
+    with np.errstate(divide="ignore"):
+        _, reference_grads = reference.value_and_grad(model, {"z": z}, {"b": np.zeros(4)})
+    assert np.isposinf(reference_grads["b"][0])
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
 def test_bce_of_a_confident_right_answer_keeps_its_small_loss(dtype):
     """bce(sigmoid(z), 0) is softplus(z) = log(1 + exp(z)); at z = -20 that is 2.06e-9,
     which log(1 + e) rounded to 0 in float32 (1 + 2e-9 == 1)."""

@@ -23,6 +23,9 @@ I32 = ir.IntType(32)
 I1 = ir.IntType(1)
 PTR = ir.PointerType()
 FAST = ("reassoc", "contract", "nsz", "arcp")
+# x / sqrt(y) without `arcp`: with it LLVM uses a float32 reciprocal-square-root
+# estimate, whose Newton step makes 0 * inf = NaN at y = 0 where the quotient is inf.
+EXACT_DIVISION = ("reassoc", "contract", "nsz")
 
 
 class Splat(ir.Constant):
@@ -389,7 +392,7 @@ class KernelEmitter:
                 out = b.fmul(out, val(a), flags=FAST)
             if den:
                 d = val(sympy.Mul(*den))
-                out = b.fdiv(out, d, flags=FAST)
+                out = b.fdiv(out, d, flags=EXACT_DIVISION if _has_root(den) else FAST)
             return out
         if e.is_Pow:
             return self.power(e, val, const)
@@ -604,6 +607,11 @@ class KernelEmitter:
     def store_argmax(self, c, env, position):
         ptr, _ = self.address(c.argmax, c.index, env)
         self.b.store(self.b.trunc(position, I32), ptr)
+
+
+def _has_root(factors):
+    """Whether some factor is a square root (a power with exponent 1/2)."""
+    return any(f.is_Pow and f.exp == sympy.Rational(1, 2) for f in factors)
 
 
 def as_i64(value):
