@@ -28,6 +28,16 @@ KINKED_ACTIVATIONS = ["relu({})", "leaky_relu({}, alpha=0.1)", "elu({}, alpha=0.
 USER_FUNCTIONS = "fn swish(z) = z * sigmoid(z)\nfn gate(a, b) = a * sigmoid(b)\n"
 
 
+def conv_side(side, size, stride, pad):
+    """An output side of a convolution or pool: pad is an int, '"valid"' or '"same"'
+    (TensorFlow's: ceil(side / stride) whatever the window, the padding split unevenly
+    when it is odd)."""
+    if pad == '"same"':
+        return -(-side // stride)
+    pad = 0 if pad == '"valid"' else int(pad)
+    return (side + 2 * pad - size) // stride + 1
+
+
 @dataclass
 class RandomModel:
     """A generated model: its source, the seed, and how to make inputs for it."""
@@ -183,8 +193,7 @@ class _Generator:
             filters = self.draw(1, 3, 1, 7)
             pad = self.rng.choice(['"valid"', '"same"', "1"] if size > 1 else ['"valid"'])
             stride = self.rng.choice([1, 1, 2])
-            p = {'"valid"': 0, '"same"': (size - 1) // 2, "1": 1}[pad]
-            Ho, Wo = (H + 2 * p - size) // stride + 1, (W + 2 * p - size) // stride + 1
+            Ho, Wo = conv_side(H, size, stride, pad), conv_side(W, size, stride, pad)
             if Ho < 1 or Wo < 1:
                 return self.activation(name), shape
             return (f"conv2d({name}, filters={filters}, size={size}, stride={stride}, pad={pad})",
