@@ -14,6 +14,19 @@ from wider ranges (1..40 units, 1..7 channels, 3..13 pixels): rows that are not 
 multiple of the vector width or of a register tile. Without it, a seed makes the
 model it always made (the random draws are the same, only their ranges differ).
 
+With `rich=True` the menus grow to the rest of the language (docs/language.md): every
+elementwise builtin (step, sign, log, sqrt, leaky_relu and elu with their defaults or a
+positional alpha), fns calling fns, maxout, dense and conv2d with init= and bias=false,
+conv2d with any stride and padding (integer, "valid", TensorFlow's asymmetric "same")
+and with given [Cout, Cin, kh, kw] or [kh, kw] kernels, pools whose windows overlap or
+leave gaps, reductions to a scalar and over negative axes, [N, 1] against [F]
+broadcasting, vector @ matrix, 3-D, 1-D ([N]) and transposed tensors, reshape with -1,
+onehot of an i32 input, a second fed input, scalar and literal params, ops with index
+arithmetic (zero padding), max(k: ...) and transposed outputs, soft, one-hot and
+clamped targets, weight decay on a layer's parameter, a non-scalar loss, and a `train`
+statement with sgd, momentum or adam. Rich models draw differently (the menus are
+longer), so `rich=False` keeps the old models seed for seed.
+
 Shapes are tuples whose first entry is the string "N" for batched tensors.
 """
 from dataclasses import dataclass, field
@@ -26,6 +39,25 @@ SMOOTH_ACTIVATIONS = ["sigmoid({})", "tanh({})", "exp(0.25 * ({}))", "({}) ^ 2",
 KINKED_ACTIVATIONS = ["relu({})", "leaky_relu({}, alpha=0.1)", "elu({}, alpha=0.5)",
                       "abs({})", "max({}, 0.1)", "min({}, 0.3)"]
 USER_FUNCTIONS = "fn swish(z) = z * sigmoid(z)\nfn gate(a, b) = a * sigmoid(b)\n"
+# rich=True: the other builtins, and fns that call fns or pass a positional argument
+RICH_FUNCTIONS = ("fn softplus(z) = log(1 + exp(z))\nfn bump(z) = swish(z) + 0.1 * tanh(z)\n"
+                  "fn softsign(z) = z / (1 + abs(z))\nfn lrelu(z) = leaky_relu(z, 0.2)\n"
+                  "fn hard(z) = min(max(z, -1), 1)\n")
+RICH_SMOOTH = ["softplus({0})", "bump({0})", "sqrt(1 + ({0}) ^ 2)", "({0}) / (1 + ({0}) ^ 2)",
+               "-({0}) ^ 2", "(1.5 + sigmoid({0})) ^ 1.5", "log(1.5 + tanh({0}))"]
+RICH_KINKED = ["step({0}) * ({0})", "sign({0}) * sqrt(abs({0}) + 0.01)", "leaky_relu({0})",
+               "elu({0})", "leaky_relu({0}, 0.2)", "log(abs({0}) + 0.5)", "softsign({0})",
+               "lrelu({0})", "hard({0})", "relu(-({0}))"]
+
+
+def conv_side(side, size, stride, pad):
+    """An output side of a convolution or pool: pad is an int, '"valid"' or '"same"'
+    (TensorFlow's: ceil(side / stride) whatever the window, the padding split unevenly
+    when it is odd)."""
+    if pad == '"same"':
+        return -(-side // stride)
+    pad = 0 if pad == '"valid"' else int(pad)
+    return (side + 2 * pad - size) // stride + 1
 
 
 @dataclass
@@ -52,13 +84,23 @@ class RandomModel:
         return out
 
 
+RICH_FLAT = ["r_maxout", "r_dense_options", "r_scalar_reduction", "r_column_broadcast",
+             "r_vector_matrix", "r_three_d", "r_transposed", "r_op_padded", "r_op_rows",
+             "r_op_transposed", "r_second_input", "r_max_min", "r_scalar_literal", "r_onehot",
+             "r_flat_reshape", "r_copy_output"]
+RICH_IMAGE = ["r_conv_options", "r_conv_kernel", "r_pool_options", "r_image_reduction",
+              "r_image_softmax", "r_image_broadcast", "r_image_transposed", "r_image_op",
+              "r_image_maxout"]
+
+
 class _Generator:
     """Appends statements to `lines` while tracking every tensor's shape."""
 
-    def __init__(self, seed, smooth, wide=False):
+    def __init__(self, seed, smooth, wide=False, rich=False):
         self.rng = random.Random(seed)
         self.smooth = smooth
         self.wide = wide
+        self.rich = rich
         self.lines = []
         self.pool = []                 # (name, shape) of tensors the model has computed
         self.count = 0
@@ -96,6 +138,8 @@ class _Generator:
     # ---- elementwise pieces -------------------------------------------------------------
     def activation(self, expr):
         choices = SMOOTH_ACTIVATIONS + ([] if self.smooth else KINKED_ACTIVATIONS)
+        if self.rich:
+            choices = choices + RICH_SMOOTH + ([] if self.smooth else RICH_KINKED)
         return self.rng.choice(choices).format(expr)
 
     def same_shape(self, shape, exclude):
@@ -127,7 +171,9 @@ class _Generator:
     def step_flat(self, name, shape):
         F = shape[1]
         units = self.draw(2, 5, 1, 40)
-        pick = self.rng.randrange(12)
+        pick = self.rng.randrange(12 + (len(RICH_FLAT) if self.rich else 0))
+        if pick >= 12:
+            return getattr(self, RICH_FLAT[pick - 12])(name, shape, units)
         if pick == 0:
             bias = "" if self.rng.random() < 0.7 else ", bias=false"
             return f"dense({name}, {units}{bias})", ("N", units)
@@ -177,14 +223,15 @@ class _Generator:
     # ---- steps on [N, C, H, W] ---------------------------------------------------------
     def step_image(self, name, shape):
         _, C, H, W = shape
-        pick = self.rng.randrange(8)
+        pick = self.rng.randrange(8 + (len(RICH_IMAGE) if self.rich else 0))
+        if pick >= 8:
+            return getattr(self, RICH_IMAGE[pick - 8])(name, shape)
         if pick == 0:
             size = self.rng.randint(1, min(3, H, W))
             filters = self.draw(1, 3, 1, 7)
             pad = self.rng.choice(['"valid"', '"same"', "1"] if size > 1 else ['"valid"'])
             stride = self.rng.choice([1, 1, 2])
-            p = {'"valid"': 0, '"same"': (size - 1) // 2, "1": 1}[pad]
-            Ho, Wo = (H + 2 * p - size) // stride + 1, (W + 2 * p - size) // stride + 1
+            Ho, Wo = conv_side(H, size, stride, pad), conv_side(W, size, stride, pad)
             if Ho < 1 or Wo < 1:
                 return self.activation(name), shape
             return (f"conv2d({name}, filters={filters}, size={size}, stride={stride}, pad={pad})",
@@ -209,6 +256,207 @@ class _Generator:
         if pick == 6:
             return f"({name}) - mean({name}, axis=0)", shape        # over the batch
         return self.activation(name), shape
+
+    # ---- rich=True: the rest of the language --------------------------------------------
+    def r_maxout(self, name, shape, units):
+        if self.smooth:
+            return self.activation(name), shape
+        return f"maxout({name}, {units}, pieces={self.rng.randint(1, 3)})", ("N", units)
+
+    def r_dense_options(self, name, shape, units):
+        init = self.rng.choice(["glorot", "he", "zeros", "normal(0, 0.3)", "uniform(-0.5, 0.5)"])
+        bias = self.rng.choice(["", ", bias=false", ", bias=true"])
+        return f"dense({name}, {units}{bias}, init={init})", ("N", units)
+
+    def r_scalar_reduction(self, name, shape, units):
+        return self.rng.choice([f"({name}) - mean({name})", f"({name}) / (1 + sum(({name}) ^ 2))",
+                                f"({name}) - 0.5 * sum({name}) / {shape[1]}"]), shape
+
+    def r_column_broadcast(self, name, shape, units):
+        F = shape[1]
+        kind = self.rng.choice(["sum", "mean"])
+        axis = self.rng.choice(["1", "-1"])
+        column = f"reshape({kind}({name}, axis={axis}), [N, 1])"
+        if self.rng.random() < 0.5:
+            return f"{column} * {self.param((F,))} + ({name})", shape      # [N, 1] x [F]
+        return f"({name}) - {column}", shape
+
+    def r_vector_matrix(self, name, shape, units):
+        F, V = shape[1], self.rng.randint(1, 4)
+        v, M, W = self.param((V,)), self.param((V, units)), self.param((F, units))
+        return f"{name} @ {W} + {v} @ {M}", ("N", units)
+
+    def r_three_d(self, name, shape, units):
+        F = shape[1]
+        a = self.rng.choice([d for d in range(1, F + 1) if F % d == 0])
+        b = F // a
+        three = f"reshape({name}, [N, {a}, {self.rng.choice([b, -1])}])"
+        pick = self.rng.randrange(4)
+        if pick == 0:
+            fn = self.rng.choice(["softmax", "log_softmax"])
+            return f"reshape({fn}({three}, axis={self.rng.choice([1, -2, 2, -1])}), [N, {F}])", shape
+        if pick == 1:
+            return f"sum({three}, axis={self.rng.choice([2, -1])})", ("N", a)
+        if pick == 2:
+            return f"mean({three}, axis={self.rng.choice([1, -2])})", ("N", b)
+        return f"flatten(transpose({self.param((b, a, 1))} * transpose({three})))", shape
+
+    def r_transposed(self, name, shape, units):
+        F = shape[1]
+        if self.rng.random() < 0.5:
+            fn = self.rng.choice(["softmax", "log_softmax"])      # over the batch
+            return f"transpose({fn}(transpose({name}), axis=-1))", shape
+        return f"transpose(transpose({name}) * {self.param((F, 1))})", shape
+
+    def r_op_padded(self, name, shape, units):
+        op = self.fresh("op")
+        size = self.rng.randint(1, 3)
+        K = self.param((size,))
+        self.lines.append(f"op {op}(A, K)[n, i] = A[n, i] + sum(k: A[n, i + k - {size // 2}] * K[k])")
+        return f"{op}({name}, {K})", shape
+
+    def r_op_rows(self, name, shape, units):
+        """An op to [N]: scalar params on a 1-D tensor, reshaped back to [N, 1]."""
+        op = self.fresh("op")
+        if self.smooth:
+            self.lines.append(f"op {op}(A)[n] = log(sum(j: exp(A[n, j])))")
+        else:
+            self.lines.append(f"op {op}(A)[n] = max(j: A[n, j]) - 0.5 * sum(j: A[n, j])")
+        a, b = self.fresh("a"), self.fresh("b")
+        self.lines.append(f"param {a} = {round(self.rng.uniform(-1, 1), 2)}")
+        self.lines.append(f"param {b} ~ {self.rng.choice(['zeros', 'ones', 'normal(0, 1)'])}")
+        return f"reshape({a} * {op}({name}) + {b}, [N, 1])", ("N", 1)
+
+    def r_op_transposed(self, name, shape, units):
+        op = self.fresh("op")
+        other = self.same_shape(shape, None)
+        if other:
+            self.lines.append(f"op {op}(A, B)[i, n] = A[n, i] * B[n, i]")
+        else:
+            other = self.param(shape[1:])
+            self.lines.append(f"op {op}(A, B)[i, n] = A[n, i] * B[i] + A[n, i]")
+        return f"transpose({op}({name}, {other}))", shape
+
+    def r_second_input(self, name, shape, units):
+        u = self.fresh("u")
+        self.input(u, shape)
+        op = self.rng.choice(["+", "*", "-"])
+        return f"({name}) {op} {u}", shape
+
+    def r_max_min(self, name, shape, units):
+        other = self.same_shape(shape, name) or self.param(shape[1:])
+        if self.smooth:
+            return f"gate({name}, {other})", shape
+        return f"{self.rng.choice(['max', 'min'])}({name}, {other})", shape
+
+    def r_scalar_literal(self, name, shape, units):
+        F = shape[1]
+        a = self.fresh("a")
+        self.lines.append(f"param {a} = {round(self.rng.uniform(-1.5, 1.5), 2)}")
+        w = self.fresh("w")
+        values = ", ".join(str(round(self.rng.uniform(-1, 1), 2)) for _ in range(F))
+        if self.rng.random() < 0.5:
+            self.lines.append(f"param {w}[{F}] = [{values}]")
+        else:
+            self.lines.append(f"const {w}[{F}] = [{values}]")
+        return f"{a} * ({name}) + {w}", shape
+
+    def r_onehot(self, name, shape, units):
+        F = shape[1]
+        c = self.fresh("c")
+        self.input(c, ("N",), "i32")
+        self.label_classes[c] = F
+        self.pool.pop()               # an i32 input is no operand for arithmetic
+        return f"({name}) + onehot({c}, {F})", shape
+
+    def r_flat_reshape(self, name, shape, units):
+        F = shape[1]
+        fn = self.activation("reshape({}, [-1])".format(name))
+        return f"reshape({fn}, [N, {self.rng.choice([F, -1])}])", shape
+
+    def r_copy_output(self, name, shape, units):
+        out = self.fresh("o")
+        self.lines.append(f"output {out} = {name}")
+        return self.activation(out), shape
+
+    # on [N, C, H, W]
+    def r_conv_options(self, name, shape):
+        _, C, H, W = shape
+        size = self.rng.randint(1, min(4, H + 2, W + 2))
+        stride = self.rng.randint(1, 3)
+        pad = self.rng.choice(['"valid"', '"same"', "0", "1", "2"])
+        Ho, Wo = conv_side(H, size, stride, pad), conv_side(W, size, stride, pad)
+        if Ho < 1 or Wo < 1:
+            pad, Ho, Wo = '"same"', conv_side(H, size, stride, '"same"'), conv_side(W, size, stride, '"same"')
+        filters = self.draw(1, 3, 1, 7)
+        extra = self.rng.choice(["", ", bias=false", ", init=glorot", ", bias=false, init=normal(0, 0.4)"])
+        return (f"conv2d({name}, filters={filters}, size={size}, stride={stride}, pad={pad}{extra})",
+                ("N", filters, Ho, Wo))
+
+    def r_conv_kernel(self, name, shape):
+        _, C, H, W = shape
+        kh, kw = self.rng.randint(1, 3), self.rng.randint(1, 3)
+        stride = self.rng.randint(1, 2)
+        pad = self.rng.choice(['"same"', "1", "0"])
+        if conv_side(H, kh, stride, pad) < 1 or conv_side(W, kw, stride, pad) < 1:
+            pad = '"same"'
+        out = ("N", None, conv_side(H, kh, stride, pad), conv_side(W, kw, stride, pad))
+        if self.rng.random() < 0.5:
+            cout = self.rng.randint(1, 3)
+            K = self.param((cout, C, kh, kw))
+            return f"conv2d({name}, {K}, stride={stride}, pad={pad})", ("N", cout) + out[2:]
+        K = self.param((kh, kw))
+        return f"conv2d({name}, {K}, pad={pad}, stride={stride})", ("N", C) + out[2:]
+
+    def r_pool_options(self, name, shape):
+        _, C, H, W = shape
+        size = self.rng.randint(1, min(3, H, W))
+        stride = self.rng.randint(1, 3)
+        kind = "avgpool" if self.smooth else self.rng.choice(["avgpool", "maxpool"])
+        return (f"{kind}({name}, {size}, stride={stride})",
+                ("N", C, conv_side(H, size, stride, 0), conv_side(W, size, stride, 0)))
+
+    def r_image_reduction(self, name, shape):
+        _, C, H, W = shape
+        kind = self.rng.choice(["sum", "mean"])
+        axis = self.rng.choice([1, 2, 3, -1, -2, -3])
+        kept = list(shape)
+        kept[axis] = 1
+        back = ", ".join(map(str, kept))
+        return f"({name}) - reshape({kind}({name}, axis={axis}), [{back}]) / 2", shape
+
+    def r_image_softmax(self, name, shape):
+        fn = self.rng.choice(["softmax", "log_softmax"])
+        return f"{fn}({name}, axis={self.rng.choice([1, -1, 2, -3])})", shape
+
+    def r_image_broadcast(self, name, shape):
+        _, C, H, W = shape
+        other = self.param(self.rng.choice([(H, W), (W,), (1, W), (H, 1), (C, H, W), (C, 1, W)]))
+        return f"({name}) {self.rng.choice('+-*')} {other}", shape
+
+    def r_image_transposed(self, name, shape):
+        _, C, H, W = shape
+        return f"transpose({self.param((W, H, C, 1))} * transpose({name}))", shape
+
+    def r_image_op(self, name, shape):
+        _, C, H, W = shape
+        op = self.fresh("op")
+        if self.rng.random() < 0.5:
+            w = self.param((C,))
+            reduce = "sum" if self.smooth or self.rng.random() < 0.5 else "max"
+            self.lines.append(f"op {op}(A, w)[n, y, x] = {reduce}(c: A[n, c, y, x] * w[c])")
+            return f"reshape({op}({name}, {w}), [N, 1, {H}, {W}])", ("N", 1, H, W)
+        dy, dx = self.rng.choice([(1, 0), (0, 1), (-1, 1), (2, -1)])
+        self.lines.append(f"op {op}(A)[n, c, y, x] = A[n, c, y, x] - 0.5 * A[n, c, y + {dy}, x + {dx}]"
+                          .replace("+ -", "- "))
+        return f"{op}({name})", shape
+
+    def r_image_maxout(self, name, shape):
+        _, C, H, W = shape
+        units = self.rng.randint(1, 5)
+        if self.smooth:
+            return f"dense(flatten({name}), {units}, init=glorot)", ("N", units)
+        return f"maxout(flatten({name}), {units}, pieces={self.rng.randint(2, 3)})", ("N", units)
 
     # ---- the model ----------------------------------------------------------------------
     def body(self, steps):
@@ -236,7 +484,8 @@ class _Generator:
 
     def loss(self, name, shape):
         K = self.rng.randint(2, 4)
-        kind = self.rng.choice(["mse", "ce_classes", "ce_onehot", "bce", "mean"])
+        kinds = ["mse", "ce_classes", "ce_onehot", "bce", "mean"]
+        kind = self.rng.choice(kinds + (RICH_LOSSES if self.rich else []))
         if kind == "mse":
             self.input("t", ("N", K))
             self.lines.append(f"output pred = dense({name}, {K})")
@@ -256,15 +505,64 @@ class _Generator:
             self.unit_interval.add("t")
             self.lines.append(f"output z = dense({name}, {K})")
             self.lines.append("loss binary_cross_entropy(sigmoid(z), t)")
-        else:
+        elif kind == "mean":
             self.lines.append(f"loss total = mean(dense({name}, {K}) ^ 2) + sum({name}) / 10")
+        elif kind == "mse_broadcast":            # a target without the batch: [K] against [N, K]
+            self.input("t", (K,))
+            self.lines.append(f"output pred = dense({name}, {K})")
+            self.lines.append("loss mse(pred, t)" if self.rng.random() < 0.5 else "loss mse(t, pred)")
+        elif kind == "ce_onehot_i32":
+            self.input("y", ("N",), "i32")
+            self.label_classes["y"] = K
+            self.lines.append(f"output logits = dense({name}, {K})")
+            self.lines.append(f"loss cross_entropy(logits, onehot(y, {K}))")
+        elif kind == "ce_soft":
+            self.input("t", ("N", K))
+            self.lines.append(f"output logits = dense({name}, {K}, init=glorot)")
+            self.lines.append("loss cross_entropy(logits, softmax(t))")
+        elif kind == "bce_clamped":
+            self.input("t", ("N", K))
+            self.unit_interval.add("t")
+            self.lines.append(f"output z = dense({name}, {K})")
+            # Finite differences cannot follow log(1 - p) where p rounds near 1: 1 - p
+            # keeps few digits (rich smooth seed 65: (1 + tanh(5.6)) / 2 errs 4e-4 at
+            # eps 1e-6, 1e-8 at 1e-4), so smooth models keep p within [0.25, 0.75].
+            p = self.rng.choice(["(2 + tanh(z)) / 4", "softmax(z) / 2 + 0.25", "sigmoid(z) * 0.5 + 0.25"]
+                                if self.smooth else ["(1 + tanh(z)) / 2", "softmax(z)", "sigmoid(z) * 0.5 + 0.25"])
+            self.lines.append(f"loss binary_cross_entropy({p}, t)")
+        elif kind == "nonscalar":
+            self.input("t", ("N", K))
+            self.lines.append(f"loss (dense({name}, {K}) - t) ^ 2")
+        else:                                    # weight decay on a layer's parameter
+            self.input("y", ("N",), "i32")
+            self.label_classes["y"] = K
+            self.lines.append(f"output logits = dense({name}, {K})")
+            self.lines.append("loss J = cross_entropy(logits, y) + 0.01 * sum(logits.W ^ 2)"
+                              " + 0.1 * mean(logits.b ^ 2)")
+
+    def train(self):
+        """A train statement: its optimizer is the one train_step runs."""
+        kind = self.rng.choice(["none", "sgd", "momentum", "adam"])
+        batch = self.rng.choice(["", ", batch=N", ", batch=32, epochs=3", ", epochs=2, seed=5"])
+        if kind == "sgd":
+            self.lines.append(f"train sgd(lr=0.05{batch})")
+        elif kind == "momentum":
+            self.lines.append(f"train momentum(lr=0.1, beta={self.rng.choice([0.5, 0.9])}{batch})")
+        elif kind == "adam":
+            self.lines.append(f"train adam(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6{batch})")
 
 
-def random_model(seed, smooth=False, steps=None, wide=False):
+RICH_LOSSES = ["mse_broadcast", "ce_onehot_i32", "ce_soft", "bce_clamped", "nonscalar", "decay"]
+
+
+def random_model(seed, smooth=False, steps=None, wide=False, rich=False):
     """A random valid model (RandomModel) from `seed`; the same seed, the same model."""
-    gen = _Generator(seed, smooth, wide)
-    gen.lines += [f"model random{seed}"] + USER_FUNCTIONS.strip().split("\n")
+    gen = _Generator(seed, smooth, wide, rich)
+    functions = USER_FUNCTIONS + (RICH_FUNCTIONS if rich else "")
+    gen.lines += [f"model random{seed}"] + functions.strip().split("\n")
     name, shape = gen.body(steps if steps is not None else gen.rng.randint(2, 6))
     gen.loss(name, shape)
+    if rich:
+        gen.train()
     return RandomModel(seed, "\n".join(gen.lines) + "\n", gen.input_shapes,
                        gen.label_classes, gen.unit_interval)

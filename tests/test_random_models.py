@@ -13,9 +13,14 @@ tails under masks, rows split between threads from batch 16): wide models (rows 
 1..40, not multiples of a vector or a tile) are run in float32 on three threads and
 checked against the reference to 1e-4 (see test_float32_native_equals_reference).
 
+Rich models (random_model(rich=True): the rest of the language, and a `train` statement
+whose optimizer, sgd, momentum or adam, train_step must follow for two steps) are run
+the same ways, in float64 on three threads (rows split from batch 16).
+
 CI runs a fixed set of seeds. For a bigger run by hand:
     SYMNET_RANDOM_MODELS=300 python -m pytest tests/test_random_models.py
     SYMNET_RANDOM_MODELS_F32=300 python -m pytest tests/test_random_models.py -k float32
+    SYMNET_RICH_MODELS=300 python -m pytest tests/test_random_models.py -k rich
 A failure prints the model's text: save it as a .nn file to reproduce it with the CLI.
 A float32 failure may still be rounding, which the floor cannot tell from wrong code in
 two cases: a gradient that is 0 in exact arithmetic (wide seed 118: p2 drops out of
@@ -53,8 +58,8 @@ def relative_error(actual, expected, floor=1e-8):
     return float(np.max(np.abs(actual - expected), initial=0.0)) / scale
 
 
-def build(seed, smooth):
-    generated = random_model(seed, smooth=smooth)
+def build(seed, smooth, rich=False):
+    generated = random_model(seed, smooth=smooth, rich=rich)
     try:
         model = compiler.parse(generated.text, f"random{seed}.nn")
     except compiler.SymnetError as error:
@@ -67,6 +72,12 @@ def test_native_equals_reference(seed):
     generated, model = build(seed, smooth=seed % 2 == 1)
     program = compiler.compile(model, dtype="f64", cache=False)
     context = f"\nmodel:\n{generated.text}"
+    check_native(program, model, generated, seed, context)
+    check_one_sgd_step(program, model, generated.inputs(BATCHES[0], seed=seed), context)
+
+
+def check_native(program, model, generated, seed, context):
+    """Forward outputs, the loss and every gradient against the reference, per batch."""
     for batch in BATCHES:
         inputs = generated.inputs(batch, seed=seed + batch)
         outputs, expected = program.forward(inputs), reference.forward(model, inputs)
@@ -86,7 +97,6 @@ def test_native_equals_reference(seed):
         for name in expected_grads:
             assert relative_error(grads[name], expected_grads[name], floor) < RELATIVE, \
                 f"gradient of {name}, batch {batch}{context}"
-    check_one_sgd_step(program, model, generated.inputs(BATCHES[0], seed=seed), context)
 
 
 def check_one_sgd_step(program, model, inputs, context):
@@ -105,9 +115,67 @@ def check_one_sgd_step(program, model, inputs, context):
             f"sgd step of {name}{context}"
 
 
+def check_optimizer_steps(program, model, inputs, context, steps=2):
+    """train_step with the model's optimizer (sgd, momentum or adam), step after step,
+    against the update written out here from the reference gradient."""
+    kind, hypers = program.spec["optimizer"], dict(program.optimizer)
+    program.reset_optimizer()
+    state = {}
+    for step in range(1, steps + 1):
+        before = program.get_params()
+        loss, grads = reference.value_and_grad(model, inputs, before)
+        if kind == "adam" and step == 1:
+            # lr * m / (sqrt(v) + eps) divides by the gradient: an entry that is 0 in
+            # exact arithmetic would move by lr times its rounding noise's sign.
+            hypers["eps"] = 1e-6 + 1e-4 * max(largest(g) for g in grads.values())
+            program.configure(eps=hypers["eps"])
+        assert relative_error(program.train_step(inputs), loss) < RELATIVE, \
+            f"{kind} step {step} loss{context}"
+        after = program.get_params()
+        floor = max(1e-3 * max(largest(v) for v in before.values()), 1e-8)
+        for name, value in before.items():
+            g = grads[name]
+            if kind == "sgd":
+                expected = value - hypers["lr"] * g
+            elif kind == "momentum":
+                state[name] = hypers["beta"] * state.get(name, 0.0) + g
+                expected = value - hypers["lr"] * state[name]
+            else:
+                m, v = state.get(name, (0.0, 0.0))
+                m = hypers["beta1"] * m + (1 - hypers["beta1"]) * g
+                v = hypers["beta2"] * v + (1 - hypers["beta2"]) * g ** 2
+                state[name] = m, v
+                m_hat, v_hat = m / (1 - hypers["beta1"] ** step), v / (1 - hypers["beta2"] ** step)
+                expected = value - hypers["lr"] * m_hat / (np.sqrt(v_hat) + hypers["eps"])
+            assert relative_error(after[name], expected, floor) < RELATIVE, \
+                f"{kind} step {step} of {name}{context}"
+
+
+RICH_COUNT = int(os.environ.get("SYMNET_RICH_MODELS", "12"))
+
+
+@pytest.mark.parametrize("seed", range(RICH_COUNT))
+def test_rich_native_equals_reference(seed, monkeypatch):
+    """Rich models in float64 on three threads, and two steps of their optimizer."""
+    monkeypatch.setenv("SYMNET_THREADS", "3")
+    generated, model = build(seed, smooth=seed % 2 == 1, rich=True)
+    program = compiler.compile(model, dtype="f64", cache=False)
+    context = f"\nrich model:\n{generated.text}"
+    check_native(program, model, generated, seed, context)
+    check_optimizer_steps(program, model, generated.inputs(BATCHES[-1], seed=seed), context)
+
+
+@pytest.mark.parametrize("seed", [s for s in range(RICH_COUNT) if s % 2 == 1])
+def test_rich_smooth_model_gradients_match_finite_differences(seed):
+    check_finite_differences(*build(seed, smooth=True, rich=True), seed)
+
+
 @pytest.mark.parametrize("seed", [s for s in range(COUNT) if s % 2 == 1])
 def test_smooth_model_gradients_match_finite_differences(seed):
-    generated, model = build(seed, smooth=True)
+    check_finite_differences(*build(seed, smooth=True), seed)
+
+
+def check_finite_differences(generated, model, seed):
     checks, _ = compiler.gradcheck(model, seed=seed)
     assert {c.name for c in checks} == set(model.params)
     for check in checks:
@@ -123,6 +191,33 @@ def test_generator_is_deterministic_and_varied():
                " @ ", "cross_entropy(", "mse(", "binary_cross_entropy(sigmoid(", "op op",
                "swish(", "gate(", "axis=0"]:
         assert op in texts, f"no generated model uses {op!r}"
+
+
+def test_rich_generator_reaches_the_language():
+    """Rich models reach the forms the plain ones never write, and the shapes the
+    generator tracks are the compiler's (a wrong rule would misdirect later steps)."""
+    from model_generator import _Generator, RICH_FUNCTIONS, USER_FUNCTIONS
+    texts = []
+    for seed in range(40):
+        gen = _Generator(seed, seed % 2 == 1, wide=seed % 3 == 0, rich=True)
+        gen.lines += ["model r"] + (USER_FUNCTIONS + RICH_FUNCTIONS).strip().split("\n")
+        name, shape = gen.body(gen.rng.randint(2, 6))
+        gen.loss(name, shape)
+        gen.train()
+        model = compiler.parse("\n".join(gen.lines) + "\n", "rich.nn")
+        for tensor, tracked in gen.pool:
+            actual = tuple("N" if str(d) == "N" else int(d) for d in model.tensors[tensor].shape)
+            assert actual == tracked, f"{tensor}: tracked {tracked}, compiled {actual}\n" + \
+                "\n".join(gen.lines)
+        texts.append("\n".join(gen.lines))
+    assert random_model(5, rich=True).text == random_model(5, rich=True).text
+    texts = "\n".join(texts)
+    for form in ["maxout(", "init=", "bias=false", "stride=2", 'pad="same"', "pad=1", "onehot(",
+                 "axis=-1", "mean(h", "@ p", "transpose(", "[-1]", "op op", "max(j:", "[i, n]",
+                 "i + k -", "param a", "] = [", "input u", "output o", "softplus(", "step(",
+                 "sign(", "log(", "sqrt(", "train sgd", "train momentum", "train adam",
+                 "softmax(t)", "logits.W", "loss (dense", "mse(pred, t)"]:
+        assert form in texts, f"no rich model uses {form!r}"
 
 
 F32_COUNT = int(os.environ.get("SYMNET_RANDOM_MODELS_F32", "6"))
@@ -146,10 +241,21 @@ def beyond_float32(model, inputs, params):
 def test_float32_native_equals_reference(seed, monkeypatch):
     """float32 code on 3 threads (the team reads $SYMNET_THREADS when the Program is
     made) against the float64 reference fed the same float32-rounded inputs and params."""
+    check_float32(random_model(seed, smooth=seed % 2 == 1, wide=True), seed, monkeypatch)
+
+
+RICH_F32_COUNT = int(os.environ.get("SYMNET_RICH_MODELS_F32", "4"))
+
+
+@pytest.mark.parametrize("seed", range(RICH_F32_COUNT))
+def test_rich_float32_native_equals_reference(seed, monkeypatch):
+    check_float32(random_model(seed, smooth=seed % 2 == 1, wide=True, rich=True), seed, monkeypatch)
+
+
+def check_float32(generated, seed, monkeypatch):
     monkeypatch.setenv("SYMNET_THREADS", "3")
-    generated = random_model(seed, smooth=seed % 2 == 1, wide=True)
     model = compiler.parse(generated.text, f"random{seed}.nn")
-    program = compiler.compile(model, dtype="f32", cache=False)
+    program = compiler.compile(model, dtype="f32", optimizer="sgd", cache=False)  # steps by -lr * g
     context = f"\nfloat32, model:\n{generated.text}"
     params = {k: v.astype(np.float64) for k, v in program.get_params().items()}
     for batch in F32_BATCHES:
