@@ -651,7 +651,10 @@ class CPUKernelEmitter(KernelEmitter):
         vtype = ir.VectorType(self.m.float, lanes)
         row_envs = [{rows[0]: r} for r in rows[1]] if rows else [{}]
         spatial = [v for v in loops if v != along]
-        budget, sizes = self.m.registers // len(row_envs), {}
+        # AVX2 (16 registers, no embedded broadcast) also needs one for the weights and
+        # one for each broadcast: 2 fewer accumulators than its output tiles.
+        accumulators = self.m.registers if self.m.registers > 16 else self.m.registers - 2
+        budget, sizes = max(1, accumulators // len(row_envs)), {}
         for v in reversed(spatial):
             size = next((t for t in self.ACROSS_TILES if t <= budget and self.ranges[v] % t == 0), 1)
             sizes[v], budget = size, max(1, budget // size)
