@@ -16,6 +16,10 @@ structure (Halide's algorithm/schedule split):
     to fill a vector (a 5-wide filter's weight gradient) or the reduction is innermost
     anyway, the sum runs with vector accumulators along a unit-stride reduction index,
     `tile` neighbouring outputs at once sharing each load, summed across lanes at the end.
+  * Vector lanes along an outer output index ("across", CPU only): a convolution
+    whose rows fill a vector's lanes clearly worse than its filters do (16 filters,
+    rows of 10) runs with the lanes along the filters, the weights packed
+    filter-minor and the input broadcast (see `_across`).
   * Register epilogues (CPU): maps that read a row reduction's output only at their own
     point (a bias + ReLU, an optimizer update after its weight gradient) are applied to
     the accumulators before they are stored; a gradient that nothing else reads is then
@@ -32,8 +36,8 @@ from .index_ir import fdiv
 @dataclass
 class Nest:
     comp: object
-    strategy: str                 # "map" | "inner" (register accumulator) | "outer" | "wide"
-    along: object = None          # wide: the reduction index in vector lanes
+    strategy: str                 # "map" | "inner" (register accumulator) | "outer" | "wide" | "across"
+    along: object = None          # wide: the reduction index in vector lanes; across: the output index
     tile: int = 1                 # wide: outputs along the last index computed together
     epilogue: list = field(default_factory=list)   # maps applied to each output in registers
     store: bool = True            # False: comp.out lives only in registers (read by the epilogue)
@@ -95,8 +99,74 @@ def schedule(comps, tensors, lanes=None):
             kernels.append(Kernel(extent, [nest]))
     if lanes:
         for kernel in kernels:
-            kernel.nests = _fold_epilogues(kernel.nests, tensors)
+            kernel.nests = [_across(n, tensors, lanes) for n in _fold_epilogues(kernel.nests, tensors)]
     return kernels
+
+
+def lane_use(extent, lanes):
+    """The share of vector lanes that work when `extent` values are spread over vectors."""
+    return extent / (-(-extent // lanes) * lanes)
+
+
+ACROSS_PACK_VECTORS = 512     # the packed weights on the stack: 32 KiB of 64-byte vectors
+
+
+def _across(nest, tensors, lanes):
+    """An "outer" sum as "across" (lanes along an outer output index, `along`) where that
+    index fills the vector lanes clearly better than the row does: a convolution's 16
+    filters against its 10-wide rows (10 of 16 lanes; LeNet-5's c3 forward measured
+    about 1.3x, see codegen/llvm.py's across_nest). Only the filter-weight read may
+    use the index, as a plain variable with reduction variables only (so every lane's
+    element lies inside the weights, packed by gathers); every other read is broadcast.
+    The epilogue's reads other than the outputs' own point may use it only as their
+    last index (a bias: a contiguous vector)."""
+    c = nest.comp
+    if nest.strategy != "outer" or c.reduce != "sum" or c.accumulate or c.argmax or c.guards \
+            or len(c.index) < 3 or tensors[c.out].dtype == "i32":
+        return nest
+    ranges = loop_ranges(c, tensors)
+    last, steps = c.index[-1], 1
+    for e in c.rextent:
+        steps = steps * e if isinstance(e, int) and isinstance(steps, int) else None
+    if not isinstance(ranges[last], int) or steps is None:
+        return nest
+    for k, v in enumerate(c.index[1:-1], start=1):
+        extent = ranges[v]
+        if not isinstance(extent, int) or lane_use(extent, lanes) < 1.2 * lane_use(ranges[last], lanes) \
+                or v in c.body.free_symbols or steps * -(-extent // lanes) > ACROSS_PACK_VECTORS:
+            continue
+        users = [a for a in c.accesses.values() if any(v in sympy.sympify(e).free_symbols for e in a.index)]
+        if len(users) != 1 or not _weight_read(users[0], v, c, tensors):
+            continue
+        if all(_lane_epilogue(e, e.index[k], nest.comps) for e in nest.epilogue):
+            return Nest(c, "across", v, epilogue=list(nest.epilogue), store=nest.store)
+    return nest
+
+
+def _weight_read(a, v, c, tensors):
+    """a reads a tensor at plain variables: v once, the others reduction variables, each
+    over exactly its dimension."""
+    shape = [sympy.sympify(d) for d in tensors[a.tensor].shape]
+    index = [sympy.sympify(e) for e in a.index]
+    extents = dict(zip(c.rindex, c.rextent))
+    extents[v] = tensors[c.out].shape[c.index.index(v)]
+    if tensors[a.tensor].dtype == "i32" or len(set(index)) != len(index) or v not in index:
+        return False
+    return all(e.is_Symbol and e in extents and sympy.sympify(extents[e]) == d for e, d in zip(index, shape))
+
+
+def _lane_epilogue(e, v, comps):
+    produced = {x.out for x in comps}
+    if v in e.body.free_symbols:
+        return False
+    for a in e.accesses.values():
+        if a.tensor in produced:
+            continue
+        index = [sympy.sympify(i) for i in a.index]
+        if any(v in i.free_symbols for i in index[:-1]) or (index and v in index[-1].free_symbols
+                                                             and index[-1] != v):
+            return False
+    return True
 
 
 def _fold_epilogues(nests, tensors):
@@ -335,6 +405,8 @@ def format_schedule(kernels):
                 order = inner + list(c.rindex)
             elif n.strategy == "outer":
                 order = inner[:-1] + list(c.rindex) + inner[-1:]
+            elif n.strategy == "across":
+                order = [v for v in inner if v != n.along] + list(c.rindex) + [f"{n.along} (vector)"]
             elif n.strategy == "wide":
                 tiled = [f"{inner[-1]} (x{n.tile})"] if n.tile > 1 else []
                 order = (inner[:-1] if n.tile > 1 else inner) + [r for r in c.rindex if r != n.along] \

@@ -186,3 +186,38 @@ def test_a_vector_sum_of_shifted_reads_zero_pads(dtype):
     x = np.random.default_rng(0).standard_normal((5, 20))
     out = compile(model, dtype=dtype, cache=False).forward({"x": x})["s"]
     np.testing.assert_allclose(out, x.sum(1) + x[:, 3:].sum(1), rtol=1e-5)
+
+
+def test_short_rows_of_many_filters_put_the_lanes_along_the_filters():
+    """LeNet-5's second convolution (16 filters, rows of 10): lanes along the filters
+    ("across"); its first (6 filters, rows of 28) keeps them along the row."""
+    found = nests("examples/lenet5.nn", "predict")
+    assert found["c3.conv2d"].strategy == "across" and str(found["c3.conv2d"].along) == "o"
+    assert found["c1.conv2d"].strategy == "outer"
+    assert nests("examples/lenet5.nn", "predict", lanes=8)["c3.conv2d"].strategy == "across"
+
+
+@pytest.mark.parametrize("dtype, rtol", [("f64", 1e-9), ("f32", 2e-5)])
+@pytest.mark.parametrize("filters, pad", [(16, "valid"), (12, "valid"), (12, "same"), (40, "valid")])
+def test_lanes_along_filters_match_the_reference(filters, pad, dtype, rtol):
+    """Filters in vector lanes: a full vector (16), masked lanes (12; 40 in two or three
+    vectors and a tail), zero padding read by broadcasts; rows of 9, blocks of 6 images,
+    leftover images, several threads. Forward (bias + ReLU epilogue) and every gradient."""
+    size = 9 if pad == "same" else 13                       # rows of 9 either way
+    model = parse(f"input x[N, 3, {size}, {size}]\n"
+                  f'h = relu(conv2d(x, filters={filters}, size=5, pad="{pad}"))\n'
+                  "p = dense(flatten(h), 3)\n"
+                  "loss mean(p * p)\n", "filters.nn")
+    lanes = 16 if dtype == "f32" else 8
+    assert nests_of(model, "evaluate", lanes)["h.conv2d"].strategy == "across"
+    program = compile(model, dtype=dtype, cache=False)
+    for batch in (13, 1, 6):
+        inputs = reference.random_inputs(model, batch=batch, seed=batch)
+        got = program.forward(inputs)
+        for name, value in reference.forward(model, inputs).items():
+            np.testing.assert_allclose(got[name], value, rtol=rtol, atol=rtol * np.abs(value).max())
+        loss, grads = program.value_and_grad(inputs)
+        ref_loss, ref_grads = reference.value_and_grad(model, inputs)
+        assert loss == pytest.approx(ref_loss, rel=rtol)
+        for name, g in ref_grads.items():
+            np.testing.assert_allclose(grads[name], g, rtol=rtol, atol=rtol * np.abs(g).max())

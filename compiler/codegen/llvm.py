@@ -473,12 +473,12 @@ class CPUKernelEmitter(KernelEmitter):
         """A row reduction computed for a block of rows at once: vectorized along its row
         (outer) or along a reduction (wide), with no guard on the row index."""
         c = nest.comp
-        if len(c.index) < 2 or nest.strategy not in ("outer", "wide") or c.reduce != "sum":
+        if len(c.index) < 2 or nest.strategy not in ("outer", "wide", "across") or c.reduce != "sum":
             return False
         guards = self.enter(c)
         if any(c.index[0] in g.free_symbols for g in guards):
             return False
-        return nest.strategy == "wide" or self.vectorizable(c, c.index[-1], guards)
+        return nest.strategy in ("wide", "across") or self.vectorizable(c, c.index[-1], guards)
 
     WIDE_OUTPUTS = 12           # the accumulators of a wide block; 24 gained nothing more
                                 # measured, and made the IR a tenth larger (LeNet-5)
@@ -507,6 +507,9 @@ class CPUKernelEmitter(KernelEmitter):
                 self.nest(nest, {row_var: b.add(row0, r)}, loops)
             return
         rows = [b.add(row0, ir.Constant(I64, r)) for r in range(count)]
+        if nest.strategy == "across":
+            self.across_nest(nest, {}, loops, (row_var, rows))
+            return
         if nest.strategy == "wide":
             group = self.wide_rows(nest)
             for first in range(0, count, group):
@@ -530,6 +533,8 @@ class CPUKernelEmitter(KernelEmitter):
                 c, env, loops[-1], guards), guards)
         elif nest.strategy == "wide" and self.m.lanes:
             self.wide_nest(nest, env, loops)
+        elif nest.strategy == "across" and self.m.lanes:
+            self.across_nest(nest, env, loops)
         elif nest.strategy == "map" and self.m.lanes and loops and self.m.tensors[c.out].dtype != "i32" \
                 and self.vectorizable(c, loops[-1], guards):
             self.loops(loops[:-1], env, lambda env, guards: self.vector_map(c, env, loops[-1], guards),
@@ -624,6 +629,139 @@ class CPUKernelEmitter(KernelEmitter):
                                       starts[k], extent)
                 self.finish_chunk(nest, at, b.load(slots[k, r], typ=vtype), starts[k])
             self.vector, self.ftype = None, self.m.float
+
+    ACROSS_TILES = (6, 5, 4, 3, 2)
+
+    def across_nest(self, nest, env, loops, rows=None):
+        """A sum with vector lanes along the outer output index nest.along (schedule's
+        "across": a convolution's filters, where its rows are short: 10 of 16 lanes).
+        The filter weights are first packed filter-minor on the stack, a vector of V
+        filters per reduction step (W'[c, ky, kx, o..o+V-1], gathered once per call,
+        lanes past the filter count 0): gathered in the inner loop instead, they took
+        longer than its FMAs (0.78 against 0.58 ms for LeNet-5's c3). Each step then
+        loads one weight vector and multiplies it by one broadcast input element per
+        accumulator (an FMA with an embedded broadcast on AVX-512), for a register tile
+        of rows x positions (the other output indices, each in steps of a divisor of its
+        extent: 6 images x 2 x 2 pixels). Each finished vector is one output point of V
+        filters: stored, and its epilogue applied, by scatters (stride Y*X), one per
+        150 FMAs in LeNet-5."""
+        c, b, lanes = nest.comp, self.b, self.m.lanes
+        self.enter(c)
+        along, extent = nest.along, self.ranges[nest.along]
+        vtype = ir.VectorType(self.m.float, lanes)
+        row_envs = [{rows[0]: r} for r in rows[1]] if rows else [{}]
+        spatial = [v for v in loops if v != along]
+        # AVX2 (16 registers, no embedded broadcast) also needs one for the weights and
+        # one for each broadcast: 2 fewer accumulators than its output tiles.
+        accumulators = self.m.registers if self.m.registers > 16 else self.m.registers - 2
+        budget, sizes = max(1, accumulators // len(row_envs)), {}
+        for v in reversed(spatial):
+            size = next((t for t in self.ACROSS_TILES if t <= budget and self.ranges[v] % t == 0), 1)
+            sizes[v], budget = size, max(1, budget // size)
+        weight = next(s for s, a in c.accesses.items() if along in a.index)
+        steps, chunks = 1, -(-extent // lanes)
+        for e in c.rextent:
+            steps *= e
+        with b.goto_entry_block():
+            packed = b.alloca(vtype, size=ir.Constant(I64, steps * chunks))
+
+        def step_index(inner, chunk):
+            flat = ir.Constant(I64, 0)
+            for r, e in zip(c.rindex, c.rextent):
+                flat = b.add(b.mul(flat, ir.Constant(I64, e)), inner[r])
+            return b.add(b.mul(flat, ir.Constant(I64, chunks)), chunk)
+
+        def pack(first):
+            chunk = b.udiv(as_i64(first), ir.Constant(I64, lanes))
+            self.loops(list(c.rindex), env, lambda inner, _: b.store(
+                self.lane_gather(c.accesses[weight], {**inner, along: as_i64(first)}, along),
+                b.gep(packed, [step_index(inner, chunk)], inbounds=True, source_etype=vtype)))
+        self.chunks(extent, str(along), pack)
+
+        def tile(first, env):
+            envs = [{**env, **r} for r in row_envs]
+            for v in spatial:
+                envs = [{**e, v: b.add(e[v], ir.Constant(I64, t))} for e in envs for t in range(sizes[v])]
+            self.ftype = vtype
+            slots = [self.alloca(vtype) for _ in envs]
+            for slot in slots:
+                b.store(self.const(0.0), slot)
+            chunk = b.udiv(first, ir.Constant(I64, lanes))
+
+            def body(inner, guards):
+                self.vector = (along, first, lanes)
+                at = b.gep(packed, [step_index(inner, chunk)], inbounds=True, source_etype=vtype)
+                self.preloaded = {weight: b.load(at, typ=vtype)}
+                for slot, e in zip(slots, envs):
+                    term = self.term(c, {**inner, **e}, guards)
+                    b.store(b.fadd(b.load(slot, typ=vtype), term, flags=FAST), slot)
+                self.preloaded, self.vector = {}, None
+            self.loops(list(c.rindex), env, body, ())
+            self.ftype = self.m.float
+            for slot, e in zip(slots, envs):
+                self.finish_across(nest, {**e, along: first}, b.load(slot, typ=vtype), first, extent)
+
+        def positions(variables, env, first):
+            if not variables:
+                return tile(first, env)
+            v = variables[0]
+            with self.loop(self.dim(self.ranges[v]), str(v), step=ir.Constant(I64, sizes[v])) as i:
+                positions(variables[1:], {**env, v: i}, first)
+        self.chunks(extent, str(along), lambda first: positions(spatial, env, as_i64(first)))
+
+    def lane_pointers(self, tensor, index, env, var, extent):
+        """(lane pointers, mask) of tensor[index] at env, var being first + lane in lane
+        `lane` (first = env[var]), for the lanes whose var is below extent: var is a plain
+        index of the tensor (any dimension)."""
+        b, lanes, first = self.b, self.m.lanes, env[var]
+        shape = self.m.tensors[tensor].shape
+        k = [sympy.sympify(e) for e in index].index(var)
+        stride = self.stride(shape, k) or ir.Constant(I64, 1)
+        ptr, _ = self.address(tensor, index, env)
+        iota = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        bytes_ = b.mul(stride, ir.Constant(I64, self.m.float_bytes))
+        offsets = b.mul(self.splat_int(bytes_, lanes), iota)
+        pointers = b.inttoptr(b.add(self.splat_int(b.ptrtoint(ptr, I64), lanes), offsets),
+                              ir.VectorType(PTR, lanes))
+        mask = b.icmp_signed("<", b.add(self.splat_int(as_i64(first), lanes), iota),
+                             self.splat_int(ir.Constant(I64, extent), lanes))
+        return pointers, mask
+
+    def lane_gather(self, access, env, var):
+        """access (var a plain index) with var = first + lane in each lane, by a gather."""
+        vtype = ir.VectorType(self.m.float, self.m.lanes)
+        pointers, mask = self.lane_pointers(access.tensor, access.index, env, var, self.ranges[var])
+        gather = self.m.declare(f"llvm.masked.gather.v{self.m.lanes}{self.m.suffix}.v{self.m.lanes}p0", vtype,
+                                [pointers.type, I32, mask.type, vtype])
+        return self.b.call(gather, [pointers, ir.Constant(I32, self.m.float_bytes), mask, Splat(vtype, 0)])
+
+    def lane_scatter(self, value, tensor, index, env, var, extent):
+        pointers, mask = self.lane_pointers(tensor, index, env, var, extent)
+        scatter = self.m.declare(f"llvm.masked.scatter.v{self.m.lanes}{self.m.suffix}.v{self.m.lanes}p0",
+                                 ir.VoidType(), [value.type, pointers.type, I32, mask.type])
+        self.b.call(scatter, [value, pointers, ir.Constant(I32, self.m.float_bytes), mask])
+
+    def finish_across(self, nest, env, value, first, extent):
+        """finish_chunk for an across tile's vector: one output point, lanes along
+        nest.along, each stored with the stride of that index (a scatter)."""
+        c, lanes = nest.comp, self.m.lanes
+        if nest.store:
+            self.lane_scatter(value, c.out, c.index, env, nest.along, extent)
+        values = {c.out: value}
+        saved = self.ranges, self.preloaded, self.vector, self.ftype
+        self.ftype = value.type
+        position = c.index.index(nest.along)
+        for e in nest.epilogue:
+            renamed = dict(zip(c.index, e.index))
+            at = {renamed[v]: i for v, i in env.items()}
+            self.ranges = {**saved[0], **{renamed[v]: saved[0][v] for v in c.index}}
+            self.preloaded = {**saved[1], **{s: values[a.tensor] for s, a in e.accesses.items()
+                                             if a.tensor in values}}
+            self.vector = (e.index[position], first, lanes)
+            values[e.out] = self.term(e, at, ())
+            self.vector = None
+            self.lane_scatter(values[e.out], e.out, e.index, at, e.index[position], extent)
+        self.ranges, self.preloaded, self.vector, self.ftype = saved
 
     def finish_chunk(self, nest, env, value, first):
         """A register tile's finished chunk (the lanes from `first` of one output row):
