@@ -744,13 +744,36 @@ class CPUKernelEmitter(KernelEmitter):
     def finish_across(self, nest, env, value, first, extent):
         """finish_chunk for an across tile's vector: one output point, lanes along
         nest.along, each stored with the stride of that index (a scatter)."""
-        c, lanes = nest.comp, self.m.lanes
+        c = nest.comp
         if nest.store:
             self.lane_scatter(value, c.out, c.index, env, nest.along, extent)
-        values = {c.out: value}
-        saved = self.ranges, self.preloaded, self.vector, self.ftype
-        self.ftype = value.type
         position = c.index.index(nest.along)
+        self.epilogue(nest, env, value, first, position, lambda e, v, at: self.lane_scatter(
+            v, e.out, e.index, at, e.index[position], extent))
+
+    def finish_chunk(self, nest, env, value, first):
+        """A register tile's finished chunk (the lanes from `first` of one output row):
+        stored unless only the epilogue reads it, then each epilogue map computed from
+        it in registers (its reads of the chunk preloaded), and stored."""
+        c = nest.comp
+        extent = self.ranges[c.index[-1]]
+        if nest.store:
+            self.masked_store(value, self.address(c.out, c.index, env)[0], first, extent)
+        self.epilogue(nest, env, value, first, -1, lambda e, v, at: self.masked_store(
+            v, self.address(e.out, e.index, at)[0], first, extent))
+
+    def epilogue(self, nest, env, value, first, position, store):
+        """Each map of nest's epilogue computed from the finished vector `value` (lanes
+        from `first` along the output index at `position`), then store(map, its vector,
+        its point)."""
+        c, lanes = nest.comp, self.m.lanes
+        values = {c.out: value}
+        saved = (self.ranges, self.preloaded, self.vector, self.ftype, self.packed,
+                 self.facts_lo, self.facts_hi)
+        # The panel's copy serves the reduction only; its bounds facts are about its own
+        # variables, which may share a name with an epilogue's.
+        self.packed, self.facts_lo, self.facts_hi = None, set(), set()
+        self.ftype = value.type
         for e in nest.epilogue:
             renamed = dict(zip(c.index, e.index))
             at = {renamed[v]: i for v, i in env.items()}
@@ -760,32 +783,9 @@ class CPUKernelEmitter(KernelEmitter):
             self.vector = (e.index[position], first, lanes)
             values[e.out] = self.term(e, at, ())
             self.vector = None
-            self.lane_scatter(values[e.out], e.out, e.index, at, e.index[position], extent)
-        self.ranges, self.preloaded, self.vector, self.ftype = saved
-
-    def finish_chunk(self, nest, env, value, first):
-        """A register tile's finished chunk (the lanes from `first` of one output row):
-        stored unless only the epilogue reads it, then each epilogue map computed from
-        it in registers (its reads of the chunk preloaded), and stored."""
-        c, lanes = nest.comp, self.m.lanes
-        extent = self.ranges[c.index[-1]]
-        if nest.store:
-            self.masked_store(value, self.address(c.out, c.index, env)[0], first, extent)
-        values = {c.out: value}
-        saved = self.ranges, self.preloaded, self.vector, self.packed, self.facts_lo, self.facts_hi
-        # The panel's copy serves the reduction only; its bounds facts are about its own
-        # variables, which may share a name with an epilogue's.
-        self.packed, self.facts_lo, self.facts_hi = None, set(), set()
-        for e in nest.epilogue:
-            renamed = dict(zip(c.index, e.index))
-            at = {renamed[v]: i for v, i in env.items()}
-            self.ranges = {**saved[0], **{renamed[v]: saved[0][v] for v in c.index}}
-            self.preloaded = {**saved[1], **{s: values[a.tensor] for s, a in e.accesses.items()
-                                             if a.tensor in values}}
-            self.vector = (e.index[-1], first, lanes)
-            values[e.out] = self.term(e, at, ())
-            self.masked_store(values[e.out], self.address(e.out, e.index, at)[0], first, extent)
-        self.ranges, self.preloaded, self.vector, self.packed, self.facts_lo, self.facts_hi = saved
+            store(e, values[e.out], at)
+        (self.ranges, self.preloaded, self.vector, self.ftype, self.packed,
+         self.facts_lo, self.facts_hi) = saved
 
     def vector_map(self, c, env, last, guards):
         """A map along its row in vector chunks: masked loads, one masked store each."""
