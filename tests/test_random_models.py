@@ -196,20 +196,26 @@ def test_generator_is_deterministic_and_varied():
 def test_rich_generator_reaches_the_language():
     """Rich models reach the forms the plain ones never write, and the shapes the
     generator tracks are the compiler's (a wrong rule would misdirect later steps)."""
+    import re
     from model_generator import _Generator, RICH_FUNCTIONS, USER_FUNCTIONS
-    texts = []
-    for seed in range(40):
+    texts, params = [], set()
+    for seed in range(80):
         gen = _Generator(seed, seed % 2 == 1, wide=seed % 3 == 0, rich=True)
         gen.lines += ["model r"] + (USER_FUNCTIONS + RICH_FUNCTIONS).strip().split("\n")
         name, shape = gen.body(gen.rng.randint(2, 6))
         gen.loss(name, shape)
         gen.train()
         model = compiler.parse("\n".join(gen.lines) + "\n", "rich.nn")
-        for tensor, tracked in gen.pool:
-            actual = tuple("N" if str(d) == "N" else int(d) for d in model.tensors[tensor].shape)
+        for tensor, tracked in gen.pool:      # named sizes ("N", "D3") as strings
+            actual = tuple(int(d) if str(d).isdigit() else str(d) for d in model.tensors[tensor].shape)
             assert actual == tracked, f"{tensor}: tracked {tracked}, compiled {actual}\n" + \
                 "\n".join(gen.lines)
+        for param, tracked in gen.layer_params:     # h_2.W: what the loss may read by name
+            actual = tuple(int(d) for d in model.params[param].shape)
+            assert actual == tracked, f"{param}: tracked {tracked}, compiled {actual}\n" + \
+                "\n".join(gen.lines)
         texts.append("\n".join(gen.lines))
+        params |= set(model.params)
     assert random_model(5, rich=True).text == random_model(5, rich=True).text
     texts = "\n".join(texts)
     for form in ["maxout(", "init=", "bias=false", "stride=2", 'pad="same"', "pad=1", "onehot(",
@@ -218,6 +224,19 @@ def test_rich_generator_reaches_the_language():
                  "sign(", "log(", "sqrt(", "train sgd", "train momentum", "train adam",
                  "softmax(t)", "logits.W", "loss (dense", "mse(pred, t)"]:
         assert form in texts, f"no rich model uses {form!r}"
+    for what, pattern in [
+            ("a named size", r"input v\d+\[N, D\d+\]"),
+            ("a named size as a number", r"/ \(?D\d+"),
+            ("an i32 input in arithmetic", r"\n(h|output)[^\n]*([-+*/(] ?c\d+\b|\bc\d+ [-+*/^])"),
+            ("a tensor exponent", r"\) \^ [pa]\d+|\d \^ tanh\("),
+            ("layers in one statement", r"dense\((\w+\()?dense\(|conv2d\((\w+\()?conv2d\("),
+            ("a layer's parameter read by name", r"h\d+_2\.[Wb]"),
+            ("a reduction of a reduction", r"(sum|mean)\((sum|mean)\("),
+            ("a sum inside a max", r"max\((sum|mean)\(|max\(\w: [^\n]*sum\(\w:"),
+            ("nested reductions in an op", r"(sum|max)\(\w: [^\n]*(sum|max)\(\w:"),
+            ("an input as an output", r"output (x|v\d+|c\d+)\n")]:
+        assert re.search(pattern, texts), f"no rich model has {what}"
+    assert any(re.fullmatch(r"h\d+_3\.W", p) for p in params), "no statement with three layers"
 
 
 F32_COUNT = int(os.environ.get("SYMNET_RANDOM_MODELS_F32", "6"))
