@@ -183,6 +183,28 @@ def check_finite_differences(generated, model, seed):
             f"{check.name}: relative error {check.rel_error:.2e}\nmodel:\n{generated.text}"
 
 
+@pytest.mark.parametrize("dtype", ["f64", "f32"])
+@pytest.mark.parametrize("body", [
+    "h = sqrt(2 + conv2d(x, filters=1, size=1) ^ 2)",             # rich seed 175, reduced
+    "h = log(1.5 + tanh(dense(flatten(sqrt(1 + conv2d(x, filters=2, size=2) ^ 2)), 3)))",
+    "z = tanh(x)\nh = sqrt(1 + conv2d(z, filters=2, size=3, pad=\"same\") ^ 2) ^ 0.5",
+])
+def test_masked_lanes_of_a_fused_division_add_nothing(body, dtype):
+    """A bias gradient summed with vector lanes along a row (5 or 6 wide) and fused with
+    sqrt's derivative, grad * (b + conv) / h: the lanes past the row loaded h = 0, and
+    0 * (x / 0) = NaN entered the sum (float64: h.b's gradient was NaN)."""
+    model = compiler.parse(f"input x[N, 1, 5, 6]\n{body}\nloss mean(h)\n", "masked.nn")
+    program = compiler.compile(model, dtype=dtype, cache=False)
+    tolerance = RELATIVE if dtype == "f64" else F32_RELATIVE
+    for batch in (1, 3, 17):
+        inputs = reference.random_inputs(model, batch, seed=batch)
+        loss, grads = program.value_and_grad(inputs)
+        expected_loss, expected_grads = reference.value_and_grad(model, inputs)
+        assert relative_error(loss, expected_loss) < tolerance
+        for name in expected_grads:
+            assert relative_error(grads[name], expected_grads[name]) < tolerance, f"{name}, batch {batch}"
+
+
 def test_generator_is_deterministic_and_varied():
     """The same seed gives the same text; different seeds reach many different ops."""
     assert random_model(7).text == random_model(7).text
