@@ -131,6 +131,8 @@ def _spec(model, lowered, used, sizes, dtype, optimizer):
     entry_inputs = {}
     for entry, comps in lowered.entries.items():
         read = {t for c in comps for t in c.reads}
+        if entry in ("predict", "evaluate"):     # they return the outputs: `output x` too
+            read |= set(model.outputs)
         entry_inputs[entry] = [i for i in model.inputs if i in read]
     defaults = dict(OPTIMIZERS[optimizer])
     # The file's hyperparameters were tuned for its own optimizer (symnet train does the same).

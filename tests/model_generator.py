@@ -24,8 +24,18 @@ broadcasting, vector @ matrix, 3-D, 1-D ([N]) and transposed tensors, reshape wi
 onehot of an i32 input, a second fed input, scalar and literal params, ops with index
 arithmetic (zero padding), max(k: ...) and transposed outputs, soft, one-hot and
 clamped targets, weight decay on a layer's parameter, a non-scalar loss, and a `train`
-statement with sgd, momentum or adam. Rich models draw differently (the menus are
-longer), so `rich=False` keeps the old models seed for seed.
+statement with sgd, momentum or adam. Then the forms added later: inputs [N, D] with a
+named size D bound when data arrives (RandomModel.inputs draws a new D at each call; two
+inputs may share it) and used as a number, i32 inputs (counts 0..K-1) as operands of f32
+arithmetic, tensor-valued exponents (`(1.5 + sigmoid(h)) ^ p`), several layers in one
+statement (`dense(tanh(dense(h, 3)), 4)`, conv2d of conv2d, dense of a convolution;
+later statements and the weight-decay loss read their parameters by name, `h3_2.W`),
+reductions of reductions and inside max/min (`max(sum(h, axis=1) / F, mean(h, axis=1))`,
+`sum(h, axis=0) / N`), op bodies nesting one reduction in another, and `output x` of an
+input (f32, i32 or [N, D]). Rich models draw differently (the menus are longer), so
+`rich=False` keeps the old models seed for seed; each extension of the rich menus changes
+the rich models of a seed (the seeds of an old rich failure no longer reproduce it: keep
+its text).
 
 Shapes are tuples whose first entry is the string "N" for batched tensors.
 """
@@ -68,13 +78,15 @@ class RandomModel:
     input_shapes: dict                 # name -> shape with "N"
     label_classes: dict = field(default_factory=dict)   # i32 input -> class count
     unit_interval: set = field(default_factory=set)     # f32 inputs drawn from [0, 1]
+    sizes: dict = field(default_factory=dict)           # named size but N -> (low, high)
 
     def inputs(self, batch, seed=0):
         """Inputs for batch size `batch`: normal features, valid labels and targets."""
         rng = np.random.default_rng(seed)
+        bound = {size: int(rng.integers(low, high + 1)) for size, (low, high) in self.sizes.items()}
         out = {}
         for name, shape in self.input_shapes.items():
-            dims = tuple(batch if d == "N" else d for d in shape)
+            dims = tuple(batch if d == "N" else bound.get(d, d) for d in shape)
             if name in self.label_classes:
                 out[name] = rng.integers(0, self.label_classes[name], dims).astype(np.int32)
             elif name in self.unit_interval:
@@ -87,10 +99,11 @@ class RandomModel:
 RICH_FLAT = ["r_maxout", "r_dense_options", "r_scalar_reduction", "r_column_broadcast",
              "r_vector_matrix", "r_three_d", "r_transposed", "r_op_padded", "r_op_rows",
              "r_op_transposed", "r_second_input", "r_max_min", "r_scalar_literal", "r_onehot",
-             "r_flat_reshape", "r_copy_output"]
+             "r_flat_reshape", "r_copy_output", "r_named_size", "r_i32_arithmetic",
+             "r_tensor_power", "r_layers", "r_layer_param", "r_nested_reduction", "r_op_nested"]
 RICH_IMAGE = ["r_conv_options", "r_conv_kernel", "r_pool_options", "r_image_reduction",
               "r_image_softmax", "r_image_broadcast", "r_image_transposed", "r_image_op",
-              "r_image_maxout"]
+              "r_image_maxout", "r_image_layers", "r_image_nested_reduction", "r_image_power"]
 
 
 class _Generator:
@@ -106,6 +119,9 @@ class _Generator:
         self.count = 0
         self.input_shapes = {}
         self.label_classes, self.unit_interval = {}, set()
+        self.sizes = {}                # named sizes other than N -> (low, high) when fed
+        self.layer_params = []         # (name, shape) of parameters layers created
+        self.pending_layers = []       # (k, "W" or "b", shape): the next statement's kth layer
 
     # ---- names and declarations -----------------------------------------------------
     def fresh(self, prefix):
@@ -122,6 +138,9 @@ class _Generator:
     def statement(self, expr, shape):
         name = self.fresh("h")
         self.lines.append(f"{name} = {expr}")
+        for k, suffix, param_shape in self.pending_layers:     # h.W, h_2.W, ...
+            self.layer_params.append((f"{name}{'' if k == 1 else f'_{k}'}.{suffix}", param_shape))
+        self.pending_layers = []
         self.pool.append((name, shape))
         return name, shape
 
@@ -136,10 +155,14 @@ class _Generator:
         return self.rng.randint(wide_low, wide_high) if self.wide else self.rng.randint(low, high)
 
     # ---- elementwise pieces -------------------------------------------------------------
-    def activation(self, expr):
+    def activation(self, expr, once=False):
+        """An elementwise function of expr; with once=True, one that writes expr once
+        (a layer written twice is two layers, which would rename the ones after it)."""
         choices = SMOOTH_ACTIVATIONS + ([] if self.smooth else KINKED_ACTIVATIONS)
         if self.rich:
             choices = choices + RICH_SMOOTH + ([] if self.smooth else RICH_KINKED)
+        if once:
+            choices = [c for c in choices if c.count("{") == 1]
         return self.rng.choice(choices).format(expr)
 
     def same_shape(self, shape, exclude):
@@ -379,6 +402,146 @@ class _Generator:
         self.lines.append(f"output {out} = {name}")
         return self.activation(out), shape
 
+    def r_named_size(self, name, shape, units):
+        """An input [N, D] with D a named size bound when data arrives (a new value at
+        each call), reduced over D to [N, 1]; D also appears as a number."""
+        shared = [s for s in self.sizes if self.rng.random() < 0.5]
+        D = shared[0] if shared else self.fresh("D")
+        self.sizes[D] = (1, 9)
+        v = self.fresh("v")
+        self.input(v, ("N", D))
+        if self.rng.random() < 0.25:
+            self.lines.append(f"output {v}")
+        partner = [n for n, s in self.pool if s == ("N", D) and n != v]
+        reduced = [f"sum(tanh({v}), axis=1) / {D}", f"1 + mean(sigmoid({v}), axis=-1)",
+                   f"log(sum(exp({v}), axis=1)) / 4", f"sum(softmax({v}) * {v}, axis=1)",
+                   f"sum(transpose({v}), axis=0) / ({D} + 1)", f"mean(log_softmax({v}, axis=1), axis=1) / {D}"]
+        if partner:
+            reduced.append(f"mean({v} * {partner[0]}, axis=1)")
+        if not self.smooth:
+            reduced += [f"mean(relu({v}), axis=1)", f"sum(max({v}, 0.5) - abs({v}), axis=-1) / {D}"]
+        column = f"reshape({self.rng.choice(reduced)}, [N, 1])"
+        op = self.rng.choice(["+", "-", "*"])
+        if self.rng.random() < 0.2:
+            return f"({name}) {op} {column} * {D} / ({D} + 2)", shape
+        return f"({name}) {op} {column}", shape
+
+    def r_i32_arithmetic(self, name, shape, units):
+        """An i32 input (small counts 0..K-1) as an operand of f32 arithmetic."""
+        F = shape[1]
+        c = self.fresh("c")
+        full = self.rng.random() < 0.5
+        self.input(c, ("N", F) if full else ("N",), "i32")
+        self.label_classes[c] = self.rng.randint(1, 4)
+        if not full:
+            self.pool.pop()            # [N] is no operand the chain can use as it is
+        if self.rng.random() < 0.25:
+            self.lines.append(f"output {c}")
+        col = c if full else f"reshape({c}, [N, 1])"
+        forms = [f"({name}) * (1 + {col})", f"({name}) + 0.5 * {col}", f"({name}) / (1 + {col})",
+                 f"({name}) - {col} ^ 2 / 4", f"({name}) * sigmoid({col} - 1)", f"({name}) + {col} / 2",
+                 f"({name}) - {col} * {col} / 3", f"({name}) + (-{col} + 1) * 0.3",
+                 f"({name}) * ({col} + {self.param((F,))})", f"({name}) + sum({c}) / (N * {F if full else 1})",
+                 f"({name}) * (2 + tanh({col}))"]
+        if not self.smooth:
+            forms += [f"max({name}, {col} - 1)", f"({name}) * step({col} - 0.5)",
+                      f"({name}) + abs({col} - 1)", f"min({col}, {name})"]
+        return self.rng.choice(forms), shape
+
+    def r_tensor_power(self, name, shape, units):
+        """a ^ b with a tensor exponent (the base kept positive)."""
+        F = shape[1]
+        pick = self.rng.randrange(5)
+        if pick == 0:
+            return f"(1.5 + sigmoid({name})) ^ {self.param((F,), 'uniform(0.5, 2)')}", shape
+        if pick == 1:
+            other = self.same_shape(shape, name) or self.param((F,))
+            return f"(1 + ({name}) ^ 2) ^ (0.5 * tanh({other}))", shape
+        if pick == 2:
+            return f"{self.rng.choice(['2', '0.5', '1.7'])} ^ tanh({name})", shape
+        if pick == 3:
+            a = self.fresh("a")
+            self.lines.append(f"param {a} = {round(self.rng.uniform(0.5, 2), 2)}")
+            return f"(0.5 + sigmoid({name})) ^ {a}", shape
+        return f"sigmoid({name}) ^ (1 + {self.param((F,))} ^ 2)", shape
+
+    def dense_layers(self, inner, F, units, k=1):
+        """dense(dense(...)) from layer k on: the expression, and the params it makes."""
+        depth = self.rng.choice([2, 2, 2, 3])
+        width = F
+        for layer in range(k, k + depth):
+            out = units if layer == k + depth - 1 else self.draw(2, 5, 1, 40)
+            if not self.smooth and layer > k and self.rng.random() < 0.3:
+                pieces = self.rng.randint(2, 3)
+                inner = f"maxout({inner}, {out}, pieces={pieces})"
+                self.pending_layers += [(layer, "W", (width, out, pieces)), (layer, "b", (out, pieces))]
+            else:
+                bias = self.rng.random() < 0.7
+                inner = f"dense({inner}, {out}{'' if bias else ', bias=false'})"
+                self.pending_layers.append((layer, "W", (width, out)))
+                if bias:
+                    self.pending_layers.append((layer, "b", (out,)))
+            if layer < k + depth - 1 and self.rng.random() < 0.5:
+                inner = self.activation(inner, once=True)
+            width = out
+        return inner
+
+    def r_layers(self, name, shape, units):
+        """Several layers in one statement: h.W, h_2.W, h_3.W."""
+        return self.dense_layers(name, shape[1], units), ("N", units)
+
+    def r_layer_param(self, name, shape, units):
+        """A parameter a layer of an earlier statement made, read by name."""
+        F = shape[1]
+        if not self.layer_params:
+            return self.r_layers(name, shape, units)
+        P, param_shape = self.rng.choice(self.layer_params)
+        if param_shape == (F,):
+            return f"({name}) + {P}", shape
+        if len(param_shape) == 2 and param_shape[0] == F:
+            return f"{name} @ {P}", ("N", param_shape[1])
+        return f"({name}) * (1 + 0.1 * mean({P}))", shape
+
+    def r_nested_reduction(self, name, shape, units):
+        """Reductions of reductions, and reductions inside elementwise ops; N as a number."""
+        F = shape[1]
+        forms = [(f"({name}) / (1 + sum(mean(({name}) ^ 2, axis=0)))", shape),
+                 (f"({name}) - mean(sum({name}, axis=1))", shape),
+                 (f"({name}) - sum({name}, axis=0) / N", shape),
+                 (f"reshape(mean(sum({name}, axis=0) / N) + sum({name}, axis=1), [N, 1])", ("N", 1)),
+                 (f"({name}) * sigmoid(reshape(sum(mean({name}, axis=0) * {name}, axis=1), [N, 1]))", shape)]
+        a = self.rng.choice([d for d in range(1, F + 1) if F % d == 0])
+        forms.append((f"reshape(mean(sum(reshape({name}, [N, {a}, {F // a}]), axis=2), axis=-1), [N, 1])",
+                      ("N", 1)))
+        if not self.smooth and self.rng.random() < 0.5:
+            forms = [(f"({name}) - reshape(max(sum({name}, axis=1) / {F}, mean({name}, axis=1)), [N, 1])",
+                      shape),
+                     (f"({name}) + max(sum(({name}) ^ 2), 1)", shape),
+                     (f"min(({name}), reshape(mean(abs({name}), axis=1), [N, 1]))", shape)]
+        return self.rng.choice(forms)
+
+    def r_op_nested(self, name, shape, units):
+        """ops whose bodies nest a reduction inside another (or inside an elementwise op)."""
+        F = shape[1]
+        op = self.fresh("op")
+        pick = self.rng.randrange(3 if self.smooth else 5)
+        if pick == 0:
+            self.lines.append(f"op {op}(A)[n, i] = A[n, i] - log(sum(j: exp(A[n, j] - sum(k: A[n, k]) / {F})))")
+            return f"{op}({name})", shape
+        if pick == 1:
+            m = self.rng.randint(1, 4)
+            B, C = self.param((F, m)), self.param((m, units))
+            self.lines.append(f"op {op}(A, B, C)[n, j] = sum(i: A[n, i] * sum(k: B[i, k] * C[k, j]))")
+            return f"{op}({name}, {B}, {C})", ("N", units)
+        if pick == 2:
+            self.lines.append(f"op {op}(A)[n] = sum(j: A[n, j] * sum(k: A[n, k] ^ 2)) / {F * F}")
+            return f"reshape({op}({name}), [N, 1])", ("N", 1)
+        if pick == 3:
+            self.lines.append(f"op {op}(A)[n] = max(j: A[n, j] - sum(k: A[n, k]) / {F})")
+            return f"reshape({op}({name}), [N, 1])", ("N", 1)
+        self.lines.append(f"op {op}(A)[n] = sum(j: max(k: A[n, j] * A[n, k])) / {F}")
+        return f"reshape({op}({name}), [N, 1])", ("N", 1)
+
     # on [N, C, H, W]
     def r_conv_options(self, name, shape):
         _, C, H, W = shape
@@ -458,6 +621,41 @@ class _Generator:
             return f"dense(flatten({name}), {units}, init=glorot)", ("N", units)
         return f"maxout(flatten({name}), {units}, pieces={self.rng.randint(2, 3)})", ("N", units)
 
+    def r_image_layers(self, name, shape):
+        """conv2d(conv2d(...)), or dense layers on a convolution, in one statement."""
+        _, C, H, W = shape
+        size = self.rng.randint(1, min(3, H, W))
+        filters = self.draw(1, 3, 1, 7)
+        inner = f"conv2d({name}, filters={filters}, size={size})"
+        self.pending_layers += [(1, "W", (filters, C, size, size)), (1, "b", (filters,))]
+        H, W = H - size + 1, W - size + 1
+        if self.rng.random() < 0.5:
+            inner = self.activation(inner, once=True)
+        if self.rng.random() < 0.5:
+            units = self.draw(2, 5, 1, 40)
+            return self.dense_layers(f"flatten({inner})", filters * H * W, units, k=2), ("N", units)
+        size2, filters2 = self.rng.randint(1, 3), self.draw(1, 3, 1, 7)
+        bias = self.rng.random() < 0.5
+        self.pending_layers.append((2, "W", (filters2, filters, size2, size2)))
+        if bias:
+            self.pending_layers.append((2, "b", (filters2,)))
+        return (f"conv2d({inner}, filters={filters2}, size={size2}, pad=\"same\"{'' if bias else ', bias=false'})",
+                ("N", filters2, H, W))
+
+    def r_image_nested_reduction(self, name, shape):
+        _, C, H, W = shape
+        forms = [f"({name}) - reshape(mean(sum({name}, axis=3), axis=2), [N, {C}, 1, 1]) / {H * W}",
+                 f"({name}) / (1 + sum(mean(({name}) ^ 2, axis=0)))",
+                 f"({name}) - reshape(sum(sum({name}, axis=-1), axis=1), [N, 1, {H}, 1]) / {C * W}"]
+        if not self.smooth:
+            forms.append(f"max({name}, reshape(mean(sum({name}, axis=1), axis=-1), [N, 1, {H}, 1]))")
+        return self.rng.choice(forms), shape
+
+    def r_image_power(self, name, shape):
+        _, C, H, W = shape
+        p = self.param(self.rng.choice([(C, 1, 1), (W,), (H, W)]), "uniform(0.5, 2)")
+        return f"(1.2 + tanh({name})) ^ {p}", shape
+
     # ---- the model ----------------------------------------------------------------------
     def body(self, steps):
         image = self.rng.random() < 0.4
@@ -466,6 +664,8 @@ class _Generator:
         else:
             shape = ("N", self.draw(2, 6, 1, 40))
         self.input("x", shape)
+        if self.rich and self.rng.random() < 0.15:
+            self.lines.append("output x")              # an input as an output
         name = "x"
         for _ in range(steps):
             if len(shape) == 4 and self.rng.random() < 0.25:
@@ -474,7 +674,7 @@ class _Generator:
             step = self.step_image if len(shape) == 4 else self.step_flat
             expr, shape = step(name, shape)
             if self.rng.random() < 0.3:      # nest a second op inline: exercises fusion
-                expr = self.activation(expr)
+                expr = self.activation(expr, once=bool(self.pending_layers))
             name, shape = self.statement(expr, shape)
             if self.rng.random() < 0.15:
                 self.lines.append(f"output {name}")
@@ -537,8 +737,11 @@ class _Generator:
             self.input("y", ("N",), "i32")
             self.label_classes["y"] = K
             self.lines.append(f"output logits = dense({name}, {K})")
+            decay = ""
+            if self.layer_params:                # one a layer in a statement of the body made
+                decay = f" + 0.01 * sum({self.rng.choice(self.layer_params)[0]} ^ 2)"
             self.lines.append("loss J = cross_entropy(logits, y) + 0.01 * sum(logits.W ^ 2)"
-                              " + 0.1 * mean(logits.b ^ 2)")
+                              " + 0.1 * mean(logits.b ^ 2)" + decay)
 
     def train(self):
         """A train statement: its optimizer is the one train_step runs."""
@@ -565,4 +768,4 @@ def random_model(seed, smooth=False, steps=None, wide=False, rich=False):
     if rich:
         gen.train()
     return RandomModel(seed, "\n".join(gen.lines) + "\n", gen.input_shapes,
-                       gen.label_classes, gen.unit_interval)
+                       gen.label_classes, gen.unit_interval, gen.sizes)

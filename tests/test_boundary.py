@@ -350,6 +350,24 @@ def test_an_input_marked_as_output_is_returned():
     np.testing.assert_array_equal(outputs["x"], x)
 
 
+@pytest.mark.parametrize("dtype", ["f64", "f32"])
+def test_an_input_only_marked_as_output_is_returned(dtype):
+    """`output x`, `output c` (i32) and `output v` (a named size) where no computed
+    output reads them: predict and evaluate read no input, so the inputs were not
+    taken and forward raised KeyError."""
+    model = compiler.parse("input x[N, 3]\ninput c[N] : i32\ninput v[N, D]\nparam w[3] = 1\n"
+                           "output x\noutput c\noutput v\nloss mean(x * w)\n", "echo.nn")
+    program = compiler.compile(model, dtype=dtype, cache=False)
+    x, c, v = np.arange(-3.0, 3.0).reshape(2, 3), np.array([4, 1], np.int32), np.ones((2, 5))
+    outputs = program.forward({"x": x, "c": c, "v": v})
+    np.testing.assert_array_equal(outputs["x"], x)
+    np.testing.assert_array_equal(outputs["c"], c)
+    np.testing.assert_array_equal(outputs["v"], v)
+    loss, outputs = program.evaluate({"x": x, "c": c, "v": v[:, :2]})
+    assert loss == pytest.approx(-0.5)
+    np.testing.assert_array_equal(outputs["v"], v[:, :2])
+
+
 def test_configure_refuses_unknown_settings(program):
     refused(lambda: program.configure(momentum=0.9), "has no setting 'momentum'", "lr")
 

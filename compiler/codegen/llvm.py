@@ -29,6 +29,14 @@ from .kernel import FAST, I1, I32, I64, PTR, KernelEmitter, Splat, as_i64
 _LOCAL_DEFINE = re.compile(r"^define (?:(?:internal|private) )?")
 
 
+def finite_where_reads_vanish(expr):
+    """Whether expr stays finite whatever finite values its reads take, 0 included:
+    no division, no power but whole nonnegative ones, no log."""
+    if expr.atoms(sympy.log):
+        return False
+    return all(p.exp.is_Integer and p.exp >= 0 for p in expr.atoms(sympy.Pow))
+
+
 class LLVMEmitter:
     """Emits one module. Subclasses (PTX) override the target hooks at the bottom."""
 
@@ -893,7 +901,11 @@ class CPUKernelEmitter(KernelEmitter):
 
     def factor_rows(self, c):
         """(last index, last dimension) of each read the body is a multiple of: where
-        such a read's masked load gives 0, so does the body."""
+        such a read's masked load gives 0, so does the body. None when the body
+        divides or takes a log: the other reads' masked loads give 0 there too, and
+        0 * (x / 0) is NaN (a convolution's bias gradient fused with sqrt's derivative)."""
+        if not finite_where_reads_vanish(c.body):
+            return
         for sym in c.body.args if c.body.is_Mul else (c.body,):
             a = c.accesses.get(sym)
             if a is not None:
