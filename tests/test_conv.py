@@ -6,6 +6,7 @@ import pytest
 from compiler import compile, gradcheck, load, parse, reference
 from compiler.errors import SymnetError
 from compiler.printing import derive
+from reference_check import assert_matches_reference
 
 BRIGHT_LEFT = np.array([[10, 10, 10, 0, 0, 0]] * 6, dtype=np.float64)
 QUARTERED = np.array([[10, 10, 10, 0, 0, 0]] * 3 + [[0, 0, 0, 10, 10, 10]] * 3, dtype=np.float64)
@@ -234,16 +235,7 @@ def test_strided_rows_in_vector_lanes_match_the_reference(expr, dtype, rtol):
                   "p = dense(flatten(h), 3)\n"
                   "loss mean(p * p)\n", "strided.nn")
     program = compile(model, dtype=dtype, cache=False)
-    for batch in (17, 1):
-        inputs = reference.random_inputs(model, batch=batch, seed=batch)
-        got = program.forward(inputs)
-        for name, value in reference.forward(model, inputs).items():
-            np.testing.assert_allclose(got[name], value, rtol=rtol, atol=rtol * np.abs(value).max())
-        loss, grads = program.value_and_grad(inputs)
-        ref_loss, ref_grads = reference.value_and_grad(model, inputs)
-        assert loss == pytest.approx(ref_loss, rel=rtol)
-        for name, g in ref_grads.items():
-            np.testing.assert_allclose(grads[name], g, rtol=rtol, atol=rtol * np.abs(g).max())
+    assert_matches_reference(program, model, (17, 1), rtol)
 
 
 @pytest.mark.parametrize("dtype, rtol", [("f64", 1e-9), ("f32", 2e-5)])

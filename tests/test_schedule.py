@@ -13,6 +13,7 @@ from compiler.lower import lower
 from compiler.native import compile_ir
 from compiler.schedule import schedule
 from runtime.program import ThreadTeam
+from reference_check import assert_matches_reference
 
 LANES = 16
 
@@ -211,13 +212,4 @@ def test_lanes_along_filters_match_the_reference(filters, pad, dtype, rtol):
     lanes = 16 if dtype == "f32" else 8
     assert nests_of(model, "evaluate", lanes)["h.conv2d"].strategy == "across"
     program = compile(model, dtype=dtype, cache=False)
-    for batch in (13, 1, 6):
-        inputs = reference.random_inputs(model, batch=batch, seed=batch)
-        got = program.forward(inputs)
-        for name, value in reference.forward(model, inputs).items():
-            np.testing.assert_allclose(got[name], value, rtol=rtol, atol=rtol * np.abs(value).max())
-        loss, grads = program.value_and_grad(inputs)
-        ref_loss, ref_grads = reference.value_and_grad(model, inputs)
-        assert loss == pytest.approx(ref_loss, rel=rtol)
-        for name, g in ref_grads.items():
-            np.testing.assert_allclose(grads[name], g, rtol=rtol, atol=rtol * np.abs(g).max())
+    assert_matches_reference(program, model, (13, 1, 6), rtol)
