@@ -4,7 +4,8 @@
 # against PyTorch, LeNet-5 trained for 3 epochs on the GPU and on the CPU, then
 # compute-sanitizer's memory and race checks of every kernel of MLP and LeNet-5.
 #
-#     bash benchmarks/gpu_check.sh                 # about 5 minutes on an H100/H200
+#     bash benchmarks/gpu_check.sh                 # 85 s on an H200 (2026-12-04)
+#     TRAIN_DEVICES=cuda bash benchmarks/gpu_check.sh   # the CPU's training run elsewhere
 #
 # It writes 7 files (a lent machine sends back at most 8 from $OUT): machine.txt (the
 # machine and the versions), tests.txt, bench.txt, lenet5_cuda.txt, lenet5_cpu.txt,
@@ -75,10 +76,14 @@ if [ "${status[1]}" != versions=0 ]; then
     exit 1
 fi
 # Launches wait for their kernel here, so a kernel that fails is named by its launch.
+# pytest-xdist, where it is installed, spreads the tests over 8 processes (each its own
+# context on the one GPU): most of their time is compiling for the CPU and the GPU.
+parallel=$("$python" -c "import xdist; print('-n 8')" 2>/dev/null)
 CUDA_LAUNCH_BLOCKING=1 step tests 180 "$python" -m pytest -q --tb=short -p no:cacheprovider \
-    tests/test_gpu.py
+    $parallel tests/test_gpu.py
 step bench 100 "$python" benchmarks/gpu_bench.py --profile ${BENCH_ARGS:-}
-for device in cuda cpu; do
+# TRAIN_DEVICES=cuda leaves the CPU run to another machine (saving a lent one's time).
+for device in ${TRAIN_DEVICES:-cuda cpu}; do
     step "lenet5_$device" 60 "$python" -m symnet train examples/lenet5.nn --epochs 3 \
         --device "$device"
 done

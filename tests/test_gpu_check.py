@@ -20,7 +20,8 @@ def _stub(folder, name):
     return path
 
 
-def test_every_step_runs_and_its_output_fits_in_the_files_a_lent_machine_returns(tmp_path):
+def _dry_run(tmp_path, **environment):
+    """gpu_check.sh with every program it calls stubbed: (completed process, $OUT)."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
     python = _stub(stubs, "python")
@@ -28,10 +29,15 @@ def test_every_step_runs_and_its_output_fits_in_the_files_a_lent_machine_returns
         _stub(stubs, name)
     out = tmp_path / "out"
     env = dict(os.environ, PATH=f"{stubs}{os.pathsep}{os.environ['PATH']}", PYTHON=str(python),
-               OUT=str(out), SYMNET_CACHE=str(tmp_path / "cache"))
+               OUT=str(out), SYMNET_CACHE=str(tmp_path / "cache"), **environment)
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+    return done, out
+
+
+def test_every_step_runs_and_its_output_fits_in_the_files_a_lent_machine_returns(tmp_path):
+    done, out = _dry_run(tmp_path)
     assert done.stdout.splitlines()[-1] == " ".join(f"{step}=0" for step in STEPS)
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= RETURNED, files
@@ -42,3 +48,10 @@ def test_every_step_runs_and_its_output_fits_in_the_files_a_lent_machine_returns
                  "--tool memcheck", "--tool racecheck", "lenet5 test accuracy",
                  "machine=0 versions=0"):
         assert seen in kept, (seen, files)
+
+
+def test_train_devices_cuda_leaves_the_cpu_training_run_out(tmp_path):
+    done, out = _dry_run(tmp_path, TRAIN_DEVICES="cuda")
+    steps = [step for step in STEPS if step != "lenet5_cpu"]
+    assert done.stdout.splitlines()[-1] == " ".join(f"{step}=0" for step in steps)
+    assert not (out / "lenet5_cpu.txt").exists()
