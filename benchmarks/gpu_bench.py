@@ -11,8 +11,8 @@ every step, as a training loop does) and is timed alone, up to a full synchronis
 the device (cuCtxSynchronize for symnet, torch.cuda.synchronize for PyTorch), after
 warm-up steps. The table gives the median step; samples/s = batch / median; the ratio is
 symnet samples/s / PyTorch samples/s (above 1: symnet faster). symnet is timed twice:
-as it runs by default (a cuLaunchKernel per kernel) and with each step one CUDA graph
-(`program.use_graphs = True`, the "graph" columns). PyTorch's columns show "-" when
+with a cuLaunchKernel per kernel (`program.use_graphs = False`) and as it runs by
+default, each step one CUDA graph (the "graph" columns). PyTorch's columns show "-" when
 torch does not import or sees no GPU. Without a GPU for symnet the script says why and
 exits with status 1.
 
@@ -60,6 +60,7 @@ def symnet_case(model, x, y, lr, device, steps, warm_up, profile):
     program = compile(model, target="ptx", optimizer="sgd")
     program.configure(lr=lr)
     batch = {"x": x, "y": y}
+    program.use_graphs = False
     out = {"symnet_loss": program.train_step(batch)}
     out["symnet"] = timed(lambda: program.train_step(batch), device.synchronize, steps, warm_up)
     program.use_graphs = True
@@ -68,7 +69,6 @@ def symnet_case(model, x, y, lr, device, steps, warm_up, profile):
                              warm_up)
     except CudaError as exc:
         out["graph_error"] = str(exc)
-    program.use_graphs = False
     out["profile"] = program.profile("train_step", batch) if profile else None
     return out
 

@@ -49,6 +49,9 @@ NOMINAL = 128               # the batch size the choices are made for
 SLOTS = 1024                # blocks of BLOCK threads an H100/H200 runs at once (132 SMs x 8)
 TREE = 30                   # a block reduction's fixed cost (its tree), in thread steps
 PART = 4 * BLOCK            # the fewest terms worth a block of their own in a split sum
+TILE_PART = 16 * 16         # ... in a split tile, whose block does 256 outputs' share of them:
+                            # 16 chunks (on an H200, LeNet-5's c3.W gradient in 12 parts ran
+                            # at 1 block per multiprocessor, latency-bound at each chunk)
 TK = 16                     # reduction chunk of a tile
 ROW_STEPS = 256             # the most steps (elements x terms) a rows launch gives a thread
 TILES = [(64, 64, 4, 4), (32, 32, 2, 2), (64, 16, 2, 2), (16, 16, 1, 1)]
@@ -158,7 +161,8 @@ def gpu_schedule(comps, tensors):
             splits = tile_split_count(c, tile, tensors)
         if splits > 1:
             scratch = f"split:{c.out}:{splits}"
-            tensors[scratch] = TensorInfo(scratch, (int(_elements(c, tensors)) * splits,),
+            size = _elements(c, tensors) * splits          # a split tile's may grow with N
+            tensors[scratch] = TensorInfo(scratch, (int(size) if size.is_Integer else size,),
                                           "f32", "aux")
             kernels.append(GPUKernel(c, "split" if strategy == "block" else "tile",
                                      tile=tile, splits=splits, scratch=scratch))
@@ -235,21 +239,20 @@ def split_count(c, tensors):
 
 
 def tile_split_count(c, tile, tensors):
-    """Parts of the reduction for a contraction whose tiles (a fixed number) leave most
-    of the GPU idle (a convolution's weight gradient: 16 x 150 outputs, N x 10 x 10
-    terms): 1 for a block per multiprocessor or more (SLOTS / 8), else _parts."""
-    if not _elements(c, tensors).is_Integer:
-        return 1
+    """Parts of the reduction for a contraction whose tiles leave most of the GPU idle
+    at the nominal batch (a convolution's weight gradient: 16 x 150 outputs, N x 10 x 10
+    terms; MLP's first layer: N x 128 outputs, 784 terms): 1 for a block per
+    multiprocessor or more (SLOTS / 8), else _parts."""
     ranges = loop_ranges(c, tensors)
     tiles = math.ceil(_extent(tile.rows, ranges, NOMINAL) / tile.tm) * \
         math.ceil(_extent(tile.cols, ranges, NOMINAL) / tile.tn)
-    return 1 if tiles >= SLOTS // 8 else _parts(c, tiles)
+    return 1 if tiles >= SLOTS // 8 else _parts(c, tiles, TILE_PART)
 
 
-def _parts(c, units):
+def _parts(c, units, part=PART):
     """Parts of c's terms for each of `units` blocks' worth of work: enough to fill the
-    GPU (SLOTS blocks), each with at least PART terms at the nominal batch."""
-    return max(1, min(SLOTS // units, _terms(c, NOMINAL) // PART))
+    GPU (SLOTS blocks), each with at least `part` terms at the nominal batch."""
+    return max(1, min(SLOTS // units, _terms(c, NOMINAL) // part))
 
 
 def contraction_tile(c, tensors):

@@ -109,18 +109,19 @@ def test_few_outputs_with_long_sums_are_split():
     """The schedule splits a sum only where its outputs leave most of the GPU idle and
     its sums are long: LeNet-5's convolution gradients (c3.W's 16 x 150 as a contraction
     in ten 16x16 tiles, split over the reduction), not its dense ones (sums over the
-    batch alone); each part gets at least PART terms at the nominal batch, and the
-    parts fill the GPU (SLOTS blocks) at most."""
+    batch alone); each part gets at least PART terms at the nominal batch (a split
+    tile's, TILE_PART), and the parts fill the GPU (SLOTS blocks) at most."""
     m = model("lenet5")
     _, _, kernels, _ = compile_ir(m, target="ptx")
     split = {k.head.out: (k.strategy, k.splits) for k in kernels["train_step"] if k.parts}
     assert split == {"grad:c1.b": ("split", 98), "grad:c1.W": ("split", 6),
-                     "grad:c3.b": ("split", 12), "grad:c3.W": ("tile", 12)}
+                     "grad:c3.b": ("split", 12), "grad:c3.W": ("tile", 50)}
     terms = {"grad:c1.b": 128 * 28 * 28, "grad:c1.W": 128 * 28 * 28, "grad:c3.b": 128 * 10 * 10,
              "grad:c3.W": 128 * 10 * 10}
     blocks = {"grad:c1.b": 6, "grad:c1.W": 150, "grad:c3.b": 16, "grad:c3.W": 10}  # c3.W: tiles
-    for out, (_, parts) in split.items():
-        assert terms[out] // parts >= gpu_schedule.PART
+    for out, (strategy, parts) in split.items():
+        part = gpu_schedule.TILE_PART if strategy == "tile" else gpu_schedule.PART
+        assert terms[out] // parts >= part
         assert blocks[out] * parts <= gpu_schedule.SLOTS
     finish = [k for k in kernels["train_step"] if k.strategy == "finish"]
     assert [k.head.out for k in finish] == ["grad:c3.b", "grad:c3.W", "grad:c1.b", "grad:c1.W"]

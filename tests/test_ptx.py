@@ -421,7 +421,8 @@ def test_a_gpu_older_than_the_ptx_target_is_refused_before_loading():
         CudaProgram(*ptx_for("linreg"), model("linreg").params, device=CudaDevice(Turing()))
 
 
-def test_driver_failures_name_the_call_and_the_error():
+def test_driver_failures_name_the_call_and_the_error(monkeypatch):
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "1")         # no graph: each launch alone
     with pytest.raises(CudaError, match="cuModuleGetFunction failed: CUDA_ERROR_NOT_FOUND"):
         CudaProgram(*ptx_for("linreg"), model("linreg").params,
                     device=CudaDevice(FakeDriver(kernels={})))
@@ -431,6 +432,14 @@ def test_driver_failures_name_the_call_and_the_error():
     with pytest.raises(CudaError, match=f"^cuLaunchKernel of {first} failed: "
                                         "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: the fake driver"):
         program.train_step({"x": x, "y": x})
+
+
+def test_by_default_a_step_is_one_graph_launch_and_its_failure_says_so():
+    program, driver = fake_program("linreg", fail={"cuGraphLaunch": 700})
+    x = np.ones(3, np.float32)
+    with pytest.raises(CudaError, match="^cuGraphLaunch failed: CUDA_ERROR_ILLEGAL_ADDRESS"):
+        program.train_step({"x": x, "y": x})
+    assert driver.instantiated == 1
 
 
 def test_refused_ptx_is_reported_with_the_drivers_compiler_log():
@@ -513,7 +522,8 @@ def test_graphs_compute_what_separate_launches_compute():
     m = model("lenet5")
     plain, _ = fake_program("lenet5", "sgd")
     graphed, driver = fake_program("lenet5", "sgd")
-    graphed.use_graphs = True
+    plain.use_graphs = False
+    assert graphed.use_graphs                       # the default
     for program in (plain, graphed):
         program.configure(lr=0.05)
     for batch in (5, 5, 3, 5):
