@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/bench.py: quick cases run, print their tables, and the peers
+"""Smoke test of benchmarks/bench.py (and of benchmarks/gpu_sweep.py, over the dry-run driver): quick cases run, print their tables, and the peers
 compute the same losses and logits as symnet. Timings are never asserted.
 
 JAX, tinygrad and PyTensor are optional peers that CI does not install: the tests hide
@@ -106,3 +106,34 @@ def test_kernel_profile_lists_every_kernel_of_the_step(cache):
     assert sorted(int(r.split("|")[1]) for r in rows) == list(range(count))
     shares = [int(r.split("|")[3].strip().rstrip("%")) for r in rows]
     assert 95 <= sum(shares) <= 105            # rounded shares of the kernels' sum
+
+
+def run_sweep(*args, fake_gpu=True):
+    env = dict(os.environ)
+    if fake_gpu:        # the dry-run driver: the emulated kernels, on this CPU
+        env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "tests", "fake_gpu"),
+                                             env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "benchmarks/gpu_sweep.py", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_gpu_sweep_times_every_kernel_under_each_policy_over_the_dry_run_driver():
+    policies = ["chosen", "tile 16x16", "block"]
+    done = run_sweep("--models", "mlp", "--batches", "3", "--steps", "1", "--policies", *policies)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    header = lines[lines.index("mlp batch 3: us per kernel in a train step") + 1]
+    assert header.split()[1:] == ["chosen", "tile", "16x16", "block"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("  h1_dense")}
+    assert len(rows["h1_dense"]) == 3 and all(float(v) > 0 for v in rows["h1_dense"])
+    assert any(line.startswith("  step, as a graph") for line in lines)
+    assert "first losses differ" not in done.stdout
+
+
+def test_gpu_sweep_without_a_gpu_says_why():
+    done = run_sweep("--models", "mlp", fake_gpu=False)
+    if done.returncode == 0:
+        pytest.skip("a GPU is here")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("error: no GPU to measure on: ") and \
+        len(done.stderr.strip().splitlines()) == 1
