@@ -128,6 +128,25 @@ def test_few_outputs_with_long_sums_are_split():
     assert all(k.tails for k in finish)                 # the optimizer's update runs there
 
 
+def test_tiles_that_grow_with_the_batch_are_split_with_a_scratch_buffer_that_grows_too():
+    """MLP's first layer: N x 128 outputs in 16x16 tiles, 64 at the nominal batch (fewer
+    than the multiprocessors), its 784 terms in 3 parts of at least TILE_PART; the
+    scratch buffer holds N x 128 x 3 sums, so batch 1 (one tile) and 300 (19 x 8 tiles,
+    more than the fake GPU's grid) both match the reference."""
+    m = model("mlp")
+    _, spec, kernels, _ = compile_ir(m, target="ptx")
+    first, finish = kernels["predict"][:2]
+    assert (first.head.out, first.strategy, first.splits) == ("h1.dense", "tile", 3)
+    assert (finish.strategy, finish.splits, finish.scratch) == ("finish", 3, first.scratch)
+    assert 784 // 3 >= gpu_schedule.TILE_PART
+    scratch = next(b for b in spec["buffers"] if b["name"] == first.scratch)
+    assert scratch["shape"] == ["384*N"] and scratch["kind"] == "aux"
+    for batch in (1, 300):
+        inputs = reference.random_inputs(m, batch=batch, seed=batch)
+        assert_close(emulated("mlp").forward(inputs)["logits"], reference.forward(m, inputs)["logits"])
+    assert sanitizer_report(emulated("mlp")) is None
+
+
 @pytest.mark.parametrize("shape", gpu_schedule.TILES)
 def test_every_tile_shape_matches_reference(shape, monkeypatch):
     """Register tiles of 4x4, 2x2 and 1x1 outputs per thread, at batch 37 (rows past the
