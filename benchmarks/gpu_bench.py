@@ -13,8 +13,11 @@ warm-up steps. The table gives the median step; samples/s = batch / median; the 
 symnet samples/s / PyTorch samples/s (above 1: symnet faster). symnet is timed twice:
 with a cuLaunchKernel per kernel (`program.use_graphs = False`) and as it runs by
 default, each step one CUDA graph (the "graph" columns). PyTorch's columns show "-" when
-torch does not import or sees no GPU. Without a GPU for symnet the script says why and
-exits with status 1.
+torch does not import or sees no GPU. A second table puts symnet's graph against
+PyTorch's whole step captured in one CUDA graph (torch.cuda.graph: the forward, the
+backward and the update replayed, the batch copied in from host memory each step),
+which removes PyTorch's launch overhead as symnet's graph removes its own. Without a GPU
+for symnet the script says why and exits with status 1.
 
 --profile then times each of symnet's kernels in a train step (CUDA events around each
 launch, median of 10 steps), largest first, with their sum against the whole step: what
@@ -89,6 +92,40 @@ def torch_case(build, params, x, y, lr, steps, warm_up):
     return first, timed(step, torch.cuda.synchronize, steps, warm_up)
 
 
+def torch_graph_case(build, params, x, y, lr, steps, warm_up):
+    """Median step seconds of the same model in PyTorch with the whole step (forward,
+    backward, SGD update) captured in one CUDA graph, PyTorch's own recipe: the batch is
+    copied from host memory into the graph's input tensors every step."""
+    net = build(params).cuda()
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    host_x, host_y = torch.from_numpy(x), torch.from_numpy(y).long()
+    static_x, static_y = host_x.cuda(), host_y.cuda()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(static_x), static_y)
+        loss.backward()
+        optimizer.step()
+    side = torch.cuda.Stream()               # warm-up steps off the capturing stream
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        loss = torch.nn.functional.cross_entropy(net(static_x), static_y)
+        loss.backward()
+        optimizer.step()
+
+    def replay():
+        static_x.copy_(host_x)
+        static_y.copy_(host_y)
+        graph.replay()
+    return timed(replay, torch.cuda.synchronize, steps, warm_up)
+
+
 def run_case(name, batch, device, args):
     path, build, shape = MODELS[name]
     model = load(os.path.join(ROOT, path))
@@ -102,6 +139,10 @@ def run_case(name, batch, device, args):
         params = {k: np.asarray(v, np.float32) for k, v in model.params.items()}
         row["torch_loss"], row["torch"] = torch_case(build, params, x, y, lr, args.steps,
                                                      args.warm_up)
+        try:
+            row["torch_graph"] = torch_graph_case(build, params, x, y, lr, args.steps, args.warm_up)
+        except Exception as exc:     # a PyTorch that cannot capture: say so, keep the rest
+            row["torch_graph_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return row
 
 
@@ -126,6 +167,16 @@ def print_table(rows):
     for row in rows:
         if "graph_error" in row:
             print(f"{row['case']}: no graph: {row['graph_error']}")
+    if any("torch_graph" in row for row in rows):
+        print("\nagainst PyTorch with its whole step captured in a CUDA graph:")
+        print(f"{'case':<18} {'graph ms':>9} {'torch graph ms':>15} {'ratio':>7}")
+        for row in rows:
+            if "torch_graph" in row and "graph" in row:
+                print(f"{row['case']:<18} {1e3 * row['graph']:>9.3f} {1e3 * row['torch_graph']:>15.3f} "
+                      f"{row['torch_graph'] / row['graph']:>7.2f}")
+    for row in rows:
+        if "torch_graph_error" in row:
+            print(f"{row['case']}: PyTorch's graph failed: {row['torch_graph_error']}")
 
 
 def _cell(value, width, form):
