@@ -10,7 +10,8 @@ its tile shapes): "chosen" is the schedule as it is; "tile RxC" tiles every cont
 that has two sides with that shape; "block" reduces every sum by a block; "no split"
 never splits a sum over blocks; "slots/4" and "slots*4" tell the model of the GPU that
 it holds a quarter of, or four times, the blocks it assumes (fewer or more parts in
-split sums, other tile shapes). Every policy computes the same function: the script
+split sums, other tile shapes); "guarded windows" runs a sum's short loops within
+bounds inferred from its guards instead of whole (compiler/codegen/ptx.py's WINDOW). Every policy computes the same function: the script
 checks each one's first loss against the chosen schedule's.
 
 For each model and batch: a table of microseconds, a row per tensor a launch computes
@@ -32,22 +33,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from compiler import compile, gpu_schedule, load  # noqa: E402
+from compiler.codegen import ptx  # noqa: E402
 from runtime.cuda import GPUUnavailable, open_device  # noqa: E402
 
 MODELS = {"mlp": ("examples/mlp.nn", (784,)), "lenet5": ("examples/lenet5.nn", (1, 28, 28))}
 
 
 @contextlib.contextmanager
-def patched(**values):
-    """gpu_schedule's attributes set to `values` inside the block, restored after it."""
-    saved = {name: getattr(gpu_schedule, name) for name in values}
+def patched(module=gpu_schedule, **values):
+    """A module's attributes set to `values` inside the block, restored after it."""
+    saved = {name: getattr(module, name) for name in values}
     for name, value in values.items():
-        setattr(gpu_schedule, name, value)
+        setattr(module, name, value)
     try:
         yield
     finally:
         for name, value in saved.items():
-            setattr(gpu_schedule, name, value)
+            setattr(module, name, value)
 
 
 def policies():
@@ -63,6 +65,7 @@ def policies():
                                       tile_split_count=lambda c, tile, tensors: 1)
     out["slots/4"] = lambda: patched(SLOTS=gpu_schedule.SLOTS // 4)
     out["slots*4"] = lambda: patched(SLOTS=gpu_schedule.SLOTS * 4)
+    out["guarded windows"] = lambda: patched(ptx, WINDOW=0)
     return out
 
 

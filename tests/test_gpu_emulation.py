@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+import sympy
 
 from compiler import compile, gpu_schedule, parse, reference
 from compiler.codegen.gpu_emulation import EmulatedKernelEmitter, sanitizer_report
@@ -126,6 +127,38 @@ def test_few_outputs_with_long_sums_are_split():
     finish = [k for k in kernels["train_step"] if k.strategy == "finish"]
     assert [k.head.out for k in finish] == ["grad:c3.b", "grad:c3.W", "grad:c1.b", "grad:c1.W"]
     assert all(k.tails for k in finish)                 # the optimizer's update runs there
+
+
+STRIDED = """model strided
+input x[N, 2, 9, 9]
+input y[N] : i32
+h = relu(conv2d(x, filters=3, size=3))
+g = relu(conv2d(h, filters=4, size=3, stride=2, pad=1))
+output logits = dense(flatten(g), 10)
+loss cross_entropy(logits, y)
+"""
+
+
+def test_window_guards_that_say_more_than_the_reads_range_mask_the_read():
+    """A sum's short loops run whole on the GPU, their guards as masks (ptx.py's WINDOW).
+    The input gradient of a strided, padded convolution has guards its read's range does
+    not imply (`Mod(h - ky + 1, 2) = 0`: only every other window position reads the
+    output gradient), so the windowed read is masked, and the gradients still match
+    the reference; LeNet-5's s2 gradient, whose guards are the read's range, is checked
+    above."""
+    m = parse(STRIDED, filename="strided.nn")
+    _, _, kernels, _ = compile_ir(m, target="ptx")
+    head = next(k.head for k in kernels["train_step"] if k.head.out == "grad:h")
+    assert any(isinstance(g, sympy.Eq) for g in head.guards) and head.reduce == "sum"
+    program = compile(m, target="gpu-emulation", cache=False)
+    for batch in (1, 7):
+        inputs = reference.random_inputs(m, batch=batch, seed=batch)
+        loss, grads = program.value_and_grad(inputs)
+        expected_loss, expected = reference.value_and_grad(m, inputs)
+        assert loss == pytest.approx(expected_loss, rel=1e-4)
+        for key in expected:
+            assert_close(grads[key], expected[key])
+    assert sanitizer_report(program) is None
 
 
 def test_tiles_that_grow_with_the_batch_are_split_with_a_scratch_buffer_that_grows_too():

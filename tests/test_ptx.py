@@ -24,6 +24,7 @@ import sympy
 from compiler import compile, load, reference
 from compiler import gpu_schedule
 from compiler.gpu_schedule import BLOCK as GPU_BLOCK
+from compiler.codegen import ptx as ptx_codegen
 from compiler.native import compile_ir
 from runtime import cuda
 from runtime.cuda import (BLOCK, CudaDevice, CudaError, CudaProgram, GPUUnavailable,
@@ -91,6 +92,21 @@ def test_one_ptx_entry_per_launch_with_its_buffers_as_parameters(name):
     assert sorted(declared) == sorted({launch["kernel"] for launch in launches})
     for launch in launches:                    # (sizes, buffers...), as runtime/cuda.py passes
         assert declared[launch["kernel"]] == 1 + len(launch["buffers"]), launch
+
+
+def test_a_sums_short_window_loops_run_whole_and_unrolled(monkeypatch):
+    """LeNet-5's s2 gradient sums c3.W[o, c, ky, kx] * grad:c3.conv2d[n, o, h - ky,
+    w - kx] over o < 16 and a 5 x 5 window, guarded to the 10 x 10 image. Its window runs
+    whole (WINDOW), unrolled: an fma per term along kx; with WINDOW = 0 the loops take
+    bounds from the guards, which differ from thread to thread: one fma in a loop.
+    (tests/test_gpu_emulation.py checks the values.)"""
+    def s2_gradient():
+        _, _, _, emitter = compile_ir(model("lenet5"), "sgd", target="ptx")
+        return re.search(r"\.entry k\d+_grad_s2\(.*?\n}\n", emitter.ptx(), re.S).group(0)
+    whole = s2_gradient()
+    monkeypatch.setattr(ptx_codegen, "WINDOW", 0)
+    guarded = s2_gradient()
+    assert whole.count("fma.rn.f32") == 5 and guarded.count("fma.rn.f32") == 1
 
 
 @pytest.mark.parametrize("name", NAMES)
