@@ -20,6 +20,16 @@ from test_ptx import NAMES, assert_close, model
 
 
 # ---- the emulated grid against the reference ---------------------------------------------
+def assert_gradients_match(program, m, inputs):
+    """program.value_and_grad(inputs) equals the NumPy reference's, loss and every gradient."""
+    loss, grads = program.value_and_grad(inputs)
+    expected_loss, expected = reference.value_and_grad(m, inputs)
+    assert loss == pytest.approx(expected_loss, rel=1e-4)
+    assert sorted(grads) == sorted(expected)
+    for key in expected:
+        assert_close(grads[key], expected[key])
+
+
 @functools.lru_cache(maxsize=None)
 def emulated(name, optimizer=None):
     return compile(model(name), target="gpu-emulation", optimizer=optimizer, cache=False)
@@ -43,12 +53,7 @@ def test_emulated_grid_matches_reference(name, batch):
     for key in expected:
         assert_close(outputs[key], expected[key])
     if "value_and_grad" in program.spec["entries"]:
-        loss, grads = program.value_and_grad(inputs)
-        expected_loss, expected_grads = reference.value_and_grad(m, inputs)
-        assert loss == pytest.approx(expected_loss, rel=1e-4)
-        assert sorted(grads) == sorted(expected_grads)
-        for key in expected_grads:
-            assert_close(grads[key], expected_grads[key])
+        assert_gradients_match(program, m, inputs)
     assert sanitizer_report(program) is None
 
 
@@ -152,12 +157,7 @@ def test_window_guards_that_say_more_than_the_reads_range_mask_the_read():
     assert any(isinstance(g, sympy.Eq) for g in head.guards) and head.reduce == "sum"
     program = compile(m, target="gpu-emulation", cache=False)
     for batch in (1, 7):
-        inputs = reference.random_inputs(m, batch=batch, seed=batch)
-        loss, grads = program.value_and_grad(inputs)
-        expected_loss, expected = reference.value_and_grad(m, inputs)
-        assert loss == pytest.approx(expected_loss, rel=1e-4)
-        for key in expected:
-            assert_close(grads[key], expected[key])
+        assert_gradients_match(program, m, reference.random_inputs(m, batch=batch, seed=batch))
     assert sanitizer_report(program) is None
 
 
@@ -190,12 +190,7 @@ def test_every_tile_shape_matches_reference(shape, monkeypatch):
         _, _, kernels, _ = compile_ir(m, target="gpu-emulation")
         assert {k.tile.tm for k in kernels["value_and_grad"] if k.tile} == {shape[0]}
         program = compile(m, target="gpu-emulation", cache=False)
-        inputs = reference.random_inputs(m, batch=37, seed=37)
-        loss, grads = program.value_and_grad(inputs)
-        expected_loss, expected_grads = reference.value_and_grad(m, inputs)
-        assert loss == pytest.approx(expected_loss, rel=1e-4)
-        for key in expected_grads:
-            assert_close(grads[key], expected_grads[key])
+        assert_gradients_match(program, m, reference.random_inputs(m, batch=37, seed=37))
         assert sanitizer_report(program) is None
 
 
