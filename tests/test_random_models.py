@@ -342,15 +342,15 @@ GPU_SEEDS = range(0, COUNT, 3)
 @pytest.fixture(params=["default", "tile", "tile-split", "block", "split"])
 def gpu_policy(request, monkeypatch):
     """The GPU schedule as chosen, or with every contraction tiled (16x16; split over the
-    reduction into 3 parts where the outputs are a fixed number), or with every sum
-    reduced by a block (split likewise): each strategy meets every kind of loop nest."""
+    reduction into 3 parts, the scratch growing with N where the outputs do), or with
+    every sum reduced by a block (split into 3 where the outputs are a fixed number):
+    each strategy meets every kind of loop nest."""
     from compiler import gpu_schedule
     if request.param in ("tile", "tile-split"):
         monkeypatch.setattr(gpu_schedule, "worth_tiling", lambda rows, cols, terms: True)
         monkeypatch.setattr(gpu_schedule, "tile_shape", lambda rows, cols: (16, 16, 1, 1))
         split = 3 if request.param == "tile-split" else 1
-        monkeypatch.setattr(gpu_schedule, "tile_split_count", lambda c, tile, tensors: (
-            split if gpu_schedule._elements(c, tensors).is_Integer else 1))
+        monkeypatch.setattr(gpu_schedule, "tile_split_count", lambda c, tile, tensors: split)
     elif request.param in ("block", "split"):
         choose = gpu_schedule.choose_strategy
         monkeypatch.setattr(gpu_schedule, "choose_strategy", lambda c, tensors: (
