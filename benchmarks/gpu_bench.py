@@ -57,6 +57,15 @@ def timed(step, synchronize, steps, warm_up):
     return statistics.median(times)
 
 
+def open_gpu(doing):
+    """The GPU, or None after saying on stderr, in one line, why there is none."""
+    try:
+        return open_device()
+    except GPUUnavailable as exc:
+        print(f"error: no GPU to {doing} on: {exc}", file=sys.stderr)
+        return None
+
+
 def symnet_case(model, x, y, lr, device, steps, warm_up, profile):
     """{first loss, median step seconds with launches and with a graph, kernel profile}
     of symnet's PTX program; a graph that fails leaves its error instead of a time."""
@@ -207,10 +216,8 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true",
                         help="then time each of symnet's kernels in a train step")
     args = parser.parse_args(argv)
-    try:
-        device = open_device()
-    except GPUUnavailable as exc:
-        print(f"error: no GPU to benchmark on: {exc}", file=sys.stderr)
+    device = open_gpu("benchmark")
+    if device is None:
         return 1
     major, minor = device.capability
     print(f"device: {device.name} (sm_{major}{minor}, {device.multiprocessors} SMs); "

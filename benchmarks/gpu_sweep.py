@@ -11,32 +11,27 @@ that has two sides with that shape; "block" reduces every sum by a block; "no sp
 never splits a sum over blocks; "slots/4" and "slots*4" tell the model of the GPU that
 it holds a quarter of, or four times, the blocks it assumes (fewer or more parts in
 split sums, other tile shapes); "guarded windows" runs a sum's short loops within
-bounds inferred from its guards instead of whole (compiler/codegen/ptx.py's WINDOW). Every policy computes the same function: the script
-checks each one's first loss against the chosen schedule's.
+bounds inferred from its guards instead of whole (compiler/codegen/ptx.py's WINDOW).
+Every policy computes the same function: the script checks each one's first loss
+against the chosen schedule's.
 
 For each model and batch: a table of microseconds, a row per tensor a launch computes
 (the launches of a split sum added together), a column per policy, each kernel's GPU
 time from CudaProgram.profile (median of 10 steps); then the kernels' sum and the whole
-step, run as one CUDA graph (median of --steps steps, each synchronised).
+step, run as one CUDA graph (gpu_bench.py's timing: median of --steps steps after
+warm-up steps, each synchronised).
 """
 import argparse
 import contextlib
 import os
 import re
-import statistics
 import sys
-import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
+from gpu_bench import MODELS, ROOT, open_gpu, timed      # (gpu_bench puts ROOT on sys.path)
 from compiler import compile, gpu_schedule, load  # noqa: E402
 from compiler.codegen import ptx  # noqa: E402
-from runtime.cuda import GPUUnavailable, open_device  # noqa: E402
-
-MODELS = {"mlp": ("examples/mlp.nn", (784,)), "lenet5": ("examples/lenet5.nn", (1, 28, 28))}
 
 
 @contextlib.contextmanager
@@ -79,14 +74,9 @@ def measure(model, policy, batch, steps):
     for name, _, _, ms in program.profile("train_step", batch):
         tensor = re.sub(r"^k\d+_", "", name)
         kernels[tensor] = kernels.get(tensor, 0.0) + 1e3 * ms
-    program.use_graphs = True
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        program.train_step(batch)
-        program.device.synchronize()
-        times.append(time.perf_counter() - start)
-    return first, kernels, sum(kernels.values()), 1e6 * statistics.median(times)
+    step = timed(lambda: program.train_step(batch), program.device.synchronize, steps,
+                 warm_up=max(1, steps // 10))
+    return first, kernels, sum(kernels.values()), 1e6 * step
 
 
 def print_table(title, results, shown):
@@ -116,15 +106,13 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=100, help="timed graph steps per policy")
     parser.add_argument("--shown", type=int, default=14, help="kernel rows per table")
     args = parser.parse_args(argv)
-    try:
-        device = open_device()
-    except GPUUnavailable as exc:
-        print(f"error: no GPU to measure on: {exc}", file=sys.stderr)
+    device = open_gpu("measure")
+    if device is None:
         return 1
     print(f"device: {device.name}; policies: {', '.join(args.policies)}")
     status = 0
     for name in args.models:
-        path, shape = MODELS[name]
+        path, _, shape = MODELS[name]
         model = load(os.path.join(ROOT, path))
         for size in args.batches:
             rng = np.random.default_rng(0)

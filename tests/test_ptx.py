@@ -450,7 +450,8 @@ def test_driver_failures_name_the_call_and_the_error(monkeypatch):
         program.train_step({"x": x, "y": x})
 
 
-def test_by_default_a_step_is_one_graph_launch_and_its_failure_says_so():
+def test_by_default_a_step_is_one_graph_launch_and_its_failure_says_so(monkeypatch):
+    monkeypatch.delenv("CUDA_LAUNCH_BLOCKING", raising=False)
     program, driver = fake_program("linreg", fail={"cuGraphLaunch": 700})
     x = np.ones(3, np.float32)
     with pytest.raises(CudaError, match="^cuGraphLaunch failed: CUDA_ERROR_ILLEGAL_ADDRESS"):
@@ -538,8 +539,7 @@ def test_graphs_compute_what_separate_launches_compute():
     m = model("lenet5")
     plain, _ = fake_program("lenet5", "sgd")
     graphed, driver = fake_program("lenet5", "sgd")
-    plain.use_graphs = False
-    assert graphed.use_graphs                       # the default
+    plain.use_graphs, graphed.use_graphs = False, True
     for program in (plain, graphed):
         program.configure(lr=0.05)
     for batch in (5, 5, 3, 5):

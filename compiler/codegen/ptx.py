@@ -184,14 +184,14 @@ class GPUKernelEmitter(KernelEmitter):
                 env[v], rest = b.zext(b.urem(rest, extent), I64), b.udiv(rest, extent)
         return env
 
+    whole_windows = False            # while a sum's point is emitted (see bounds)
+
     def point(self, c, env, guards):
         self.whole_windows = c.reduce == "sum"     # (a masked term is 0: right for sums only)
         try:
             return super().point(c, env, guards)
         finally:
             self.whole_windows = False
-
-    whole_windows = False
 
     def bounds(self, v, env, guards):
         """A sum's short loop (a filter window's row or column, up to WINDOW steps) runs
